@@ -1,0 +1,178 @@
+//! Resolved settings: every default filled in, every cross-field rule checked. The user's spec is
+//! never mutated; these are derived from it. [`TrainerConfig`] is what the trainer reads.
+use serde::{Deserialize, Serialize};
+
+use crate::{
+    Architecture, BuiltinTokenizer, DatasetFormat, Dtype, KlEstimator, ModelFamily, Offload,
+    Precision, StageKind, Strategy, SyntheticTask,
+};
+
+/// Weights a model starts from, as the trainer sees them.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase", tag = "from", content = "value")]
+pub enum WeightsSource {
+    /// The job's base model (`model`).
+    Base,
+    /// An earlier stage's final model; the trainer reads it from that stage's output folder.
+    Stage(String),
+    /// A Hugging Face folder inside the pod.
+    Path(String),
+}
+
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub enum ResolvedTokenizer {
+    Path(String),
+    Builtin(BuiltinTokenizer),
+}
+
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub enum BaseWeights {
+    Path(String),
+    Random(Architecture),
+}
+
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct ResolvedModel {
+    pub family: ModelFamily,
+    pub weights: BaseWeights,
+    pub dtype: Dtype,
+    pub tokenizer: ResolvedTokenizer,
+}
+
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub enum ResolvedDataset {
+    File { path: String, format: DatasetFormat },
+    Synthetic { task: SyntheticTask, samples: u32, seed: u64 },
+}
+
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct ResolvedModels {
+    pub init: WeightsSource,
+    pub reward_model: Option<WeightsSource>,
+    pub critic: Option<WeightsSource>,
+    pub reference: Option<WeightsSource>,
+}
+
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct ResolvedTraining {
+    pub learning_rate: f64,
+    pub batch_size: u32,
+    pub micro_batch_size: u32,
+    /// batchSize / (microBatchSize x world size).
+    pub gradient_accumulation: u32,
+    pub epochs: u32,
+    pub max_steps: Option<u64>,
+    pub max_length: u32,
+    pub warmup_steps: u32,
+    pub weight_decay: f64,
+    pub max_grad_norm: f64,
+    pub seed: u64,
+    pub checkpoint_every: u32,
+}
+
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct ResolvedGeneration {
+    pub max_new_tokens: u32,
+    pub temperature: f64,
+    pub top_k: u32,
+    pub top_p: f64,
+}
+
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct ResolvedPpo {
+    pub kl_coef: f64,
+    pub kl_estimator: KlEstimator,
+    pub target_kl: Option<f64>,
+    pub clip_range: f64,
+    pub value_clip_range: f64,
+    pub gamma: f64,
+    pub lambda: f64,
+    pub ppo_epochs: u32,
+    pub rollout_batch_size: u32,
+    pub critic_learning_rate: f64,
+    pub reward_clip: f64,
+    pub entropy_coef: f64,
+    pub ptx_coef: f64,
+    pub ptx_dataset: Option<ResolvedDataset>,
+    pub generation: ResolvedGeneration,
+}
+
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct ResolvedDpo {
+    pub beta: f64,
+    pub label_smoothing: f64,
+}
+
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct ResolvedLora {
+    pub rank: u32,
+    pub alpha: f64,
+    pub dropout: f64,
+    pub target_modules: Vec<String>,
+}
+
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct ResolvedParallelism {
+    pub nodes: u32,
+    pub gpus_per_node: u32,
+    pub strategy: Strategy,
+    pub offload: Offload,
+    pub lora: Option<ResolvedLora>,
+    pub precision: Precision,
+    pub gradient_checkpointing: bool,
+}
+
+impl ResolvedParallelism {
+    /// Trainer processes in the gang.
+    pub fn world_size(&self) -> u32 {
+        self.nodes * self.gpus_per_node
+    }
+}
+
+/// One stage with every default filled in.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct ResolvedStage {
+    pub name: String,
+    pub kind: StageKind,
+    pub depends_on: Vec<String>,
+    pub dataset: ResolvedDataset,
+    pub models: ResolvedModels,
+    pub training: ResolvedTraining,
+    pub ppo: Option<ResolvedPpo>,
+    pub dpo: Option<ResolvedDpo>,
+    pub parallelism: ResolvedParallelism,
+}
+
+/// Where a stage writes: `<storage>/<namespace>/<job>/<stage>/` (ARCHITECTURE.md).
+pub fn stage_output_dir(storage_root: &str, namespace: &str, job: &str, stage: &str) -> String {
+    format!("{}/{namespace}/{job}/{stage}", storage_root.trim_end_matches('/'))
+}
+
+/// Everything one stage's trainer processes need; the operator renders it into the stage's
+/// ConfigMap and points `RLHF_CONFIG` at it.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct TrainerConfig {
+    pub job: String,
+    pub namespace: String,
+    pub model: ResolvedModel,
+    pub stage: ResolvedStage,
+    /// This stage's output folder (checkpoints, final model, metrics log, curves).
+    pub output_dir: String,
+    /// Output folders of the stages this one reads weights from, by stage name.
+    pub stage_outputs: std::collections::BTreeMap<String, String>,
+    /// Rank `LOCAL_RANK` serves Prometheus metrics on this port + `LOCAL_RANK`.
+    pub metrics_port: u16,
+}

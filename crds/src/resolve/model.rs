@@ -1,0 +1,102 @@
+//! Base model and tokenizer resolution.
+use super::FieldError;
+use crate::{
+    Architecture, BaseWeights, BuiltinTokenizer, ModelFamily, ModelInit, ModelSpec, ResolvedModel,
+    ResolvedTokenizer,
+};
+
+/// GPT-2's BPE vocabulary; a random model using the builtin tokenizer needs at least this many ids.
+pub const GPT2_VOCAB: u32 = 50257;
+
+pub(super) fn resolve_model(spec: &ModelSpec, at: &str, errors: &mut Vec<FieldError>) -> Option<ResolvedModel> {
+    let before = errors.len();
+    let weights = match (&spec.path, spec.init, &spec.architecture) {
+        (Some(_), Some(_), _) => {
+            errors.push(FieldError::new(format!("{at}.init"), "set either path or init, not both"));
+            None
+        }
+        (Some(_), None, Some(_)) => {
+            errors.push(FieldError::new(
+                format!("{at}.architecture"),
+                "architecture is only for init: random (a model folder has its own config.json)",
+            ));
+            None
+        }
+        (Some(path), None, None) => Some(BaseWeights::Path(path.clone())),
+        (None, Some(ModelInit::Random), Some(arch)) => {
+            check_architecture(spec.family, arch, &format!("{at}.architecture"), errors);
+            Some(BaseWeights::Random(arch.clone()))
+        }
+        (None, Some(ModelInit::Random), None) => {
+            errors.push(FieldError::new(format!("{at}.architecture"), "init: random needs an architecture"));
+            None
+        }
+        (None, None, _) => {
+            errors.push(FieldError::new(format!("{at}"), "set path (a Hugging Face folder) or init: random"));
+            None
+        }
+    };
+    let tokenizer = resolve_tokenizer(spec, at, errors);
+    if let (Some(BaseWeights::Random(arch)), Some(ResolvedTokenizer::Builtin(BuiltinTokenizer::Gpt2))) =
+        (&weights, &tokenizer)
+        && arch.vocab_size < GPT2_VOCAB
+    {
+        errors.push(FieldError::new(
+            format!("{at}.architecture.vocabSize"),
+            format!("{} is smaller than the gpt2 tokenizer's {GPT2_VOCAB} ids", arch.vocab_size),
+        ));
+    }
+    if errors.len() > before {
+        return None;
+    }
+    Some(ResolvedModel { family: spec.family, weights: weights?, dtype: spec.dtype.unwrap_or_default(), tokenizer: tokenizer? })
+}
+
+fn resolve_tokenizer(spec: &ModelSpec, at: &str, errors: &mut Vec<FieldError>) -> Option<ResolvedTokenizer> {
+    let tok = spec.tokenizer.clone().unwrap_or_default();
+    match (tok.path, tok.builtin, &spec.path) {
+        (Some(_), Some(_), _) => {
+            errors.push(FieldError::new(format!("{at}.tokenizer"), "set either path or builtin, not both"));
+            None
+        }
+        (Some(path), None, _) => Some(ResolvedTokenizer::Path(path)),
+        (None, Some(builtin), _) => Some(ResolvedTokenizer::Builtin(builtin)),
+        (None, None, Some(model_path)) => Some(ResolvedTokenizer::Path(model_path.clone())),
+        (None, None, None) => Some(ResolvedTokenizer::Builtin(BuiltinTokenizer::Gpt2)),
+    }
+}
+
+fn check_architecture(family: ModelFamily, arch: &Architecture, at: &str, errors: &mut Vec<FieldError>) {
+    if arch.num_heads == 0 || arch.hidden_size % arch.num_heads != 0 {
+        errors.push(FieldError::new(
+            format!("{at}.numHeads"),
+            format!("{} does not divide hiddenSize {}", arch.num_heads, arch.hidden_size),
+        ));
+    }
+    match (family, arch.num_kv_heads) {
+        (ModelFamily::Gpt2, Some(_)) => {
+            errors.push(FieldError::new(format!("{at}.numKvHeads"), "gpt2 has no grouped-query attention"));
+        }
+        (ModelFamily::Llama, Some(kv)) if kv == 0 || arch.num_heads % kv != 0 => {
+            errors.push(FieldError::new(
+                format!("{at}.numKvHeads"),
+                format!("{kv} does not divide numHeads {}", arch.num_heads),
+            ));
+        }
+        _ => {}
+    }
+    if family == ModelFamily::Llama && arch.num_heads > 0 && (arch.hidden_size / arch.num_heads) % 2 != 0 {
+        errors.push(FieldError::new(
+            format!("{at}.hiddenSize"),
+            "llama's rotary embeddings need an even head size (hiddenSize / numHeads)",
+        ));
+    }
+}
+
+/// The adapter targets that exist in each family (Hugging Face module names).
+pub(super) fn lora_modules(family: ModelFamily) -> &'static [&'static str] {
+    match family {
+        ModelFamily::Gpt2 => &["c_attn", "c_proj", "c_fc"],
+        ModelFamily::Llama => &["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
+    }
+}

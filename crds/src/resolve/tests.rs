@@ -1,0 +1,158 @@
+use serde_json::json;
+
+use super::*;
+use crate::{BuiltinTokenizer, ResolvedTokenizer, WeightsSource};
+
+/// A valid sft + rm -> ppo pipeline on a tiny random gpt2.
+fn pipeline() -> serde_json::Value {
+    json!({
+        "model": {"family": "gpt2", "init": "random",
+                  "architecture": {"vocabSize": 50257, "hiddenSize": 64, "numLayers": 2, "numHeads": 4, "maxPositions": 128}},
+        "parallelism": {"nodes": 2, "gpusPerNode": 2},
+        "stages": [
+            {"name": "sft", "kind": "sft", "dataset": {"synthetic": {"task": "copy"}}, "training": {"maxLength": 64}},
+            {"name": "rm", "kind": "rm", "dataset": {"synthetic": {"task": "copy"}}, "training": {"maxLength": 64}},
+            {"name": "ppo", "kind": "ppo", "dependsOn": ["sft", "rm"], "dataset": {"synthetic": {"task": "copy"}},
+             "models": {"init": {"stage": "sft"}, "rewardModel": {"stage": "rm"}},
+             "training": {"maxLength": 64}, "ppo": {"generation": {"maxNewTokens": 16}},
+             "parallelism": {"nodes": 1, "strategy": "zero2"}}
+        ]
+    })
+}
+
+fn resolve(v: serde_json::Value) -> Result<ResolvedPipeline, Vec<FieldError>> {
+    let spec: PipelineSpec = serde_json::from_value(v).expect("test spec deserializes");
+    resolve_pipeline(&spec, "spec")
+}
+
+fn errors_of(v: serde_json::Value) -> Vec<String> {
+    resolve(v).expect_err("spec should be rejected").iter().map(|e| e.to_string()).collect()
+}
+
+#[test]
+fn fills_defaults_and_resolves_sources() {
+    let p = resolve(pipeline()).unwrap();
+    let ppo = p.stage("ppo").unwrap();
+    assert_eq!(ppo.models.init, WeightsSource::Stage("sft".into()));
+    assert_eq!(ppo.models.reward_model, Some(WeightsSource::Stage("rm".into())));
+    // critic defaults to the reward model, reference to the actor's start.
+    assert_eq!(ppo.models.critic, Some(WeightsSource::Stage("rm".into())));
+    assert_eq!(ppo.models.reference, Some(WeightsSource::Stage("sft".into())));
+    assert_eq!(ppo.training.learning_rate, 1e-6);
+    assert!((ppo.ppo.as_ref().unwrap().critic_learning_rate - 1e-5).abs() < 1e-12);
+    // stage override: nodes 1, gpusPerNode inherited 2 -> world 2; 32 / (8 x 2) = 2 accumulation steps.
+    assert_eq!(ppo.parallelism.world_size(), 2);
+    assert_eq!(ppo.training.gradient_accumulation, 2);
+    assert_eq!(p.stage("sft").unwrap().training.gradient_accumulation, 1);
+    assert_eq!(p.model.tokenizer, ResolvedTokenizer::Builtin(BuiltinTokenizer::Gpt2));
+    let pos = |n: &str| p.order.iter().position(|s| s == n).unwrap();
+    assert!(pos("ppo") > pos("sft") && pos("ppo") > pos("rm"));
+}
+
+#[test]
+fn rejects_cycles_and_unknown_dependencies() {
+    let mut v = pipeline();
+    v["stages"][0]["dependsOn"] = json!(["ppo"]);
+    v["stages"][1]["dependsOn"] = json!(["nope"]);
+    let errs = errors_of(v);
+    assert!(errs.iter().any(|e| e.starts_with("spec.stages: dependsOn forms a cycle")), "{errs:?}");
+    assert!(errs.contains(&"spec.stages[1].dependsOn[0]: unknown stage \"nope\"".to_string()), "{errs:?}");
+}
+
+#[test]
+fn rejects_duplicate_names_and_self_dependency() {
+    let mut v = pipeline();
+    v["stages"][1]["name"] = json!("sft");
+    v["stages"][0]["dependsOn"] = json!(["sft"]);
+    let errs = errors_of(v);
+    assert!(errs.iter().any(|e| e.starts_with("spec.stages[1].name: duplicate stage name")), "{errs:?}");
+    assert!(errs.iter().any(|e| e.starts_with("spec.stages[0].dependsOn[0]: a stage cannot depend on itself")), "{errs:?}");
+}
+
+#[test]
+fn ppo_needs_a_reward_model_from_an_rm_ancestor() {
+    let mut v = pipeline();
+    v["stages"][2]["models"] = json!({"init": {"stage": "sft"}});
+    assert!(errors_of(v).iter().any(|e| e.starts_with("spec.stages[2].models.rewardModel: a ppo stage needs")));
+
+    let mut v = pipeline();
+    v["stages"][2]["models"]["rewardModel"] = json!({"stage": "sft"});
+    assert!(errors_of(v).iter().any(|e| e.contains("is a sft stage, which cannot provide")));
+
+    let mut v = pipeline();
+    v["stages"][2]["dependsOn"] = json!(["sft"]);
+    assert!(errors_of(v).iter().any(|e| e.starts_with("spec.stages[2].models.rewardModel.stage: stage \"rm\" must be in dependsOn")));
+}
+
+#[test]
+fn rejects_roles_a_kind_does_not_have() {
+    let mut v = pipeline();
+    v["stages"][0]["models"] = json!({"rewardModel": {"path": "/models/rm"}});
+    v["stages"][0]["ppo"] = json!({});
+    let errs = errors_of(v);
+    assert!(errs.contains(&"spec.stages[0].models.rewardModel: a sft stage has no rewardModel model".to_string()), "{errs:?}");
+    assert!(errs.contains(&"spec.stages[0].ppo: ppo settings on a sft stage".to_string()), "{errs:?}");
+}
+
+#[test]
+fn batch_must_divide_over_ranks() {
+    let mut v = pipeline();
+    v["stages"][0]["training"]["batchSize"] = json!(24);
+    let errs = errors_of(v);
+    assert_eq!(
+        errs,
+        vec!["spec.stages[0].training.batchSize: 24 is not a multiple of microBatchSize 8 x world size 4 (= 32)"]
+    );
+}
+
+#[test]
+fn model_rules() {
+    let mut v = pipeline();
+    v["model"]["architecture"]["numHeads"] = json!(5);
+    v["model"]["architecture"]["numKvHeads"] = json!(1);
+    let errs = errors_of(v);
+    assert!(errs.contains(&"spec.model.architecture.numHeads: 5 does not divide hiddenSize 64".to_string()), "{errs:?}");
+    assert!(errs.contains(&"spec.model.architecture.numKvHeads: gpt2 has no grouped-query attention".to_string()));
+
+    let mut v = pipeline();
+    v["model"]["path"] = json!("/models/gpt2");
+    assert!(errors_of(v).contains(&"spec.model.init: set either path or init, not both".to_string()));
+
+    let mut v = pipeline();
+    v["model"]["architecture"]["vocabSize"] = json!(1000);
+    assert!(errors_of(v)[0].starts_with("spec.model.architecture.vocabSize: 1000 is smaller"));
+}
+
+#[test]
+fn lengths_fit_the_model() {
+    let mut v = pipeline();
+    v["stages"][2]["ppo"]["generation"]["maxNewTokens"] = json!(64);
+    v["stages"][1]["training"]["maxLength"] = json!(4096);
+    let errs = errors_of(v);
+    assert!(errs.contains(&"spec.stages[1].training.maxLength: 4096 exceeds the model's maxPositions 128".to_string()));
+    assert!(errs.iter().any(|e| e.starts_with("spec.stages[2].ppo.generation.maxNewTokens: 64 leaves no room")));
+}
+
+#[test]
+fn lora_targets_must_exist_in_the_family() {
+    let mut v = pipeline();
+    v["parallelism"]["lora"] = json!({"targetModules": ["c_attn", "q_proj"]});
+    let errs = errors_of(v);
+    assert!(errs[0].starts_with("spec.stages[0].parallelism.lora.targetModules[1]: \"q_proj\" is not a module"), "{errs:?}");
+
+    let mut v = pipeline();
+    v["parallelism"]["lora"] = json!({"rank": 4});
+    let p = resolve(v).unwrap();
+    let lora = p.stage("rm").unwrap().parallelism.lora.clone().unwrap();
+    assert_eq!((lora.rank, lora.alpha, lora.target_modules.len()), (4, 8.0, 3));
+}
+
+#[test]
+fn dataset_needs_exactly_one_source() {
+    let mut v = pipeline();
+    v["stages"][0]["dataset"] = json!({});
+    v["stages"][1]["dataset"] = json!({"path": "/data/x.jsonl", "synthetic": {"task": "copy"}});
+    let errs = errors_of(v);
+    assert!(errs.contains(&"spec.stages[0].dataset: set path (a file in the pod) or synthetic".to_string()));
+    assert!(errs.contains(&"spec.stages[1].dataset: set either path or synthetic, not both".to_string()));
+}

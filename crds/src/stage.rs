@@ -1,0 +1,301 @@
+//! One stage of the pipeline: what it trains, on which data, from which weights, how.
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use crate::ParallelismSpec;
+
+/// What a stage trains.
+#[derive(Deserialize, Serialize, Clone, Copy, Debug, PartialEq, Eq, Hash, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum StageKind {
+    /// Supervised fine-tuning on prompt/response pairs.
+    Sft,
+    /// Reward model on chosen/rejected pairs.
+    Rm,
+    /// PPO of an actor against a reward model.
+    Ppo,
+    /// Direct preference optimisation against a frozen reference.
+    Dpo,
+}
+
+impl StageKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            StageKind::Sft => "sft",
+            StageKind::Rm => "rm",
+            StageKind::Ppo => "ppo",
+            StageKind::Dpo => "dpo",
+        }
+    }
+}
+
+/// File formats a dataset may have.
+#[derive(Deserialize, Serialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum DatasetFormat {
+    /// One JSON object per line (`prompt`/`response`, `prompt`/`chosen`/`rejected`, or `prompt`).
+    #[default]
+    Jsonl,
+}
+
+/// Built-in synthetic tasks, so a demo needs no files.
+#[derive(Deserialize, Serialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum SyntheticTask {
+    /// Prompts of words; good responses repeat them (SFT pairs, preference pairs, PPO prompts).
+    Copy,
+    /// Small additions; good responses give the sum.
+    Arithmetic,
+}
+
+/// A built-in synthetic dataset.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SyntheticDataset {
+    /// Which generator.
+    pub task: SyntheticTask,
+    /// Number of examples. Default: 256.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1))]
+    pub samples: Option<u32>,
+    /// Generator seed. Default: 0.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub seed: Option<u64>,
+}
+
+/// The stage's data: a file on a mounted volume, or a synthetic generator. Exactly one.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct DatasetSpec {
+    /// Path of the dataset file inside the pod.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1))]
+    pub path: Option<String>,
+    /// Format of `path`. Default: jsonl.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub format: Option<DatasetFormat>,
+    /// A built-in generator instead of a file.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub synthetic: Option<SyntheticDataset>,
+}
+
+/// Where a model's starting weights come from: an earlier stage's output, or a folder. At most one;
+/// when neither is given the base model is used.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct ModelSource {
+    /// Name of an earlier stage (it must be among this stage's `dependsOn`, directly or through them).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stage: Option<String>,
+    /// A Hugging Face model folder inside the pod.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1))]
+    pub path: Option<String>,
+}
+
+/// Which weights each model of the stage starts from.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct StageModels {
+    /// The model this stage trains (the actor in PPO). Default: the base model.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub init: Option<ModelSource>,
+    /// PPO only, required: the reward model (an `rm` stage or a folder).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reward_model: Option<ModelSource>,
+    /// PPO only: the critic's starting weights. Default: the reward model.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub critic: Option<ModelSource>,
+    /// PPO and DPO: the frozen reference. Default: the same weights as `init`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reference: Option<ModelSource>,
+}
+
+/// Optimisation settings every kind of stage shares. Defaults depend on the kind (see the README).
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct TrainingParams {
+    /// Peak learning rate (AdamW). Default: sft 2e-5, rm 1e-5, ppo 1e-6, dpo 5e-7.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0.0, max = 1.0))]
+    pub learning_rate: Option<f64>,
+    /// Global batch size (examples per optimizer step, all ranks together). Default: 32.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1))]
+    pub batch_size: Option<u32>,
+    /// Examples per rank per forward pass; batchSize must be a multiple of microBatchSize x world size
+    /// (the quotient is the gradient-accumulation count). Default: 8.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1))]
+    pub micro_batch_size: Option<u32>,
+    /// Passes over the dataset. Default: 1.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1))]
+    pub epochs: Option<u32>,
+    /// Stop after this many optimizer steps even if epochs remain. Default: no limit.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1))]
+    pub max_steps: Option<u64>,
+    /// Longest tokenized prompt + response; longer examples are truncated. Default: 512.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 2))]
+    pub max_length: Option<u32>,
+    /// Linear warm-up steps. Default: 0.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub warmup_steps: Option<u32>,
+    /// AdamW weight decay. Default: 0.0.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0.0))]
+    pub weight_decay: Option<f64>,
+    /// Gradient-norm clipping; 0 turns it off. Default: 1.0.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0.0))]
+    pub max_grad_norm: Option<f64>,
+    /// Seed for initialisation, shuffling and sampling. Default: 42.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub seed: Option<u64>,
+    /// Write a resumable checkpoint every this many steps. Default: 50.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1))]
+    pub checkpoint_every: Option<u32>,
+}
+
+/// Sampling settings for PPO's experience making.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct GenerationParams {
+    /// Most tokens generated per prompt. Default: 64.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1))]
+    pub max_new_tokens: Option<u32>,
+    /// Sampling temperature. Default: 1.0.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0.0))]
+    pub temperature: Option<f64>,
+    /// Keep the k most likely tokens; 0 keeps all. Default: 0.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub top_k: Option<u32>,
+    /// Nucleus sampling mass. Default: 1.0.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0.0, max = 1.0))]
+    pub top_p: Option<f64>,
+}
+
+/// KL estimator used for the per-token penalty.
+#[derive(Deserialize, Serialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum KlEstimator {
+    /// log p - log q.
+    #[default]
+    K1,
+    /// (q/p - 1) - log(q/p): unbiased and always positive.
+    K3,
+}
+
+/// PPO settings (InstructGPT recipe).
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct PpoParams {
+    /// Initial KL penalty coefficient. Default: 0.05.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0.0))]
+    pub kl_coef: Option<f64>,
+    /// KL estimator. Default: k1.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kl_estimator: Option<KlEstimator>,
+    /// Adaptive KL controller target; absent keeps klCoef fixed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0.0))]
+    pub target_kl: Option<f64>,
+    /// Policy ratio clip range. Default: 0.2.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0.0, max = 1.0))]
+    pub clip_range: Option<f64>,
+    /// Value clip range. Default: 0.2.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0.0))]
+    pub value_clip_range: Option<f64>,
+    /// GAE discount. Default: 1.0.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0.0, max = 1.0))]
+    pub gamma: Option<f64>,
+    /// GAE lambda. Default: 0.95.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0.0, max = 1.0))]
+    pub lambda: Option<f64>,
+    /// Optimisation passes over each batch of experience. Default: 1.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1))]
+    pub ppo_epochs: Option<u32>,
+    /// Prompts per experience-making round, all ranks together. Default: the stage's batchSize.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1))]
+    pub rollout_batch_size: Option<u32>,
+    /// Critic learning rate. Default: 10 x the actor's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0.0, max = 1.0))]
+    pub critic_learning_rate: Option<f64>,
+    /// Clip rewards to [-rewardClip, rewardClip]; 0 turns it off. Default: 10.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0.0))]
+    pub reward_clip: Option<f64>,
+    /// Entropy bonus coefficient. Default: 0.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0.0))]
+    pub entropy_coef: Option<f64>,
+    /// Pre-training (ptx) loss coefficient; needs `ptxDataset`. Default: 0.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0.0))]
+    pub ptx_coef: Option<f64>,
+    /// Data for the ptx loss.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ptx_dataset: Option<DatasetSpec>,
+    /// Sampling settings.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub generation: Option<GenerationParams>,
+}
+
+/// DPO settings.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct DpoParams {
+    /// Inverse temperature of the preference loss. Default: 0.1.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0.0))]
+    pub beta: Option<f64>,
+    /// Label smoothing (conservative DPO). Default: 0.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0.0, max = 0.5))]
+    pub label_smoothing: Option<f64>,
+}
+
+/// One stage of the pipeline.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct StageSpec {
+    /// Unique within the job; a DNS label (it names pods and output folders).
+    #[schemars(length(min = 1, max = 20), regex(pattern = r"^[a-z]([-a-z0-9]*[a-z0-9])?$"))]
+    pub name: String,
+    /// What the stage trains.
+    pub kind: StageKind,
+    /// Stages that must succeed before this one starts.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub depends_on: Vec<String>,
+    /// Training data.
+    pub dataset: DatasetSpec,
+    /// Starting weights of the stage's models.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub models: Option<StageModels>,
+    /// Optimisation settings.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub training: Option<TrainingParams>,
+    /// PPO settings (only for kind ppo).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ppo: Option<PpoParams>,
+    /// DPO settings (only for kind dpo).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dpo: Option<DpoParams>,
+    /// Overrides of the job's `parallelism`, field by field.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub parallelism: Option<ParallelismSpec>,
+}
