@@ -1,0 +1,97 @@
+//! Writes to the API server: server-side apply of desired objects, deletion of orphans, status.
+use std::collections::BTreeSet;
+
+use k8s_openapi::api::core::v1::{ConfigMap, PersistentVolumeClaim, Pod, Service};
+use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams};
+use kube::{Client, Resource, ResourceExt};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use super::build;
+use super::observe::ObservedPod;
+use super::validate::ValidatedJob;
+use crate::crd::{RLHFJob, RLHFJobStatus};
+use crate::error::Result;
+use crate::metrics::Metrics;
+use crate::names;
+
+pub struct Applier<'a> {
+    pub client: &'a Client,
+    pub namespace: &'a str,
+    pub metrics: &'a Metrics,
+}
+
+impl Applier<'_> {
+    fn api<K: Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>>(&self) -> Api<K> {
+        Api::namespaced(self.client.clone(), self.namespace)
+    }
+
+    /// Server-side apply with our field manager; re-applying the same object is a no-op.
+    async fn apply<K>(&self, obj: &K) -> Result<()>
+    where
+        K: Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()> + Clone + Serialize + DeserializeOwned + std::fmt::Debug,
+    {
+        let params = PatchParams::apply(names::FIELD_MANAGER).force();
+        self.api::<K>().patch(&obj.name_any(), &params, &Patch::Apply(obj)).await?;
+        self.metrics.objects_applied.with_label_values(&[&K::kind(&())]).inc();
+        Ok(())
+    }
+
+    pub async fn ensure_storage(&self, job: &ValidatedJob) -> Result<()> {
+        match build::storage_claim(job) {
+            Some(pvc) => self.apply::<PersistentVolumeClaim>(&pvc).await,
+            None => Ok(()),
+        }
+    }
+
+    /// Creates whatever is missing of a stage's gang: Service and ConfigMap first (pods mount the
+    /// config and resolve MASTER_ADDR through the Service), then the missing pods.
+    pub async fn ensure_gang(&self, job: &ValidatedJob, stage: &str, pods: &[Pod], observed: &[ObservedPod]) -> Result<()> {
+        let existing: BTreeSet<&str> = observed.iter().filter(|p| p.stage == stage).map(|p| p.name.as_str()).collect();
+        let missing: Vec<&Pod> = pods.iter().filter(|p| !existing.contains(p.name_any().as_str())).collect();
+        if missing.is_empty() {
+            return Ok(());
+        }
+        self.apply::<Service>(&build::headless_service(job, stage)).await?;
+        if let Some(cm) = build::config_map(job, stage) {
+            self.apply::<ConfigMap>(&cm).await?;
+        }
+        for pod in missing {
+            self.apply::<Pod>(pod).await?;
+        }
+        Ok(())
+    }
+
+    /// Deletes the pods, Services and ConfigMaps of stages that are no longer in the spec.
+    pub async fn delete_orphans(&self, job: &str, orphan_stages: &BTreeSet<String>) -> Result<()> {
+        for stage in orphan_stages {
+            let selector = format!("{},{}={stage}", names::job_selector(job), names::LABEL_STAGE);
+            self.delete_labelled::<Pod>(&selector).await?;
+            self.delete_labelled::<Service>(&selector).await?;
+            self.delete_labelled::<ConfigMap>(&selector).await?;
+        }
+        Ok(())
+    }
+
+    async fn delete_labelled<K>(&self, selector: &str) -> Result<()>
+    where
+        K: Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()> + Clone + DeserializeOwned + std::fmt::Debug,
+    {
+        let api = self.api::<K>();
+        for obj in api.list(&ListParams::default().labels(selector)).await? {
+            match api.delete(&obj.name_any(), &DeleteParams::background()).await {
+                Ok(_) => self.metrics.objects_deleted.with_label_values(&[&K::kind(&())]).inc(),
+                Err(kube::Error::Api(e)) if e.code == 404 => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Ok(())
+    }
+
+    pub async fn patch_status(&self, job: &str, status: &RLHFJobStatus) -> Result<()> {
+        let body = serde_json::json!({"apiVersion": "rlhf.dev/v1alpha1", "kind": "RLHFJob", "status": status});
+        let params = PatchParams::apply(names::FIELD_MANAGER).force();
+        self.api::<RLHFJob>().patch_status(job, &params, &Patch::Apply(&body)).await?;
+        Ok(())
+    }
+}

@@ -1,0 +1,150 @@
+//! The reconcile pipeline: validate -> build -> apply -> status.
+pub mod apply;
+pub mod build;
+pub mod observe;
+pub mod status;
+pub mod validate;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use k8s_openapi::api::core::v1::{ConfigMap, Pod, Service};
+use k8s_openapi::jiff::Timestamp;
+use kube::api::{Api, ListParams};
+use kube::runtime::controller::{Action, Controller};
+use kube::runtime::events::{Event, EventType, Recorder, Reporter};
+use kube::runtime::watcher;
+use kube::{Client, Resource, ResourceExt};
+
+use self::apply::Applier;
+use self::observe::ObservedPod;
+use self::status::{Decision, Observed};
+use crate::crd::RLHFJob;
+use crate::error::{Error, Result};
+use crate::metrics::Metrics;
+use crate::names;
+
+pub struct Context {
+    pub client: Client,
+    pub recorder: Recorder,
+    pub metrics: Metrics,
+}
+
+/// Runs the controller until the process is asked to stop. `namespace` limits it to one namespace.
+pub async fn run(client: Client, namespace: Option<String>, metrics: Metrics) {
+    fn api<K: Resource<DynamicType = ()>>(client: &Client, ns: &Option<String>) -> Api<K>
+    where
+        K: Resource<Scope = k8s_openapi::NamespaceResourceScope>,
+    {
+        match ns {
+            Some(ns) => Api::namespaced(client.clone(), ns),
+            None => Api::all(client.clone()),
+        }
+    }
+    let owned = watcher::Config::default().labels(&format!("{}={}", names::LABEL_MANAGED_BY, names::FIELD_MANAGER));
+    let reporter = Reporter { controller: names::FIELD_MANAGER.into(), instance: std::env::var("POD_NAME").ok() };
+    let ctx = Arc::new(Context { client: client.clone(), recorder: Recorder::new(client.clone(), reporter), metrics });
+    Controller::new(api::<RLHFJob>(&client, &namespace), watcher::Config::default())
+        .owns(api::<Pod>(&client, &namespace), owned.clone())
+        .owns(api::<Service>(&client, &namespace), owned.clone())
+        .owns(api::<ConfigMap>(&client, &namespace), owned)
+        .shutdown_on_signal()
+        .run(reconcile, error_policy, ctx)
+        .for_each(|res| async move {
+            if let Err(e) = res {
+                tracing::debug!(error = %e, "reconcile did not complete");
+            }
+        })
+        .await;
+}
+
+fn error_policy(job: Arc<RLHFJob>, err: &Error, ctx: Arc<Context>) -> Action {
+    ctx.metrics.reconcile_errors.with_label_values(&[err.category()]).inc();
+    tracing::warn!(job = %job.name_any(), namespace = job.namespace().unwrap_or_default(), error = %err, "reconcile failed; retrying");
+    Action::requeue(Duration::from_secs(5))
+}
+
+async fn reconcile(job: Arc<RLHFJob>, ctx: Arc<Context>) -> Result<Action> {
+    let started = Instant::now();
+    let result = reconcile_job(&job, &ctx).await;
+    ctx.metrics.reconcile_duration.observe(started.elapsed().as_secs_f64());
+    ctx.metrics.reconciles.with_label_values(&[if result.is_ok() { "ok" } else { "error" }]).inc();
+    result
+}
+
+async fn reconcile_job(job: &RLHFJob, ctx: &Context) -> Result<Action> {
+    if job.metadata.deletion_timestamp.is_some() {
+        return Ok(Action::await_change()); // the garbage collector removes what the job owns
+    }
+    let (name, namespace) = (job.name_any(), job.namespace().unwrap_or_default());
+    let applier = Applier { client: &ctx.client, namespace: &namespace, metrics: &ctx.metrics };
+    let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), &namespace);
+    let observed: Vec<ObservedPod> =
+        pods.list(&ListParams::default().labels(&names::job_selector(&name))).await?.iter().filter_map(ObservedPod::from_pod).collect();
+    let prev = job.status.clone().unwrap_or_default();
+    let now = Timestamp::now();
+    let decision = match validate::validate(job) {
+        Err(errors) => {
+            let no_hashes = BTreeMap::new();
+            let obs = Observed { generation: job.metadata.generation, pods: &observed, desired_hashes: &no_hashes, now };
+            status::decide_invalid(&prev, &errors, &obs)
+        }
+        Ok(valid) => {
+            let gangs: BTreeMap<String, build::Gang> = valid
+                .stages
+                .iter()
+                .filter_map(|s| Some((s.resolved.name.clone(), build::gang(&valid, &s.resolved.name, 0)?)))
+                .collect();
+            let hashes = gangs.iter().map(|(stage, g)| (stage.clone(), g.spec_hash.clone())).collect();
+            let obs = Observed { generation: job.metadata.generation, pods: &observed, desired_hashes: &hashes, now };
+            let decision = status::decide(&valid, &prev, &obs);
+            if !decision.launch.is_empty() {
+                applier.ensure_storage(&valid).await?;
+            }
+            for stage in &decision.launch {
+                if let Some(gang) = gangs.get(stage) {
+                    applier.ensure_gang(&valid, stage, &gang.pods, &observed).await?;
+                }
+            }
+            applier.delete_orphans(&name, &orphan_stages(&valid, &prev, &observed)).await?;
+            decision
+        }
+    };
+    publish(job, &prev, decision, &applier, ctx).await?;
+    Ok(Action::requeue(Duration::from_secs(300)))
+}
+
+/// Stages that have objects (or a status entry) but are no longer in the spec.
+fn orphan_stages(job: &validate::ValidatedJob, prev: &crate::crd::RLHFJobStatus, observed: &[ObservedPod]) -> BTreeSet<String> {
+    let known: BTreeSet<&str> = job.stages.iter().map(|s| s.resolved.name.as_str()).collect();
+    prev.stages
+        .iter()
+        .map(|s| s.name.as_str())
+        .chain(observed.iter().map(|p| p.stage.as_str()))
+        .filter(|s| !known.contains(s))
+        .map(str::to_string)
+        .collect()
+}
+
+/// Patches the status when it changed, then records the transitions as Events.
+async fn publish(job: &RLHFJob, prev: &crate::crd::RLHFJobStatus, decision: Decision, applier: &Applier<'_>, ctx: &Context) -> Result<()> {
+    if &decision.status != prev {
+        applier.patch_status(&job.name_any(), &decision.status).await?;
+    }
+    let reference = job.object_ref(&());
+    for t in decision.transitions {
+        let event = Event {
+            type_: if t.warning { EventType::Warning } else { EventType::Normal },
+            reason: t.reason,
+            note: Some(t.message),
+            action: t.action,
+            secondary: None,
+        };
+        if let Err(e) = ctx.recorder.publish(&event, &reference).await {
+            tracing::warn!(error = %e, "could not record event"); // events are best effort
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,29 @@
+//! The operator's one error type.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("Kubernetes API: {0}")]
+    Kube(#[from] kube::Error),
+    #[error("kubeconfig: {0}")]
+    Config(String),
+    #[error("metrics server on {addr}: {source}")]
+    Server { addr: String, source: std::io::Error },
+    #[error("prometheus: {0}")]
+    Metrics(#[from] prometheus::Error),
+}
+
+impl Error {
+    /// Short label for the reconcile-errors metric.
+    pub fn category(&self) -> &'static str {
+        match self {
+            Error::Kube(kube::Error::Api(s)) if s.code == 403 => "forbidden",
+            Error::Kube(kube::Error::Api(s)) if s.code == 409 => "conflict",
+            Error::Kube(kube::Error::Api(_)) => "api",
+            Error::Kube(_) => "transport",
+            Error::Config(_) => "config",
+            Error::Server { .. } => "server",
+            Error::Metrics(_) => "metrics",
+        }
+    }
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
