@@ -1,0 +1,10 @@
+//! Test bed for rlhf-operator: a real control plane (started by `tests/controlplane/up.sh`), the
+//! operator as a real child process, and the kubelet's part played through the API.
+pub mod cluster;
+pub mod kubelet;
+pub mod operator;
+pub mod wait;
+
+pub use cluster::TestCluster;
+pub use operator::OperatorProcess;
+pub use wait::wait_until;

@@ -87,6 +87,7 @@ async fn reconcile_job(job: &RLHFJob, ctx: &Context) -> Result<Action> {
     let now = Timestamp::now();
     let decision = match validate::validate(job) {
         Err(errors) => {
+            tracing::info!(job = %name, namespace = %namespace, problems = errors.len(), "invalid spec");
             let no_hashes = BTreeMap::new();
             let obs = Observed { generation: job.metadata.generation, pods: &observed, desired_hashes: &no_hashes, now };
             status::decide_invalid(&prev, &errors, &obs)

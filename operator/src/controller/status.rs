@@ -126,7 +126,7 @@ pub fn decide(job: &ValidatedJob, prev: &RLHFJobStatus, obs: &Observed<'_>) -> D
     status.last_reward = reporting.and_then(|s| s.last_reward);
 
     set_condition(&mut status.conditions, COND_INVALID_SPEC, false, "SpecValid", "", obs);
-    set_condition(&mut status.conditions, COND_SUCCEEDED, phase == JobPhase::Succeeded, "AllStagesSucceeded", "", obs);
+    set_condition(&mut status.conditions, COND_SUCCEEDED, phase == JobPhase::Succeeded, "AllStagesSucceeded", "every stage succeeded", obs);
     let failure_msg = failures.join("; ");
     let failed_msg = if failure_msg.is_empty() { condition_message(prev, COND_FAILED) } else { failure_msg };
     set_condition(&mut status.conditions, COND_FAILED, phase == JobPhase::Failed, "StageFailed", &failed_msg, obs);
@@ -212,7 +212,12 @@ fn set_condition(conds: &mut Vec<Condition>, type_: &str, value: bool, reason: &
     if existing.is_none() && !value {
         return;
     }
-    let (reason, message) = if value { (reason.to_string(), message.to_string()) } else { ("Resolved".to_string(), String::new()) };
+    // The API server rejects an empty message (k8s-openapi sends it as null), so always say something.
+    let (reason, message) = match (value, message.is_empty()) {
+        (true, false) => (reason.to_string(), message.to_string()),
+        (true, true) => (reason.to_string(), reason.to_string()),
+        (false, _) => ("Resolved".to_string(), format!("{type_} no longer applies")),
+    };
     let new = |transition: Time| Condition {
         type_: type_.to_string(),
         status: status.to_string(),

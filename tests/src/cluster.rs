@@ -1,0 +1,95 @@
+//! Connection to the test control plane, CRD installation and per-test namespaces.
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use k8s_openapi::api::core::v1::Namespace;
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use kube::api::{Api, Patch, PatchParams, PostParams};
+use kube::config::{KubeConfigOptions, Kubeconfig};
+use kube::{Client, Config};
+use tokio::io::AsyncWriteExt;
+
+use crate::wait::wait_until;
+
+/// Environment variable naming the kubeconfig of a running test control plane (`make test` sets it).
+pub const KUBECONFIG_ENV: &str = "RLHF_TEST_KUBECONFIG";
+
+#[derive(Clone)]
+pub struct TestCluster {
+    pub client: Client,
+    pub kubeconfig: PathBuf,
+}
+
+impl TestCluster {
+    /// Connects to the control plane named by RLHF_TEST_KUBECONFIG and makes sure the CRD is installed.
+    pub async fn connect() -> Self {
+        let path = std::env::var_os(KUBECONFIG_ENV).map(PathBuf::from).unwrap_or_else(|| {
+            panic!(
+                "{KUBECONFIG_ENV} is not set. These tests need a real control plane: run `make test`, or \
+                 `tests/controlplane/up.sh DIR` and export {KUBECONFIG_ENV}=DIR/kubeconfig"
+            )
+        });
+        let client = client_for(&path).await.unwrap_or_else(|e| panic!("connecting with {}: {e:#}", path.display()));
+        let cluster = Self { client, kubeconfig: path };
+        cluster.install_crd().await.expect("installing the RLHFJob CRD");
+        cluster
+    }
+
+    async fn install_crd(&self) -> Result<()> {
+        let crds: Api<CustomResourceDefinition> = Api::all(self.client.clone());
+        let crd = rlhf_operator::crd::crd();
+        let name = crd.metadata.name.clone().context("CRD has a name")?;
+        crds.patch(&name, &PatchParams::apply("rlhf-tests").force(), &Patch::Apply(&crd)).await?;
+        wait_until("the CRD to be established", Duration::from_secs(30), || {
+            let crds = crds.clone();
+            let name = name.clone();
+            async move {
+                let crd = crds.get(&name).await.map_err(|e| e.to_string())?;
+                let established = crd.status.and_then(|s| s.conditions).unwrap_or_default().iter().any(|c| c.type_ == "Established" && c.status == "True");
+                Ok(established.then_some(()))
+            }
+        })
+        .await;
+        Ok(())
+    }
+
+    /// Creates a fresh namespace `<prefix>-<pid>-<n>` so tests never see each other's objects.
+    pub async fn namespace(&self, prefix: &str) -> String {
+        static COUNTER: AtomicU32 = AtomicU32::new(0);
+        let name = format!("{prefix}-{}-{}", std::process::id(), COUNTER.fetch_add(1, Ordering::SeqCst));
+        let ns = Namespace { metadata: kube::api::ObjectMeta { name: Some(name.clone()), ..Default::default() }, ..Default::default() };
+        Api::<Namespace>::all(self.client.clone()).create(&PostParams::default(), &ns).await.expect("creating a test namespace");
+        name
+    }
+
+    /// Runs the real kubectl against the test cluster, feeding `stdin`; returns (success, stdout+stderr).
+    pub async fn kubectl(&self, args: &[&str], stdin: &str) -> (bool, String) {
+        let mut child = tokio::process::Command::new("kubectl")
+            .arg("--kubeconfig")
+            .arg(&self.kubeconfig)
+            .args(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("kubectl is installed");
+        let mut input = child.stdin.take().expect("piped stdin");
+        input.write_all(stdin.as_bytes()).await.expect("writing to kubectl");
+        drop(input);
+        let out = child.wait_with_output().await.expect("kubectl runs");
+        let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+        (out.status.success(), text)
+    }
+}
+
+pub async fn client_for(kubeconfig: &Path) -> Result<Client> {
+    if !kubeconfig.exists() {
+        bail!("{} does not exist (is the control plane up?)", kubeconfig.display());
+    }
+    let kc = Kubeconfig::read_from(kubeconfig)?;
+    let config = Config::from_custom_kubeconfig(kc, &KubeConfigOptions::default()).await?;
+    Ok(Client::try_from(config)?)
+}

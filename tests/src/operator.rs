@@ -1,0 +1,46 @@
+//! The operator as a real child process (the release binary), so tests can kill it mid-flight.
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+
+use tokio::process::{Child, Command};
+
+pub struct OperatorProcess {
+    child: Child,
+    pub log: PathBuf,
+}
+
+/// `target/<profile>/rlhf-operator`, next to the test binary's `deps/` folder.
+pub fn operator_binary() -> PathBuf {
+    let exe = std::env::current_exe().expect("test binary path");
+    let dir = exe.parent().and_then(Path::parent).expect("target/<profile>/deps/<test>");
+    let bin = dir.join("rlhf-operator");
+    assert!(bin.exists(), "{} is missing: build it first (`cargo build --release --bins`; make test does)", bin.display());
+    bin
+}
+
+impl OperatorProcess {
+    /// Starts `rlhf-operator run` watching only `namespace`, logging to a file named after it.
+    pub fn start(kubeconfig: &Path, namespace: &str) -> Self {
+        let log = std::env::temp_dir().join(format!("rlhf-operator-{namespace}.log"));
+        let file = std::fs::OpenOptions::new().create(true).append(true).open(&log).expect("operator log file");
+        let child = Command::new(operator_binary())
+            .args(["run", "--metrics-addr", "127.0.0.1:0", "--namespace", namespace])
+            .env("KUBECONFIG", kubeconfig)
+            .env("RUST_LOG", "info,rlhf_operator=debug")
+            .stdout(Stdio::from(file.try_clone().expect("log handle")))
+            .stderr(Stdio::from(file))
+            .kill_on_drop(true)
+            .spawn()
+            .expect("starting rlhf-operator");
+        Self { child, log }
+    }
+
+    /// SIGKILL: no chance to finish anything, like a node failure or an OOM kill.
+    pub async fn kill(&mut self) {
+        let _ = self.child.kill().await;
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
