@@ -9,11 +9,11 @@ pub struct OperatorProcess {
     pub log: PathBuf,
 }
 
-/// `target/<profile>/rlhf-operator`, next to the test binary's `deps/` folder.
-pub fn operator_binary() -> PathBuf {
+/// `target/<profile>/<name>`, next to the test binary's `deps/` folder.
+pub fn workspace_binary(name: &str) -> PathBuf {
     let exe = std::env::current_exe().expect("test binary path");
     let dir = exe.parent().and_then(Path::parent).expect("target/<profile>/deps/<test>");
-    let bin = dir.join("rlhf-operator");
+    let bin = dir.join(name);
     assert!(bin.exists(), "{} is missing: build it first (`cargo build --release --bins`; make test does)", bin.display());
     bin
 }
@@ -23,7 +23,7 @@ impl OperatorProcess {
     pub fn start(kubeconfig: &Path, namespace: &str) -> Self {
         let log = std::env::temp_dir().join(format!("rlhf-operator-{namespace}.log"));
         let file = std::fs::OpenOptions::new().create(true).append(true).open(&log).expect("operator log file");
-        let child = Command::new(operator_binary())
+        let child = Command::new(workspace_binary("rlhf-operator"))
             .args(["run", "--metrics-addr", "127.0.0.1:0", "--namespace", namespace])
             .env("KUBECONFIG", kubeconfig)
             .env("RUST_LOG", "info,rlhf_operator=debug")

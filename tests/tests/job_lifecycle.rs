@@ -94,6 +94,15 @@ async fn job_runs_stage_by_stage_and_is_garbage_collected() {
     let trainer: rlhf_spec::TrainerConfig = serde_json::from_str(&config["trainer.json"]).expect("trainer.json parses");
     assert_eq!(trainer.output_dir, format!("/rlhf/{ns}/{JOB}/prefs"));
     assert_eq!(trainer.stage.parallelism.world_size(), 6);
+    // The trainer binary itself accepts what the operator rendered.
+    let path = std::env::temp_dir().join(format!("{ns}-trainer.json"));
+    std::fs::write(&path, &config["trainer.json"]).unwrap();
+    let check = std::process::Command::new(rlhf_test_support::operator::workspace_binary("rlhf-trainer"))
+        .args(["check-config", path.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(check.status.success(), "rlhf-trainer check-config: {}", String::from_utf8_lossy(&check.stderr));
+    assert!(String::from_utf8_lossy(&check.stdout).contains("stage prefs (rm): 3 nodes x 2 GPUs = world 6"));
     assert_eq!((count::<Service>(&client, &ns).await, count::<ConfigMap>(&client, &ns).await), (2, 2));
     assert_eq!(count::<PersistentVolumeClaim>(&client, &ns).await, 1);
     assert_eq!(count::<Pod>(&client, &ns).await, 6, "no pods for align before its dependencies succeed");
