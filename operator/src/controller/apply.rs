@@ -37,11 +37,14 @@ impl Applier<'_> {
         Ok(())
     }
 
+    /// Creates the job's claim once; it is never re-applied, because most PVC fields are
+    /// immutable and the volume must outlive spec edits.
     pub async fn ensure_storage(&self, job: &ValidatedJob) -> Result<()> {
-        match build::storage_claim(job) {
-            Some(pvc) => self.apply::<PersistentVolumeClaim>(&pvc).await,
-            None => Ok(()),
+        let Some(pvc) = build::storage_claim(job) else { return Ok(()) };
+        if self.api::<PersistentVolumeClaim>().get_opt(&pvc.name_any()).await?.is_some() {
+            return Ok(());
         }
+        self.apply::<PersistentVolumeClaim>(&pvc).await
     }
 
     /// Creates whatever is missing of a stage's gang: Service and ConfigMap first (pods mount the

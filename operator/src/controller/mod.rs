@@ -101,13 +101,17 @@ async fn reconcile_job(job: &RLHFJob, ctx: &Context) -> Result<Action> {
             let hashes = gangs.iter().map(|(stage, g)| (stage.clone(), g.spec_hash.clone())).collect();
             let obs = Observed { generation: job.metadata.generation, pods: &observed, desired_hashes: &hashes, now };
             let decision = status::decide(&valid, &prev, &obs);
-            if !decision.launch.is_empty() {
+            let incomplete: Vec<&build::Gang> = decision
+                .launch
+                .iter()
+                .filter_map(|stage| gangs.get(stage))
+                .filter(|gang| gang.pods.iter().any(|p| !observed.iter().any(|o| Some(&o.name) == p.metadata.name.as_ref())))
+                .collect();
+            if !incomplete.is_empty() {
                 applier.ensure_storage(&valid).await?;
             }
-            for stage in &decision.launch {
-                if let Some(gang) = gangs.get(stage) {
-                    applier.ensure_gang(&valid, stage, &gang.pods, &observed).await?;
-                }
+            for gang in incomplete {
+                applier.ensure_gang(&valid, &gang.stage, &gang.pods, &observed).await?;
             }
             applier.delete_orphans(&name, &orphan_stages(&valid, &prev, &observed)).await?;
             decision

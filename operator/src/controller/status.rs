@@ -46,7 +46,12 @@ pub struct Observed<'a> {
 pub fn decide_invalid(prev: &RLHFJobStatus, errors: &[FieldError], obs: &Observed<'_>) -> Decision {
     let message = errors.iter().map(|e| e.to_string()).collect::<Vec<_>>().join("; ");
     let mut status = prev.clone();
-    status.phase = Some(JobPhase::Failed);
+    // A job that never started fails; one that has started keeps its phase (running gangs go on,
+    // nothing new starts) until the spec is fixed.
+    let started = prev.stages.iter().any(|s| s.phase != StagePhase::Waiting);
+    if !started {
+        status.phase = Some(JobPhase::Failed);
+    }
     status.observed_generation = obs.generation;
     let was_invalid = is_true(prev, COND_INVALID_SPEC);
     set_condition(&mut status.conditions, COND_INVALID_SPEC, true, "InvalidSpec", &message, obs);

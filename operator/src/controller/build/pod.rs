@@ -13,6 +13,7 @@ use crate::names;
 /// A stage's gang: one pod per node, each running `gpusPerNode` trainer processes.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Gang {
+    pub stage: String,
     pub pods: Vec<Pod>,
     /// Every pod carries it, so a running gang started from an older spec is recognisable.
     pub spec_hash: String,
@@ -25,7 +26,7 @@ pub fn gang(job: &ValidatedJob, stage: &str, generation: u32) -> Option<Gang> {
     for p in &mut pods {
         p.metadata.annotations = Some(BTreeMap::from([(names::ANNOTATION_SPEC_HASH.to_string(), hash.clone())]));
     }
-    Some(Gang { pods, spec_hash: hash })
+    Some(Gang { stage: stage.to_string(), pods, spec_hash: hash })
 }
 
 /// Hash of everything a gang is started with (pod specs and trainer config).
