@@ -7,11 +7,11 @@ use std::collections::BTreeMap;
 
 use common::*;
 use k8s_openapi::api::core::v1::{ConfigMap, PersistentVolumeClaim, Pod, Service};
-use kube::api::{Api, DeleteParams, ListParams};
+use kube::api::{Api, DeleteParams};
 use kube::{Client, ResourceExt};
 use rlhf_operator::crd::{JobPhase, StagePhase};
 use rlhf_test_support::kubelet::PodOutcome;
-use rlhf_test_support::{OperatorProcess, TestCluster, wait_until};
+use rlhf_test_support::wait_until;
 
 const JOB: &str = "helpful-assistant";
 
@@ -66,16 +66,12 @@ async fn count<K>(client: &Client, ns: &str) -> usize
 where
     K: kube::Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()> + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
 {
-    let api: Api<K> = Api::namespaced(client.clone(), ns);
-    api.list(&ListParams::default().labels(&format!("rlhf.dev/job={JOB}"))).await.unwrap().items.len()
+    list_labelled::<K>(client, ns, &format!("rlhf.dev/job={JOB}")).await.len()
 }
 
 #[tokio::test]
 async fn job_runs_stage_by_stage_and_is_garbage_collected() {
-    let cluster = TestCluster::connect().await;
-    let client = cluster.client.clone();
-    let ns = cluster.namespace("lifecycle").await;
-    let _operator = OperatorProcess::start(&cluster.kubeconfig, &ns);
+    let Scene { cluster, client, ns, operator: _operator } = scene("lifecycle").await;
 
     let (ok, out) = kubectl_apply(&cluster, &ns, &pipeline_job(JOB, ["warmup", "prefs", "align"], 3, 2)).await;
     assert!(ok, "kubectl apply failed: {out}");

@@ -6,7 +6,6 @@ use common::*;
 use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::api::events::v1::Event;
 use kube::api::{Api, ListParams};
-use rlhf_test_support::{OperatorProcess, TestCluster};
 use serde_json::{Value, json};
 
 /// A valid single-node job, then `edit` applied to it.
@@ -49,10 +48,7 @@ fn operator_rejections() -> Vec<(&'static str, Value, &'static str)> {
 
 #[tokio::test]
 async fn malformed_jobs_are_rejected_and_valid_jobs_still_run() {
-    let cluster = TestCluster::connect().await;
-    let client = cluster.client.clone();
-    let ns = cluster.namespace("malformed").await;
-    let _operator = OperatorProcess::start(&cluster.kubeconfig, &ns);
+    let Scene { cluster, client, ns, operator: _operator } = scene("malformed").await;
 
     for (what, manifest, expected) in schema_rejections() {
         let (ok, out) = kubectl_apply(&cluster, &ns, &manifest).await;

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use common::*;
 use k8s_openapi::api::core::v1::{ConfigMap, Pod, Service};
-use kube::api::{Api, ListParams, Patch, PatchParams};
+use kube::api::{ListParams, Patch, PatchParams};
 use kube::{Client, ResourceExt};
 use rlhf_operator::crd::StagePhase;
 use rlhf_test_support::kubelet::PodOutcome;
@@ -18,9 +18,8 @@ async fn versions<K>(client: &Client, ns: &str, job: &str) -> BTreeMap<String, S
 where
     K: kube::Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()> + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
 {
-    let api: Api<K> = Api::namespaced(client.clone(), ns);
-    let list = api.list(&ListParams::default().labels(&format!("rlhf.dev/job={job}"))).await.unwrap();
-    list.items.iter().map(|o| (o.name_any(), o.resource_version().unwrap_or_default())).collect()
+    let list = list_labelled::<K>(client, ns, &format!("rlhf.dev/job={job}")).await;
+    list.iter().map(|o| (o.name_any(), o.resource_version().unwrap_or_default())).collect()
 }
 
 async fn snapshot(client: &Client, ns: &str, job: &str) -> [BTreeMap<String, String>; 3] {
@@ -70,10 +69,7 @@ async fn killing_the_operator_mid_reconcile_creates_no_duplicates_and_reconcile_
 
 #[tokio::test]
 async fn spec_changes_defer_for_running_stages_and_removed_stages_are_cleaned_up() {
-    let cluster = TestCluster::connect().await;
-    let client = cluster.client.clone();
-    let ns = cluster.namespace("changes").await;
-    let _operator = OperatorProcess::start(&cluster.kubeconfig, &ns);
+    let Scene { cluster, client, ns, operator: _operator } = scene("changes").await;
     const JOB: &str = "evolving";
     let mut manifest = pipeline_job(JOB, ["sft", "rm", "ppo"], 2, 1);
     let (ok, out) = kubectl_apply(&cluster, &ns, &manifest).await;
@@ -106,10 +102,9 @@ async fn spec_changes_defer_for_running_stages_and_removed_stages_are_cleaned_up
         let (client, ns) = (client.clone(), ns.clone());
         async move {
             let selector = format!("rlhf.dev/job={JOB},rlhf.dev/stage=rm");
-            let lp = ListParams::default().labels(&selector);
-            let pods = Api::<Pod>::namespaced(client.clone(), &ns).list(&lp).await.map_err(|e| e.to_string())?.items.len();
-            let svcs = Api::<Service>::namespaced(client.clone(), &ns).list(&lp).await.map_err(|e| e.to_string())?.items.len();
-            let cms = Api::<ConfigMap>::namespaced(client, &ns).list(&lp).await.map_err(|e| e.to_string())?.items.len();
+            let pods = list_labelled::<Pod>(&client, &ns, &selector).await.len();
+            let svcs = list_labelled::<Service>(&client, &ns, &selector).await.len();
+            let cms = list_labelled::<ConfigMap>(&client, &ns, &selector).await.len();
             if pods + svcs + cms == 0 { Ok(Some(())) } else { Err(format!("{pods} pods, {svcs} services, {cms} configmaps left")) }
         }
     })

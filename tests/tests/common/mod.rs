@@ -8,10 +8,34 @@ use kube::api::{Api, ListParams};
 use kube::{Client, ResourceExt};
 use rlhf_operator::crd::{JobPhase, RLHFJob, RLHFJobStatus, StagePhase};
 use rlhf_test_support::kubelet::{PodOutcome, set_pod};
-use rlhf_test_support::{TestCluster, wait_until};
+use rlhf_test_support::{OperatorProcess, TestCluster, wait_until};
 use serde_json::{Value, json};
 
 pub const WAIT: Duration = Duration::from_secs(30);
+
+/// A test's world: the cluster, a fresh namespace, and an operator watching only that namespace.
+pub struct Scene {
+    pub cluster: TestCluster,
+    pub client: Client,
+    pub ns: String,
+    pub operator: OperatorProcess,
+}
+
+pub async fn scene(prefix: &str) -> Scene {
+    let cluster = TestCluster::connect().await;
+    let ns = cluster.namespace(prefix).await;
+    let operator = OperatorProcess::start(&cluster.kubeconfig, &ns);
+    Scene { client: cluster.client.clone(), cluster, ns, operator }
+}
+
+/// Objects of kind K in `ns` matching a label selector.
+pub async fn list_labelled<K>(client: &Client, ns: &str, selector: &str) -> Vec<K>
+where
+    K: kube::Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()> + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+{
+    let api: Api<K> = Api::namespaced(client.clone(), ns);
+    api.list(&ListParams::default().labels(selector)).await.expect("listing objects").items
+}
 
 /// A three-stage pipeline (two independent stages, then a ppo stage on both) on a tiny random gpt2.
 pub fn pipeline_job(name: &str, stages: [&str; 3], nodes: u32, gpus_per_node: u32) -> Value {
