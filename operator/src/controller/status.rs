@@ -118,6 +118,10 @@ pub fn decide(job: &ValidatedJob, prev: &RLHFJobStatus, obs: &Observed<'_>) -> D
 
     let phase = job_phase(&status.stages, job.run_policy.suspend);
     status.phase = Some(phase);
+    // A failed or suspended job creates no pods, not even the missing ones of a half-made gang.
+    if matches!(phase, JobPhase::Failed | JobPhase::Suspended) {
+        launch.clear();
+    }
     status.observed_generation = obs.generation;
     status.start_time = prev.start_time.clone().or_else(|| status.stages.iter().filter_map(|s| s.start_time.clone()).min_by_key(|t| t.0));
     status.completion_time = match phase {

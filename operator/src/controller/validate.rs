@@ -162,6 +162,9 @@ fn check_names(job: &str, spec: &RLHFJobSpec, errors: &mut Vec<FieldError>) {
     if !job.starts_with(|c: char| c.is_ascii_lowercase()) {
         errors.push(FieldError::new("metadata.name", format!("{job:?} must start with a lowercase letter (it prefixes Service names)")));
     }
+    if job.contains('.') {
+        errors.push(FieldError::new("metadata.name", format!("{job:?} must not contain '.' (pod hostnames and Service names are DNS labels)")));
+    }
     for (i, s) in spec.stages.iter().enumerate() {
         let nodes = s.stage.parallelism.as_ref().and_then(|p| p.nodes).or(spec.parallelism.as_ref().and_then(|p| p.nodes)).unwrap_or(1);
         let longest = names::pod(job, &s.stage.name, nodes.saturating_sub(1));
