@@ -78,7 +78,6 @@ pub fn decide(job: &ValidatedJob, prev: &RLHFJobStatus, obs: &Observed<'_>) -> D
         let deps_done = stage.resolved.depends_on.iter().all(|d| phases.get(d.as_str()) == Some(&StagePhase::Succeeded));
         let may_start = deps_done && !job_failed_before && !job.run_policy.suspend;
         let (phase, failure) = stage_phase(before.map(|s| s.phase), &pods, stage.resolved.parallelism.nodes, may_start);
-        failures.extend(failure);
         let desired = obs.desired_hashes.get(name.as_str());
         let stale = pods.iter().any(|p| p.spec_hash.as_ref() != desired);
         if stale && !phase.is_finished() {
@@ -99,8 +98,9 @@ pub fn decide(job: &ValidatedJob, prev: &RLHFJobStatus, obs: &Observed<'_>) -> D
         });
         s.kind = stage.resolved.kind;
         if s.phase != phase {
-            transitions.push(stage_transition(name, phase, failures.last()));
+            transitions.push(stage_transition(name, phase, failure.as_ref()));
         }
+        failures.extend(failure.map(|why| format!("stage {name}: {why}")));
         s.phase = phase;
         if phase != StagePhase::Waiting && s.start_time.is_none() {
             s.start_time = Some(Time(obs.now));
@@ -166,7 +166,7 @@ fn stage_phase(prev: Option<StagePhase>, pods: &[&ObservedPod], gang: u32, may_s
     }
     let count = pods.len() as u32;
     if was_running && count < gang {
-        return (StagePhase::Failed, Some(format!("{} of {gang} pods of a running gang disappeared", gang - count)));
+        return (StagePhase::Failed, Some(format!("{} of {gang} pods of its running gang disappeared", gang - count)));
     }
     if count == 0 {
         return (if may_start { StagePhase::Pending } else { StagePhase::Waiting }, None);

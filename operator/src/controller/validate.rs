@@ -139,6 +139,7 @@ pub fn validate(job: &RLHFJob) -> Result<ValidatedJob, Vec<FieldError>> {
             stages
         })
         .unwrap_or_default();
+    dedup_keep_order(&mut errors); // a job-level problem inherited by several stages is said once
     match (pipeline, claim, errors.is_empty()) {
         (Some(pipeline), Some(claim), true) => Ok(ValidatedJob {
             name,
@@ -155,6 +156,11 @@ pub fn validate(job: &RLHFJob) -> Result<ValidatedJob, Vec<FieldError>> {
         }),
         _ => Err(errors),
     }
+}
+
+fn dedup_keep_order(errors: &mut Vec<FieldError>) {
+    let mut seen = std::collections::BTreeSet::new();
+    errors.retain(|e| seen.insert(e.to_string()));
 }
 
 /// Pod hostnames and Service names are DNS labels built from the job and stage names.
@@ -179,7 +185,10 @@ fn check_names(job: &str, spec: &RLHFJobSpec, errors: &mut Vec<FieldError>) {
 
 fn resolve_storage(job: &str, spec: &RLHFJobSpec, errors: &mut Vec<FieldError>) -> (Option<Claim>, String) {
     let s = spec.storage.clone().unwrap_or_default();
-    let mount_path = s.mount_path.clone().unwrap_or_else(|| DEFAULT_MOUNT_PATH.to_string());
+    let mount_path = s.mount_path.clone().unwrap_or_else(|| DEFAULT_MOUNT_PATH.to_string()).trim_end_matches('/').to_string();
+    if mount_path.is_empty() || mount_path == names::CONFIG_MOUNT_PATH {
+        errors.push(FieldError::new("spec.storage.mountPath", format!("{:?} is not usable: choose a folder other than / and {}", s.mount_path.clone().unwrap_or_default(), names::CONFIG_MOUNT_PATH)));
+    }
     let claim = match s.claim_name {
         Some(claim) => {
             if s.size.is_some() || s.storage_class_name.is_some() || s.access_modes.is_some() {

@@ -200,7 +200,7 @@ fn a_failed_pod_fails_its_stage_and_the_job_and_nothing_launches_after() {
     assert_eq!(d.status.phase, Some(JobPhase::Failed));
     assert_eq!(d.status.completion_time, Some(Time(at(2))));
     let why = "pod chat-sft-1 failed (exit code 137, OOMKilled)";
-    assert_eq!(condition(&d.status, "Failed"), &true_condition("Failed", "StageFailed", why, 2));
+    assert_eq!(condition(&d.status, "Failed"), &true_condition("Failed", "StageFailed", &format!("stage sft: {why}"), 2));
     assert_eq!(
         d.transitions,
         [transition("Stage/sft", "StageFailed", &format!("stage sft failed: {why}"), true), transition("Job", "JobFailed", "job Failed", true)]
@@ -220,7 +220,7 @@ fn a_pod_gone_from_a_running_gang_fails_the_stage() {
     let d = history(&job(), &[vec![], pods(&[("sft", Running), ("rm", Running)]), shrunk]);
     assert_eq!(phases(&d.status)[0], ("sft", StagePhase::Failed));
     assert_eq!(d.status.phase, Some(JobPhase::Failed));
-    assert_eq!(condition(&d.status, "Failed").message, "1 of 2 pods of a running gang disappeared");
+    assert_eq!(condition(&d.status, "Failed").message, "stage sft: 1 of 2 pods of its running gang disappeared");
 }
 
 /// sft's running gang was started from an older spec.

@@ -126,9 +126,9 @@ fn a_matching_gpu_count_is_accepted() {
 #[test]
 fn rejects_a_gpu_count_that_disagrees_with_gpus_per_node() {
     let errs = errors(spec_with("/resources/limits/nvidia.com~1gpu", json!("8")));
-    // Once per stage that inherits spec.resources (sft and rm; ppo has its own).
+    // Said once, although two stages (sft and rm) inherit spec.resources.
     let msg = "spec.resources.limits[nvidia.com/gpu]: 8 disagrees with gpusPerNode 2; leave it out, the operator sets it";
-    assert_eq!(errs, [msg, msg]);
+    assert_eq!(errs, [msg]);
 
     let errs = errors(spec_with("/stages/2/resources/requests/nvidia.com~1gpu", json!("1")));
     assert_eq!(
@@ -232,4 +232,10 @@ fn pipeline_errors_come_with_spec_paths_next_to_the_operators_own() {
             "spec.env[0].name: WORLD_SIZE is set by the operator",
         ]
     );
+}
+
+#[test]
+fn storage_mount_path_must_not_hide_the_config() {
+    let errs = errors(spec_with("/storage/mountPath", json!("/etc/rlhf/")));
+    assert_eq!(errs, ["spec.storage.mountPath: \"/etc/rlhf/\" is not usable: choose a folder other than / and /etc/rlhf"]);
 }
