@@ -32,7 +32,7 @@ pub(super) fn resolve_model(spec: &ModelSpec, at: &str, errors: &mut Vec<FieldEr
             None
         }
         (None, None, _) => {
-            errors.push(FieldError::new(format!("{at}"), "set path (a Hugging Face folder) or init: random"));
+            errors.push(FieldError::new(at, "set path (a Hugging Face folder) or init: random"));
             None
         }
     };
@@ -67,7 +67,7 @@ fn resolve_tokenizer(spec: &ModelSpec, at: &str, errors: &mut Vec<FieldError>) -
 }
 
 fn check_architecture(family: ModelFamily, arch: &Architecture, at: &str, errors: &mut Vec<FieldError>) {
-    if arch.num_heads == 0 || arch.hidden_size % arch.num_heads != 0 {
+    if arch.num_heads == 0 || !arch.hidden_size.is_multiple_of(arch.num_heads) {
         errors.push(FieldError::new(
             format!("{at}.numHeads"),
             format!("{} does not divide hiddenSize {}", arch.num_heads, arch.hidden_size),
@@ -77,7 +77,7 @@ fn check_architecture(family: ModelFamily, arch: &Architecture, at: &str, errors
         (ModelFamily::Gpt2, Some(_)) => {
             errors.push(FieldError::new(format!("{at}.numKvHeads"), "gpt2 has no grouped-query attention"));
         }
-        (ModelFamily::Llama, Some(kv)) if kv == 0 || arch.num_heads % kv != 0 => {
+        (ModelFamily::Llama, Some(kv)) if kv == 0 || !arch.num_heads.is_multiple_of(kv) => {
             errors.push(FieldError::new(
                 format!("{at}.numKvHeads"),
                 format!("{kv} does not divide numHeads {}", arch.num_heads),
@@ -85,7 +85,7 @@ fn check_architecture(family: ModelFamily, arch: &Architecture, at: &str, errors
         }
         _ => {}
     }
-    if family == ModelFamily::Llama && arch.num_heads > 0 && (arch.hidden_size / arch.num_heads) % 2 != 0 {
+    if family == ModelFamily::Llama && arch.num_heads > 0 && !(arch.hidden_size / arch.num_heads).is_multiple_of(2) {
         errors.push(FieldError::new(
             format!("{at}.hiddenSize"),
             "llama's rotary embeddings need an even head size (hiddenSize / numHeads)",

@@ -244,7 +244,7 @@ fn resolve_training(
     let batch_size = t.batch_size.unwrap_or(32);
     let micro_batch_size = t.micro_batch_size.unwrap_or(8.min(batch_size));
     let per_step = micro_batch_size as u64 * p.world_size() as u64;
-    if batch_size as u64 % per_step != 0 {
+    if !(batch_size as u64).is_multiple_of(per_step) {
         errors.push(FieldError::new(
             format!("{at}.batchSize"),
             format!(
@@ -310,7 +310,7 @@ fn resolve_ppo(
         ));
     }
     let rollout_batch_size = s.rollout_batch_size.unwrap_or(training.batch_size);
-    if rollout_batch_size % p.world_size() != 0 {
+    if !rollout_batch_size.is_multiple_of(p.world_size()) {
         errors.push(FieldError::new(
             format!("{at}.rolloutBatchSize"),
             format!("{rollout_batch_size} is not a multiple of the world size {}", p.world_size()),

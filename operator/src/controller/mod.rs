@@ -34,9 +34,9 @@ pub struct Context {
 
 /// Runs the controller until the process is asked to stop. `namespace` limits it to one namespace.
 pub async fn run(client: Client, namespace: Option<String>, metrics: Metrics) {
-    fn api<K: Resource<DynamicType = ()>>(client: &Client, ns: &Option<String>) -> Api<K>
+    fn api<K>(client: &Client, ns: &Option<String>) -> Api<K>
     where
-        K: Resource<Scope = k8s_openapi::NamespaceResourceScope>,
+        K: Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>,
     {
         match ns {
             Some(ns) => Api::namespaced(client.clone(), ns),
