@@ -32,10 +32,15 @@ impl TestCluster {
                  `tests/controlplane/up.sh DIR` and export {KUBECONFIG_ENV}=DIR/kubeconfig"
             )
         });
-        let client = client_for(&path).await.unwrap_or_else(|e| panic!("connecting with {}: {e:#}", path.display()));
-        let cluster = Self { client, kubeconfig: path };
-        cluster.install_crd().await.expect("installing the RLHFJob CRD");
-        cluster
+        Self::at(path.clone()).await.unwrap_or_else(|e| panic!("connecting with {}: {e:#}", path.display()))
+    }
+
+    /// Connects with `kubeconfig` and makes sure the CRD is installed.
+    pub async fn at(kubeconfig: PathBuf) -> Result<Self> {
+        let client = client_for(&kubeconfig).await?;
+        let cluster = Self { client, kubeconfig };
+        cluster.install_crd().await.context("installing the RLHFJob CRD")?;
+        Ok(cluster)
     }
 
     async fn install_crd(&self) -> Result<()> {

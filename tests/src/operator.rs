@@ -9,10 +9,13 @@ pub struct OperatorProcess {
     pub log: PathBuf,
 }
 
-/// `target/<profile>/<name>`, next to the test binary's `deps/` folder.
+/// `target/<profile>/<name>`: next to the calling binary, or above a test binary's `deps/` folder.
 pub fn workspace_binary(name: &str) -> PathBuf {
-    let exe = std::env::current_exe().expect("test binary path");
-    let dir = exe.parent().and_then(Path::parent).expect("target/<profile>/deps/<test>");
+    let exe = std::env::current_exe().expect("own binary path");
+    let mut dir = exe.parent().expect("target/<profile>/[deps/]<binary>");
+    if dir.ends_with("deps") {
+        dir = dir.parent().expect("target/<profile>/deps");
+    }
     let bin = dir.join(name);
     assert!(bin.exists(), "{} is missing: build it first (`cargo build --release --bins`; make test does)", bin.display());
     bin
@@ -38,6 +41,11 @@ impl OperatorProcess {
     /// SIGKILL: no chance to finish anything, like a node failure or an OOM kill.
     pub async fn kill(&mut self) {
         let _ = self.child.kill().await;
+    }
+
+    /// The process id while it runs (for reading /proc/<pid>/status).
+    pub fn pid(&self) -> Option<u32> {
+        self.child.id()
     }
 
     pub fn log_text(&self) -> String {

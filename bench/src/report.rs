@@ -1,0 +1,141 @@
+//! The benchmark's results: printed, and written as bench/results/scale-<date>.{md,json}.
+use std::path::{Path, PathBuf};
+
+use anyhow::Result;
+use serde_json::{Value, json};
+
+/// What the operator does per job besides creating the pods.
+const OPERATOR_WORK: &str = "Per job the operator also lists the job's pods, validates the spec, \
+server-side-applies a headless Service and a ConfigMap (the trainer config) before the pods, patches \
+the job's status and records Events; every pod it creates comes back through its watch and triggers \
+another reconcile. Jobs name an existing claim (spec.storage.claimName), so no PVCs are created. \
+The direct loop creates the very same pods (built by the operator's build step, minus the owner \
+reference) with one sequential POST each, and nothing else.";
+
+pub struct Direct {
+    pub seconds: f64,
+}
+
+pub struct Operator {
+    /// First job create to the last job create returning.
+    pub seconds_to_creates: f64,
+    /// First job create to every pod existing (the figure).
+    pub seconds_to_pods: f64,
+    /// First job create to every job having a status phase.
+    pub seconds_to_statuses: f64,
+    /// VmHWM of the operator process once every status is written.
+    pub peak_rss_mib: f64,
+    pub services: usize,
+    pub config_maps: usize,
+    pub events: usize,
+}
+
+pub struct Report {
+    date: String,
+    kubernetes: String,
+    jobs: u32,
+    pods_per_job: u32,
+    direct: Direct,
+    operator: Operator,
+}
+
+impl Report {
+    pub fn new(kubernetes: String, jobs: u32, pods_per_job: u32, direct: Direct, operator: Operator) -> Self {
+        let date = k8s_openapi::jiff::Timestamp::now().strftime("%Y-%m-%d").to_string();
+        Self { date, kubernetes, jobs, pods_per_job, direct, operator }
+    }
+
+    pub fn ratio(&self) -> f64 {
+        self.operator.seconds_to_pods / self.direct.seconds
+    }
+
+    fn pods(&self) -> f64 {
+        (self.jobs * self.pods_per_job) as f64
+    }
+
+    /// Writes the markdown and JSON files into `dir`, returning their paths.
+    pub fn write(&self, dir: &Path) -> Result<(PathBuf, PathBuf)> {
+        std::fs::create_dir_all(dir)?;
+        let md = dir.join(format!("scale-{}.md", self.date));
+        let json = md.with_extension("json");
+        std::fs::write(&md, self.markdown())?;
+        std::fs::write(&json, serde_json::to_string_pretty(&self.json())? + "\n")?;
+        Ok((md, json))
+    }
+
+    fn json(&self) -> Value {
+        let (d, o) = (&self.direct, &self.operator);
+        json!({
+            "date": self.date,
+            "machine": machine(),
+            "kubernetes": self.kubernetes,
+            "jobs": self.jobs,
+            "podsPerJob": self.pods_per_job,
+            "direct": {"seconds": d.seconds, "podsPerSecond": self.pods() / d.seconds},
+            "operator": {
+                "secondsToJobCreates": o.seconds_to_creates,
+                "secondsToAllPods": o.seconds_to_pods,
+                "secondsToAllStatuses": o.seconds_to_statuses,
+                "podsPerSecond": self.pods() / o.seconds_to_pods,
+                "peakRssMiB": o.peak_rss_mib,
+                "services": o.services, "configMaps": o.config_maps, "jobEvents": o.events,
+            },
+            "ratioOperatorOverDirect": self.ratio(),
+            "note": OPERATOR_WORK,
+        })
+    }
+
+    fn markdown(&self) -> String {
+        let (d, o, m) = (&self.direct, &self.operator, machine());
+        let pods = self.pods();
+        format!(
+            "# Scale benchmark, {date}\n\n\
+             `make bench`: {jobs} RLHFJobs x {ppj} pods = {pods} pods on a local Kubernetes {k8s} control plane \
+             (etcd, kube-apiserver, kube-scheduler, kube-controller-manager; no nodes, so pods stay Pending).\n\n\
+             Machine: {cpus} CPUs ({model}), {mem:.1} GiB memory. The control plane, the operator and the \
+             benchmark share them.\n\n\
+             | run | time to all {pods} pods | pods/s |\n|---|---|---|\n\
+             | direct: sequential `POST` of each pod | {ds:.2} s | {dps:.1} |\n\
+             | operator: {jobs} job creates, pods by the operator | {os:.2} s | {ops:.1} |\n\n\
+             **Ratio operator/direct: {ratio:.2}.**\n\n\
+             - Operator peak RSS (VmHWM): {rss:.1} MiB.\n\
+             - The {jobs} job creates returned after {oc:.2} s; every job had a status after {ost:.2} s.\n\
+             - Besides the pods the operator made {svc} Services and {cm} ConfigMaps and recorded {ev} Events on the jobs.\n\n\
+             {note}\n",
+            date = self.date,
+            jobs = self.jobs,
+            ppj = self.pods_per_job,
+            k8s = self.kubernetes,
+            cpus = m["cpus"],
+            model = m["cpuModel"].as_str().unwrap_or("unknown"),
+            mem = m["memoryGiB"].as_f64().unwrap_or(0.0),
+            ds = d.seconds,
+            dps = pods / d.seconds,
+            os = o.seconds_to_pods,
+            ops = pods / o.seconds_to_pods,
+            ratio = self.ratio(),
+            rss = o.peak_rss_mib,
+            oc = o.seconds_to_creates,
+            ost = o.seconds_to_statuses,
+            svc = o.services,
+            cm = o.config_maps,
+            ev = o.events,
+            note = OPERATOR_WORK,
+        )
+    }
+}
+
+/// CPU count and model, total memory: from /proc.
+fn machine() -> Value {
+    let proc = |file: &str, key: &str| -> Option<String> {
+        let text = std::fs::read_to_string(file).ok()?;
+        let line = text.lines().find(|l| l.starts_with(key))?;
+        Some(line.split_once(':')?.1.trim().to_string())
+    };
+    let mem_kib: f64 = proc("/proc/meminfo", "MemTotal").and_then(|v| v.trim_end_matches(" kB").parse().ok()).unwrap_or(0.0);
+    json!({
+        "cpus": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0),
+        "cpuModel": proc("/proc/cpuinfo", "model name").unwrap_or_else(|| "unknown".into()),
+        "memoryGiB": mem_kib / (1024.0 * 1024.0),
+    })
+}
