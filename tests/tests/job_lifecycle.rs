@@ -14,6 +14,7 @@ use rlhf_test_support::kubelet::PodOutcome;
 use rlhf_test_support::wait_until;
 
 const JOB: &str = "helpful-assistant";
+const GC_WAIT: std::time::Duration = std::time::Duration::from_secs(120);
 
 fn env_of(pod: &Pod) -> BTreeMap<String, String> {
     let c = &pod.spec.as_ref().unwrap().containers[0];
@@ -124,7 +125,9 @@ async fn job_runs_stage_by_stage_and_is_garbage_collected() {
     assert!(done.stages.iter().all(|s| s.phase == StagePhase::Succeeded));
 
     jobs(&client, &ns).delete(JOB, &DeleteParams::foreground()).await.unwrap();
-    wait_until("every owned object to be garbage collected", WAIT, || {
+    // The garbage collector learns about a newly installed CRD at its next discovery resync
+    // (every 30 s), so on a fresh control plane this can take that long.
+    wait_until("every owned object to be garbage collected", GC_WAIT, || {
         let (client, ns) = (client.clone(), ns.clone());
         async move {
             let left = count::<Pod>(&client, &ns).await
