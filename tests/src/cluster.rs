@@ -7,7 +7,7 @@ use std::time::Duration;
 use anyhow::{Context, Result, bail};
 use k8s_openapi::api::core::v1::Namespace;
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
-use kube::api::{Api, Patch, PatchParams, PostParams};
+use kube::api::{Api, PostParams};
 use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::{Client, Config};
 use tokio::io::AsyncWriteExt;
@@ -24,14 +24,18 @@ pub struct TestCluster {
 }
 
 impl TestCluster {
-    /// Connects to the control plane named by RLHF_TEST_KUBECONFIG and makes sure the CRD is installed.
+    /// Connects to the test control plane and makes sure the CRD is installed. The control plane
+    /// is the one RLHF_TEST_KUBECONFIG names (`make test` starts one), or else one this harness
+    /// starts once under `target/test-controlplane` and leaves running for later test runs
+    /// (stop it with `tests/controlplane/down.sh target/test-controlplane`).
     pub async fn connect() -> Self {
-        let path = std::env::var_os(KUBECONFIG_ENV).map(PathBuf::from).unwrap_or_else(|| {
-            panic!(
-                "{KUBECONFIG_ENV} is not set. These tests need a real control plane: run `make test`, or \
-                 `tests/controlplane/up.sh DIR` and export {KUBECONFIG_ENV}=DIR/kubeconfig"
-            )
-        });
+        let path = match std::env::var_os(KUBECONFIG_ENV) {
+            Some(path) => PathBuf::from(path),
+            None => tokio::task::spawn_blocking(shared_control_plane)
+                .await
+                .expect("starting the control plane")
+                .unwrap_or_else(|e| panic!("could not start a test control plane: {e:#}")),
+        };
         Self::at(path.clone()).await.unwrap_or_else(|e| panic!("connecting with {}: {e:#}", path.display()))
     }
 
@@ -43,11 +47,15 @@ impl TestCluster {
         Ok(cluster)
     }
 
+    /// Installs the committed CRD file the way users do, with plain `kubectl apply -f`.
     async fn install_crd(&self) -> Result<()> {
+        let file = repo_root().join("crds/rlhf.dev_rlhfjobs.yaml");
+        let (ok, out) = self.kubectl(&["apply", "-f", &file.to_string_lossy()], "").await;
+        if !ok {
+            bail!("kubectl apply -f {}: {out}", file.display());
+        }
         let crds: Api<CustomResourceDefinition> = Api::all(self.client.clone());
-        let crd = rlhf_operator::crd::crd();
-        let name = crd.metadata.name.clone().context("CRD has a name")?;
-        crds.patch(&name, &PatchParams::apply("rlhf-tests").force(), &Patch::Apply(&crd)).await?;
+        let name = rlhf_operator::crd::crd().metadata.name.context("CRD has a name")?;
         wait_until("the CRD to be established", Duration::from_secs(30), || {
             let crds = crds.clone();
             let name = name.clone();
@@ -88,6 +96,35 @@ impl TestCluster {
         let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
         (out.status.success(), text)
     }
+}
+
+fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("tests/ sits in the repository root").to_path_buf()
+}
+
+/// Starts (once; later callers and later test runs reuse it) a control plane under
+/// target/test-controlplane. A file lock keeps test binaries running in parallel from racing.
+fn shared_control_plane() -> Result<PathBuf> {
+    let root = repo_root();
+    let dir = root.join("target/test-controlplane");
+    let kubeconfig = dir.join("kubeconfig");
+    std::fs::create_dir_all(root.join("target"))?;
+    let lock = std::fs::File::create(root.join("target/test-controlplane.lock"))?;
+    lock.lock()?;
+    let alive = kubeconfig.exists()
+        && std::process::Command::new("kubectl")
+            .arg("--kubeconfig")
+            .arg(&kubeconfig)
+            .args(["get", "--raw", "/readyz"])
+            .output()
+            .is_ok_and(|o| o.status.success());
+    if !alive {
+        let status = std::process::Command::new("bash").arg(root.join("tests/controlplane/up.sh")).arg(&dir).status()?;
+        if !status.success() {
+            bail!("tests/controlplane/up.sh {} failed (is tests/controlplane/install-k8s.sh done?)", dir.display());
+        }
+    }
+    Ok(kubeconfig)
 }
 
 pub async fn client_for(kubeconfig: &Path) -> Result<Client> {
