@@ -6,11 +6,11 @@ mod common;
 use std::collections::BTreeMap;
 
 use common::*;
-use k8s_openapi::api::core::v1::{ConfigMap, PersistentVolumeClaim, Pod, Service};
-use kube::api::{Api, DeleteParams};
+use k8s_openapi::api::core::v1::{ConfigMap, Node, PersistentVolume, PersistentVolumeClaim, Pod, Service};
+use kube::api::{Api, DeleteParams, PostParams};
 use kube::{Client, ResourceExt};
 use rlhf_operator::crd::{JobPhase, StagePhase};
-use rlhf_test_support::kubelet::PodOutcome;
+use rlhf_test_support::kubelet::{PodOutcome, register_node};
 use rlhf_test_support::wait_until;
 
 const JOB: &str = "helpful-assistant";
@@ -74,7 +74,10 @@ where
 async fn job_runs_stage_by_stage_and_is_garbage_collected() {
     let Scene { cluster, client, ns, operator: _operator } = scene("lifecycle").await;
 
-    let (ok, out) = kubectl_apply(&cluster, &ns, &pipeline_job(JOB, ["warmup", "prefs", "align"], 3, 2)).await;
+    let pool = GpuPool::create(&client, &ns, 3, 4).await;
+    let mut manifest = pipeline_job(JOB, ["warmup", "prefs", "align"], 3, 2);
+    manifest["spec"]["nodeSelector"] = serde_json::json!({POOL_LABEL: ns});
+    let (ok, out) = kubectl_apply(&cluster, &ns, &manifest).await;
     assert!(ok, "kubectl apply failed: {out}");
     let uid = jobs(&client, &ns).get(JOB).await.unwrap().uid().unwrap();
 
@@ -103,6 +106,9 @@ async fn job_runs_stage_by_stage_and_is_garbage_collected() {
     assert_eq!((count::<Service>(&client, &ns).await, count::<ConfigMap>(&client, &ns).await), (2, 2));
     assert_eq!(count::<PersistentVolumeClaim>(&client, &ns).await, 1);
     assert_eq!(count::<Pod>(&client, &ns).await, 6, "no pods for align before its dependencies succeed");
+    // The real scheduler places both gangs: 6 pods x 2 GPUs fill the 3 nodes x 4 GPUs exactly.
+    let placed = wait_for_placement(&client, &ns, 6).await;
+    assert_eq!(placed.values().copied().collect::<Vec<_>>(), vec![4, 4, 4], "GPUs requested per node: {placed:?}");
 
     set_all(&client, &ns, &warmup, PodOutcome::Running).await;
     let status = wait_for_status(&client, &ns, JOB, "warmup Running", |s| stage_phase(s, "warmup") == Some(StagePhase::Running)).await;
@@ -116,6 +122,7 @@ async fn job_runs_stage_by_stage_and_is_garbage_collected() {
     set_all(&client, &ns, &prefs, PodOutcome::Succeeded).await;
     let align = wait_for_pods(&client, &ns, JOB, "align", 3).await;
     assert_gang(&align, &ns, "align", &uid);
+    wait_for_placement(&client, &ns, 9).await; // finished pods free their GPUs
     set_all(&client, &ns, &align, PodOutcome::Running).await;
     wait_for_status(&client, &ns, JOB, "align Running", |s| s.current_stage.as_deref() == Some("align") && s.phase == Some(JobPhase::Running)).await;
     set_all(&client, &ns, &align, PodOutcome::Succeeded).await;
@@ -138,4 +145,61 @@ async fn job_runs_stage_by_stage_and_is_garbage_collected() {
         }
     })
     .await;
+    pool.delete(&client).await;
+}
+
+const POOL_LABEL: &str = "rlhf.dev/test-pool";
+
+/// Fake GPU nodes only this test's pods select, and a volume pre-bound to the job's claim.
+struct GpuPool {
+    nodes: Vec<String>,
+    volume: String,
+}
+
+impl GpuPool {
+    async fn create(client: &Client, ns: &str, nodes: u32, gpus: u32) -> Self {
+        let labels = BTreeMap::from([(POOL_LABEL.to_string(), ns.to_string())]);
+        let names: Vec<String> = (0..nodes).map(|i| format!("{ns}-node-{i}")).collect();
+        for name in &names {
+            register_node(client, name, gpus, labels.clone()).await.expect("registering a fake node");
+        }
+        let volume: PersistentVolume = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": format!("{ns}-storage")},
+            "spec": {"capacity": {"storage": "10Gi"}, "accessModes": ["ReadWriteMany"],
+                     "hostPath": {"path": format!("/tmp/{ns}")},
+                     "claimRef": {"namespace": ns, "name": format!("{JOB}-storage")}}
+        }))
+        .unwrap();
+        let volumes: Api<PersistentVolume> = Api::all(client.clone());
+        volumes.create(&PostParams::default(), &volume).await.expect("creating the volume");
+        Self { nodes: names, volume: volume.name_any() }
+    }
+
+    async fn delete(&self, client: &Client) {
+        let nodes: Api<Node> = Api::all(client.clone());
+        for n in &self.nodes {
+            nodes.delete(n, &DeleteParams::default()).await.expect("deleting a fake node");
+        }
+        Api::<PersistentVolume>::all(client.clone()).delete(&self.volume, &DeleteParams::default()).await.expect("deleting the volume");
+    }
+}
+
+/// Waits until `count` pods of the job are bound to nodes; returns GPUs requested per node by
+/// pods that still hold them (not finished).
+async fn wait_for_placement(client: &Client, ns: &str, count: usize) -> BTreeMap<String, u32> {
+    wait_until(&format!("{count} pods bound by the scheduler"), WAIT, || async move {
+        let all = list_labelled::<Pod>(client, ns, &format!("rlhf.dev/job={JOB}")).await;
+        let bound: Vec<&Pod> = all.iter().filter(|p| p.spec.as_ref().and_then(|s| s.node_name.as_ref()).is_some()).collect();
+        if bound.len() < count {
+            return Err(format!("{} of {count} bound", bound.len()));
+        }
+        let mut gpus = BTreeMap::new();
+        for p in bound.iter().filter(|p| !matches!(p.status.as_ref().and_then(|s| s.phase.as_deref()), Some("Succeeded" | "Failed"))) {
+            let spec = p.spec.as_ref().unwrap();
+            let want: u32 = spec.containers[0].resources.as_ref().unwrap().limits.as_ref().unwrap()["nvidia.com/gpu"].0.parse().unwrap();
+            *gpus.entry(spec.node_name.clone().unwrap()).or_insert(0) += want;
+        }
+        Ok(Some(gpus))
+    })
+    .await
 }
