@@ -35,18 +35,33 @@ pub struct Report {
     kubernetes: String,
     jobs: u32,
     pods_per_job: u32,
-    direct: Direct,
-    operator: Operator,
+    /// Every round, sorted by ratio.
+    rounds: Vec<(Direct, Operator)>,
+}
+
+fn ratio((direct, operator): &(Direct, Operator)) -> f64 {
+    operator.seconds_to_pods / direct.seconds
 }
 
 impl Report {
-    pub fn new(kubernetes: String, jobs: u32, pods_per_job: u32, direct: Direct, operator: Operator) -> Self {
+    pub fn new(kubernetes: String, jobs: u32, pods_per_job: u32, mut rounds: Vec<(Direct, Operator)>) -> Self {
+        assert!(!rounds.is_empty(), "at least one round");
+        rounds.sort_by(|a, b| ratio(a).total_cmp(&ratio(b)));
         let date = k8s_openapi::jiff::Timestamp::now().strftime("%Y-%m-%d").to_string();
-        Self { date, kubernetes, jobs, pods_per_job, direct, operator }
+        Self { date, kubernetes, jobs, pods_per_job, rounds }
+    }
+
+    /// The median round (the detailed figures come from it).
+    fn median(&self) -> &(Direct, Operator) {
+        &self.rounds[self.rounds.len() / 2]
     }
 
     pub fn ratio(&self) -> f64 {
-        self.operator.seconds_to_pods / self.direct.seconds
+        ratio(self.median())
+    }
+
+    fn round_ratios(&self) -> Vec<f64> {
+        self.rounds.iter().map(ratio).collect()
     }
 
     fn pods(&self) -> f64 {
@@ -64,7 +79,7 @@ impl Report {
     }
 
     fn json(&self) -> Value {
-        let (d, o) = (&self.direct, &self.operator);
+        let (d, o) = self.median();
         json!({
             "date": self.date,
             "machine": machine(),
@@ -81,12 +96,14 @@ impl Report {
                 "services": o.services, "configMaps": o.config_maps, "jobEvents": o.events,
             },
             "ratioOperatorOverDirect": self.ratio(),
+            "roundRatios": self.round_ratios(),
             "note": OPERATOR_WORK,
         })
     }
 
     fn markdown(&self) -> String {
-        let (d, o, m) = (&self.direct, &self.operator, machine());
+        let ((d, o), m) = (self.median(), machine());
+        let ratios: Vec<String> = self.round_ratios().iter().map(|r| format!("{r:.2}")).collect();
         let pods = self.pods();
         format!(
             "# Scale benchmark, {date}\n\n\
@@ -97,7 +114,7 @@ impl Report {
              | run | time to all {pods} pods | pods/s |\n|---|---|---|\n\
              | direct: sequential `POST` of each pod | {ds:.2} s | {dps:.1} |\n\
              | operator: {jobs} job creates, pods by the operator | {os:.2} s | {ops:.1} |\n\n\
-             **Ratio operator/direct: {ratio:.2}.**\n\n\
+             **Ratio operator/direct: {ratio:.2}** (median of {n} rounds: {ratios}; the table shows the median round).\n\n\
              - Operator peak RSS (VmHWM): {rss:.1} MiB.\n\
              - The {jobs} job creates returned after {oc:.2} s; every job had a status after {ost:.2} s.\n\
              - Besides the pods the operator made {svc} Services and {cm} ConfigMaps and recorded {ev} Events on the jobs.\n\n\
@@ -114,6 +131,8 @@ impl Report {
             os = o.seconds_to_pods,
             ops = pods / o.seconds_to_pods,
             ratio = self.ratio(),
+            n = self.rounds.len(),
+            ratios = ratios.join(", "),
             rss = o.peak_rss_mib,
             oc = o.seconds_to_creates,
             ost = o.seconds_to_statuses,

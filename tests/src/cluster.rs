@@ -5,7 +5,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
-use k8s_openapi::api::core::v1::Namespace;
+use k8s_openapi::api::core::v1::{Namespace, ServiceAccount};
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::api::{Api, PostParams};
 use kube::config::{KubeConfigOptions, Kubeconfig};
@@ -75,6 +75,16 @@ impl TestCluster {
         let name = format!("{prefix}-{}-{}", std::process::id(), COUNTER.fetch_add(1, Ordering::SeqCst));
         let ns = Namespace { metadata: kube::api::ObjectMeta { name: Some(name.clone()), ..Default::default() }, ..Default::default() };
         Api::<Namespace>::all(self.client.clone()).create(&PostParams::default(), &ns).await.expect("creating a test namespace");
+        // Kubernetes 1.20 refuses pods until the namespace's default service account has its token.
+        let accounts: Api<ServiceAccount> = Api::namespaced(self.client.clone(), &name);
+        wait_until("the namespace's default service account token", Duration::from_secs(30), || {
+            let accounts = accounts.clone();
+            async move {
+                let sa = accounts.get_opt("default").await.map_err(|e| e.to_string())?;
+                Ok(sa.and_then(|sa| sa.secrets).is_some_and(|s| !s.is_empty()).then_some(()))
+            }
+        })
+        .await;
         name
     }
 
