@@ -53,8 +53,12 @@ pub async fn run(client: Client, namespace: Option<String>, metrics: Metrics) {
         .shutdown_on_signal()
         .run(reconcile, error_policy, ctx)
         .for_each(|res| async move {
-            if let Err(e) = res {
-                tracing::debug!(error = %e, "reconcile did not complete");
+            match res {
+                Ok(_) => {}
+                // Already counted and logged by error_policy.
+                Err(kube::runtime::controller::Error::ReconcilerFailed(..)) => {}
+                // Watch failures (CRD missing, RBAC): the controller retries; say so loudly.
+                Err(e) => tracing::warn!(error = %e, "controller cannot watch or queue objects"),
             }
         })
         .await;
