@@ -3,6 +3,16 @@
 SHELL := /bin/bash
 .DEFAULT_GOAL := test
 
+# libtorch for the trainer: PyPI's torch 2.11.0 wheel in a cached virtual environment (tch 0.24
+# links exactly that version, which the GPU machines have). It also holds transformers for the
+# Hugging Face parity tests. Installed on first use.
+TORCH_VENV := $(shell bash scripts/install-torch.sh)
+export LIBTORCH := $(firstword $(wildcard $(TORCH_VENV)/lib/python3*/site-packages/torch))
+export RLHF_TORCH_PYTHON := $(TORCH_VENV)/bin/python
+ifeq ($(LIBTORCH),)
+$(error libtorch is missing: scripts/install-torch.sh did not complete (see its output above))
+endif
+
 .PHONY: deps build test demo bench crd
 
 ## System packages and the test control plane's binaries (built once, cached).

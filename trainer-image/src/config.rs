@@ -1,28 +1,17 @@
 //! Loading the stage config the operator renders into the stage's ConfigMap.
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use rlhf_spec::TrainerConfig;
 
-#[derive(Debug, thiserror::Error)]
-pub enum ConfigError {
-    #[error("cannot read {path}: {source}")]
-    Read { path: PathBuf, source: std::io::Error },
-    #[error("{path}:{line}:{column}: {message}")]
-    Parse { path: PathBuf, line: usize, column: usize, message: String },
-}
+use crate::error::{Error, Result};
 
-pub fn load(path: &Path) -> Result<TrainerConfig, ConfigError> {
-    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.into(), source })?;
+pub fn load(path: &Path) -> Result<TrainerConfig> {
+    let text = std::fs::read_to_string(path).map_err(|source| Error::Read { path: path.into(), source })?;
     parse(path, &text)
 }
 
-pub fn parse(path: &Path, text: &str) -> Result<TrainerConfig, ConfigError> {
-    serde_json::from_str(text).map_err(|e| ConfigError::Parse {
-        path: path.into(),
-        line: e.line(),
-        column: e.column(),
-        message: e.to_string().split(" at line ").next().unwrap_or_default().to_string(),
-    })
+pub fn parse(path: &Path, text: &str) -> Result<TrainerConfig> {
+    serde_json::from_str(text).map_err(|e| Error::parse(path, &e))
 }
 
 /// One line a person can check: what this process will do.

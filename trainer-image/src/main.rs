@@ -1,7 +1,7 @@
 //! rlhf-trainer: the program in the trainer image. This build reads and checks the per-stage
 //! config the operator renders; the training commands (`run`, `local`, `logprobs`) arrive with
 //! the trainer issue.
-mod config;
+use rlhf_trainer::config;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -34,8 +34,8 @@ fn main() -> ExitCode {
             }
             Err(e) => {
                 eprintln!("rlhf-trainer: {e}");
-                // Exit code 2: a permanent error, the operator must not retry (ARCHITECTURE.md).
-                ExitCode::from(2)
+                // 2 = permanent (bad input): the operator must not retry (ARCHITECTURE.md).
+                ExitCode::from(e.exit_code())
             }
         },
     }

@@ -1,0 +1,273 @@
+//! GPT-2 (`GPT2LMHeadModel`), read top to bottom: config -> layer norm -> attention -> MLP ->
+//! block -> model. Variables carry Hugging Face names by construction (`transformer.h.0.attn.
+//! c_attn.weight`), so HF folders load and save without renaming. HF's Conv1D stores weights as
+//! [in, out]; so do we. The LM head is tied to the token embedding, as in HF.
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use serde::Deserialize;
+use tch::nn::{self, Init, Module};
+use tch::{Device, Kind, Tensor};
+
+use super::hf;
+use crate::error::{Error, Result};
+
+/// The fields of HF's `GPT2Config` we use (defaults are HF's).
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+pub struct Gpt2Config {
+    /// Token vocabulary size.
+    #[serde(default = "defaults::vocab")]
+    pub vocab_size: i64,
+    /// Longest sequence (learned position embeddings).
+    #[serde(default = "defaults::positions")]
+    pub n_positions: i64,
+    /// Residual stream width.
+    #[serde(default = "defaults::embd")]
+    pub n_embd: i64,
+    /// Transformer blocks.
+    #[serde(default = "defaults::layers")]
+    pub n_layer: i64,
+    /// Attention heads (divide n_embd).
+    #[serde(default = "defaults::heads")]
+    pub n_head: i64,
+    /// MLP width; None means 4 x n_embd.
+    #[serde(default)]
+    pub n_inner: Option<i64>,
+    #[serde(default = "defaults::eps")]
+    pub layer_norm_epsilon: f64,
+    /// Only `gelu_new` (tanh approximation), GPT-2's own, is supported.
+    #[serde(default = "defaults::activation")]
+    pub activation_function: String,
+}
+
+mod defaults {
+    pub fn vocab() -> i64 { 50257 }
+    pub fn positions() -> i64 { 1024 }
+    pub fn embd() -> i64 { 768 }
+    pub fn layers() -> i64 { 12 }
+    pub fn heads() -> i64 { 12 }
+    pub fn eps() -> f64 { 1e-5 }
+    pub fn activation() -> String { "gelu_new".into() }
+}
+
+impl Gpt2Config {
+    fn check(&self, origin: &Path) -> Result<()> {
+        let bad = |m: String| Err(Error::invalid(origin, m));
+        if self.n_head <= 0 || self.n_embd % self.n_head != 0 {
+            return bad(format!("n_head {} does not divide n_embd {}", self.n_head, self.n_embd));
+        }
+        if !matches!(self.activation_function.as_str(), "gelu_new" | "gelu_pytorch_tanh") {
+            return bad(format!("activation_function {:?} is not supported (gelu_new is)", self.activation_function));
+        }
+        Ok(())
+    }
+
+    fn inner(&self) -> i64 {
+        self.n_inner.unwrap_or(4 * self.n_embd)
+    }
+
+    /// The config.json written next to saved weights.
+    pub fn to_hf_json(&self) -> serde_json::Value {
+        serde_json::json!({
+            "architectures": ["GPT2LMHeadModel"],
+            "model_type": "gpt2",
+            "vocab_size": self.vocab_size,
+            "n_positions": self.n_positions,
+            "n_ctx": self.n_positions,
+            "n_embd": self.n_embd,
+            "n_layer": self.n_layer,
+            "n_head": self.n_head,
+            "n_inner": self.n_inner,
+            "layer_norm_epsilon": self.layer_norm_epsilon,
+            "activation_function": self.activation_function,
+            "tie_word_embeddings": true,
+            "torch_dtype": "float32",
+        })
+    }
+}
+
+/// HF's Conv1D: y = x W + b with W stored [in, out].
+#[derive(Debug)]
+struct Conv1D {
+    weight: Tensor,
+    bias: Tensor,
+}
+
+impl Conv1D {
+    fn new(p: nn::Path, d_in: i64, d_out: i64, std: f64) -> Self {
+        Self {
+            weight: p.var("weight", &[d_in, d_out], Init::Randn { mean: 0.0, stdev: std }),
+            bias: p.var("bias", &[d_out], Init::Const(0.0)),
+        }
+    }
+}
+
+impl Module for Conv1D {
+    fn forward(&self, x: &Tensor) -> Tensor {
+        x.matmul(&self.weight) + &self.bias
+    }
+}
+
+#[derive(Debug)]
+struct Attention {
+    c_attn: Conv1D,
+    c_proj: Conv1D,
+    n_head: i64,
+}
+
+impl Attention {
+    /// `mask` is [B, 1, T, T] with true where attention is allowed.
+    fn forward(&self, x: &Tensor, mask: &Tensor) -> Tensor {
+        let (b, t, c) = x.size3().expect("hidden states are (B, T, C)");
+        let hs = c / self.n_head;
+        let qkv = self.c_attn.forward(x).split(c, 2);
+        let heads = |t_: &Tensor| t_.view([b, t, self.n_head, hs]).transpose(1, 2); // (B, nh, T, hs)
+        let (q, k, v) = (heads(&qkv[0]), heads(&qkv[1]), heads(&qkv[2]));
+        let scores = q.matmul(&k.transpose(-2, -1)) / (hs as f64).sqrt(); // (B, nh, T, T)
+        // The most negative finite value (as HF does), so fully masked rows give no NaN.
+        let min = f32::MIN as f64;
+        let probs = scores.masked_fill(&mask.logical_not(), min).softmax(-1, Kind::Float).to_kind(x.kind());
+        let y = probs.matmul(&v).transpose(1, 2).contiguous().view([b, t, c]); // (B, T, C)
+        self.c_proj.forward(&y)
+    }
+}
+
+#[derive(Debug)]
+struct Mlp {
+    c_fc: Conv1D,
+    c_proj: Conv1D,
+}
+
+impl Module for Mlp {
+    fn forward(&self, x: &Tensor) -> Tensor {
+        self.c_proj.forward(&self.c_fc.forward(x).gelu("tanh"))
+    }
+}
+
+#[derive(Debug)]
+struct Block {
+    ln_1: nn::LayerNorm,
+    attn: Attention,
+    ln_2: nn::LayerNorm,
+    mlp: Mlp,
+}
+
+impl Block {
+    fn new(p: nn::Path, cfg: &Gpt2Config) -> Self {
+        let ln = |name: &str| {
+            nn::layer_norm(&p / name, vec![cfg.n_embd], nn::LayerNormConfig { eps: cfg.layer_norm_epsilon, ..Default::default() })
+        };
+        // GPT-2 scales the residual projections' init by 1/sqrt(2 x layers).
+        let (std, proj_std) = (0.02, 0.02 / (2.0 * cfg.n_layer as f64).sqrt());
+        let (a, m) = (&p / "attn", &p / "mlp");
+        Self {
+            ln_1: ln("ln_1"),
+            attn: Attention {
+                c_attn: Conv1D::new(&a / "c_attn", cfg.n_embd, 3 * cfg.n_embd, std),
+                c_proj: Conv1D::new(&a / "c_proj", cfg.n_embd, cfg.n_embd, proj_std),
+                n_head: cfg.n_head,
+            },
+            ln_2: ln("ln_2"),
+            mlp: Mlp {
+                c_fc: Conv1D::new(&m / "c_fc", cfg.n_embd, cfg.inner(), std),
+                c_proj: Conv1D::new(&m / "c_proj", cfg.inner(), cfg.n_embd, proj_std),
+            },
+        }
+    }
+
+    fn forward(&self, x: &Tensor, mask: &Tensor) -> Tensor {
+        let x = x + self.attn.forward(&self.ln_1.forward(x), mask);
+        &x + self.mlp.forward(&self.ln_2.forward(&x))
+    }
+}
+
+/// GPT2LMHeadModel. The weights live in `vs`; the model itself is immutable.
+#[derive(Debug)]
+pub struct Gpt2 {
+    pub config: Gpt2Config,
+    wte: Tensor,
+    wpe: Tensor,
+    blocks: Vec<Block>,
+    ln_f: nn::LayerNorm,
+}
+
+impl Gpt2 {
+    /// Random weights (HF's initialisation) in `vs`.
+    pub fn new(vs: &nn::VarStore, config: Gpt2Config) -> Result<Self> {
+        config.check(Path::new("<architecture>"))?;
+        let t = vs.root() / "transformer";
+        let emb = Init::Randn { mean: 0.0, stdev: 0.02 };
+        let wte = (&t / "wte").var("weight", &[config.vocab_size, config.n_embd], emb);
+        let wpe = (&t / "wpe").var("weight", &[config.n_positions, config.n_embd], emb);
+        let blocks = (0..config.n_layer).map(|i| Block::new(&t / "h" / i, &config)).collect();
+        let ln_f = nn::layer_norm(&t / "ln_f", vec![config.n_embd], nn::LayerNormConfig { eps: config.layer_norm_epsilon, ..Default::default() });
+        Ok(Self { config, wte, wpe, blocks, ln_f })
+    }
+
+    /// Loads a Hugging Face GPT-2 folder onto `device`.
+    pub fn load(dir: &Path, device: Device) -> Result<(nn::VarStore, Self)> {
+        let config: Gpt2Config = hf::read_config(dir)?;
+        config.check(&dir.join(hf::CONFIG_FILE))?;
+        let vs = nn::VarStore::new(device);
+        let model = Self::new(&vs, config)?;
+        let weights: BTreeMap<String, Tensor> = hf::read_weights(dir)?
+            .into_iter()
+            .filter(|(name, _)| !is_buffer_or_tied(name))
+            .map(|(name, t)| (canonical_name(&name), t))
+            .collect();
+        let vars: BTreeMap<String, Tensor> = vs.variables().into_iter().collect();
+        hf::copy_into(&vars, &weights, dir)?;
+        Ok((vs, model))
+    }
+
+    /// Saves `vs` as a Hugging Face folder that `GPT2LMHeadModel.from_pretrained` loads.
+    pub fn save(&self, vs: &nn::VarStore, dir: &Path) -> Result<()> {
+        let mut tensors: Vec<(String, Tensor)> = vs.variables().into_iter().collect();
+        tensors.sort_by(|a, b| a.0.cmp(&b.0));
+        hf::write_folder(dir, &self.config.to_hf_json(), &tensors)
+    }
+
+    /// Final hidden states (B, T, C) for `input_ids` (B, T). `attention_mask` (B, T) is 1 for
+    /// real tokens and 0 for padding; positions count real tokens only, so left padding works.
+    pub fn hidden_states(&self, input_ids: &Tensor, attention_mask: Option<&Tensor>) -> Tensor {
+        let (b, t) = input_ids.size2().expect("input_ids are (B, T)");
+        let device = input_ids.device();
+        let keep = match attention_mask {
+            Some(m) => m.to_kind(Kind::Bool),
+            None => Tensor::ones([b, t], (Kind::Bool, device)),
+        };
+        let positions = (keep.to_kind(Kind::Int64).cumsum(1, Kind::Int64) - 1).clamp_min(0); // (B, T)
+        let causal = Tensor::ones([t, t], (Kind::Bool, device)).tril(0);
+        let mask = causal.view([1, 1, t, t]).logical_and(&keep.view([b, 1, 1, t])); // (B, 1, T, T)
+        let mut x = self.wte.embedding(input_ids) + self.wpe.embedding(&positions);
+        for block in &self.blocks {
+            x = block.forward(&x, &mask);
+        }
+        self.ln_f.forward(&x)
+    }
+
+    /// Next-token logits (B, T, V).
+    pub fn logits(&self, input_ids: &Tensor, attention_mask: Option<&Tensor>) -> Tensor {
+        self.hidden_states(input_ids, attention_mask).matmul(&self.wte.tr())
+    }
+}
+
+trait EmbeddingExt {
+    fn embedding(&self, ids: &Tensor) -> Tensor;
+}
+
+impl EmbeddingExt for Tensor {
+    fn embedding(&self, ids: &Tensor) -> Tensor {
+        Tensor::embedding(self, ids, -1, false, false)
+    }
+}
+
+/// HF checkpoints may hold attention-mask buffers and a tied `lm_head.weight`; neither is a parameter here.
+fn is_buffer_or_tied(name: &str) -> bool {
+    name == "lm_head.weight" || name.ends_with(".attn.bias") || name.ends_with(".attn.masked_bias")
+}
+
+/// The original GPT-2 files name weights without the `transformer.` prefix.
+fn canonical_name(name: &str) -> String {
+    if name.starts_with("transformer.") { name.to_string() } else { format!("transformer.{name}") }
+}

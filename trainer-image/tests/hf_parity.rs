@@ -1,0 +1,84 @@
+//! Parity with Hugging Face transformers: tiny random checkpoints made by transformers give the
+//! same logits here (max abs diff <= 1e-4, fp32), and a model saved here loads in transformers
+//! with the same logits. Needs the torch virtual environment (`make test` provides it through
+//! RLHF_TORCH_PYTHON).
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use rlhf_trainer::models::gpt2::Gpt2;
+use tch::{Device, Kind, Tensor};
+
+const TOLERANCE: f64 = 1e-4;
+
+fn python() -> PathBuf {
+    std::env::var_os("RLHF_TORCH_PYTHON").map(PathBuf::from).unwrap_or_else(|| {
+        panic!("RLHF_TORCH_PYTHON is not set: run `make test`, or point it at the python of scripts/install-torch.sh's environment")
+    })
+}
+
+fn run_reference(args: &[&str]) -> String {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/hf_reference.py");
+    let out = Command::new(python()).arg(script).args(args).output().expect("running the python reference");
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success(), "hf_reference.py {args:?} failed:\n{text}");
+    text
+}
+
+fn scratch(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("rlhf-parity-{}-{name}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// Max |ours - reference| over the positions that are not padding.
+fn max_diff(ours: &Tensor, reference: &Tensor, mask: &Tensor) -> f64 {
+    let keep = mask.to_kind(Kind::Bool).unsqueeze(-1).expand_as(ours);
+    (ours - reference).abs().masked_select(&keep).max().double_value(&[])
+}
+
+fn reference_batch(dir: &Path) -> (Tensor, Tensor, Tensor) {
+    let mut tensors: std::collections::BTreeMap<String, Tensor> =
+        Tensor::read_safetensors(dir.join("reference.safetensors")).unwrap().into_iter().collect();
+    let mut take = |name: &str| tensors.remove(name).unwrap_or_else(|| panic!("reference has {name}"));
+    (take("input_ids"), take("attention_mask"), take("logits"))
+}
+
+fn gpt2_round_trip(name: &str, config: &str) {
+    let dir = scratch(name);
+    run_reference(&["make", "gpt2", dir.to_str().unwrap(), config]);
+    let (ids, mask, expected) = reference_batch(&dir);
+    let (vs, model) = Gpt2::load(&dir.join("model"), Device::Cpu).expect("loading the transformers checkpoint");
+    let ours = tch::no_grad(|| model.logits(&ids, Some(&mask)));
+    let diff = max_diff(&ours, &expected, &mask);
+    println!("{name}: max abs diff vs transformers {diff:.3e}");
+    assert!(diff <= TOLERANCE, "{name}: logits differ from transformers by {diff}");
+
+    model.save(&vs, &dir.join("saved")).expect("saving");
+    let reference = dir.join("reference.safetensors");
+    let said = run_reference(&["check", dir.join("saved").to_str().unwrap(), reference.to_str().unwrap()]);
+    println!("{name}: saved here, loaded by transformers: {}", said.trim());
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn gpt2_matches_transformers_small() {
+    gpt2_round_trip("gpt2-small", r#"{"vocab_size": 101, "n_positions": 32, "n_embd": 32, "n_layer": 2, "n_head": 4}"#);
+}
+
+#[test]
+fn gpt2_matches_transformers_other_shape() {
+    gpt2_round_trip(
+        "gpt2-wide",
+        r#"{"vocab_size": 257, "n_positions": 64, "n_embd": 48, "n_layer": 3, "n_head": 3, "n_inner": 80, "layer_norm_epsilon": 1e-6}"#,
+    );
+}
+
+#[test]
+fn a_folder_without_weights_is_a_clear_error() {
+    let dir = scratch("empty");
+    std::fs::write(dir.join("config.json"), r#"{"n_embd": 32, "n_head": 4, "n_layer": 1}"#).unwrap();
+    let err = Gpt2::load(&dir, Device::Cpu).unwrap_err();
+    assert_eq!(err.exit_code(), 2);
+    assert!(err.to_string().contains("no model.safetensors or model.safetensors.index.json"), "{err}");
+}
