@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use rlhf_trainer::models::gpt2::Gpt2;
+use rlhf_trainer::models::load_causal_lm;
 use tch::{Device, Kind, Tensor};
 
 const TOLERANCE: f64 = 1e-4;
@@ -44,11 +45,13 @@ fn reference_batch(dir: &Path) -> (Tensor, Tensor, Tensor) {
     (take("input_ids"), take("attention_mask"), take("logits"))
 }
 
-fn gpt2_round_trip(name: &str, config: &str) {
+/// transformers makes a random `family` model; we load it (the family comes from config.json),
+/// compare logits, save it, and transformers loads our copy and compares again.
+fn round_trip(family: &str, name: &str, config: &str) {
     let dir = scratch(name);
-    run_reference(&["make", "gpt2", dir.to_str().unwrap(), config]);
+    run_reference(&["make", family, dir.to_str().unwrap(), config]);
     let (ids, mask, expected) = reference_batch(&dir);
-    let (vs, model) = Gpt2::load(&dir.join("model"), Device::Cpu).expect("loading the transformers checkpoint");
+    let (vs, model) = load_causal_lm(&dir.join("model"), Device::Cpu).expect("loading the transformers checkpoint");
     let ours = tch::no_grad(|| model.logits(&ids, Some(&mask)));
     let diff = max_diff(&ours, &expected, &mask);
     println!("{name}: max abs diff vs transformers {diff:.3e}");
@@ -63,12 +66,13 @@ fn gpt2_round_trip(name: &str, config: &str) {
 
 #[test]
 fn gpt2_matches_transformers_small() {
-    gpt2_round_trip("gpt2-small", r#"{"vocab_size": 101, "n_positions": 32, "n_embd": 32, "n_layer": 2, "n_head": 4}"#);
+    round_trip("gpt2", "gpt2-small", r#"{"vocab_size": 101, "n_positions": 32, "n_embd": 32, "n_layer": 2, "n_head": 4}"#);
 }
 
 #[test]
 fn gpt2_matches_transformers_other_shape() {
-    gpt2_round_trip(
+    round_trip(
+        "gpt2",
         "gpt2-wide",
         r#"{"vocab_size": 257, "n_positions": 64, "n_embd": 48, "n_layer": 3, "n_head": 3, "n_inner": 80, "layer_norm_epsilon": 1e-6}"#,
     );
@@ -81,4 +85,33 @@ fn a_folder_without_weights_is_a_clear_error() {
     let err = Gpt2::load(&dir, Device::Cpu).unwrap_err();
     assert_eq!(err.exit_code(), 2);
     assert!(err.to_string().contains("no model.safetensors or model.safetensors.index.json"), "{err}");
+}
+
+#[test]
+fn llama_with_grouped_query_attention_matches_transformers() {
+    round_trip(
+        "llama",
+        "llama-gqa",
+        r#"{"vocab_size": 211, "hidden_size": 64, "intermediate_size": 96, "num_hidden_layers": 2,
+            "num_attention_heads": 8, "num_key_value_heads": 2, "max_position_embeddings": 64, "rope_theta": 500000.0}"#,
+    );
+}
+
+#[test]
+fn llama_tied_multi_head_matches_transformers() {
+    round_trip(
+        "llama",
+        "llama-tied",
+        r#"{"vocab_size": 150, "hidden_size": 48, "intermediate_size": 128, "num_hidden_layers": 3,
+            "num_attention_heads": 4, "max_position_embeddings": 32, "tie_word_embeddings": true, "rms_norm_eps": 1e-5}"#,
+    );
+}
+
+#[test]
+fn an_unknown_model_type_is_a_clear_error() {
+    let dir = scratch("bert");
+    std::fs::write(dir.join("config.json"), r#"{"model_type": "bert"}"#).unwrap();
+    let err = load_causal_lm(&dir, Device::Cpu).unwrap_err();
+    assert_eq!(err.exit_code(), 2);
+    assert!(err.to_string().ends_with("config.json: model_type Some(\"bert\") is not supported (gpt2, llama)"), "{err}");
 }

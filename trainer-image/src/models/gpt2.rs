@@ -2,14 +2,13 @@
 //! block -> model. Variables carry Hugging Face names by construction (`transformer.h.0.attn.
 //! c_attn.weight`), so HF folders load and save without renaming. HF's Conv1D stores weights as
 //! [in, out]; so do we. The LM head is tied to the token embedding, as in HF.
-use std::collections::BTreeMap;
 use std::path::Path;
 
 use serde::Deserialize;
 use tch::nn::{self, Init, Module};
-use tch::{Device, Kind, Tensor};
+use tch::{Device, Tensor};
 
-use super::hf;
+use super::{CausalLm, common, hf};
 use crate::error::{Error, Result};
 
 /// The fields of HF's `GPT2Config` we use (defaults are HF's).
@@ -116,19 +115,14 @@ struct Attention {
 }
 
 impl Attention {
-    /// `mask` is [B, 1, T, T] with true where attention is allowed.
+    /// `mask` is (B, 1, T, T) with true where attention is allowed.
     fn forward(&self, x: &Tensor, mask: &Tensor) -> Tensor {
         let (b, t, c) = x.size3().expect("hidden states are (B, T, C)");
         let hs = c / self.n_head;
         let qkv = self.c_attn.forward(x).split(c, 2);
         let heads = |t_: &Tensor| t_.view([b, t, self.n_head, hs]).transpose(1, 2); // (B, nh, T, hs)
-        let (q, k, v) = (heads(&qkv[0]), heads(&qkv[1]), heads(&qkv[2]));
-        let scores = q.matmul(&k.transpose(-2, -1)) / (hs as f64).sqrt(); // (B, nh, T, T)
-        // The most negative finite value (as HF does), so fully masked rows give no NaN.
-        let min = f32::MIN as f64;
-        let probs = scores.masked_fill(&mask.logical_not(), min).softmax(-1, Kind::Float).to_kind(x.kind());
-        let y = probs.matmul(&v).transpose(1, 2).contiguous().view([b, t, c]); // (B, T, C)
-        self.c_proj.forward(&y)
+        let y = common::attend(&heads(&qkv[0]), &heads(&qkv[1]), &heads(&qkv[2]), mask);
+        self.c_proj.forward(&common::merge_heads(&y))
     }
 }
 
@@ -210,36 +204,22 @@ impl Gpt2 {
         config.check(&dir.join(hf::CONFIG_FILE))?;
         let vs = nn::VarStore::new(device);
         let model = Self::new(&vs, config)?;
-        let weights: BTreeMap<String, Tensor> = hf::read_weights(dir)?
-            .into_iter()
-            .filter(|(name, _)| !is_buffer_or_tied(name))
-            .map(|(name, t)| (canonical_name(&name), t))
-            .collect();
-        let vars: BTreeMap<String, Tensor> = vs.variables().into_iter().collect();
-        hf::copy_into(&vars, &weights, dir)?;
+        common::load_into(&vs, dir, |name| (!is_buffer_or_tied(name)).then(|| canonical_name(name)))?;
         Ok((vs, model))
     }
+}
 
+impl CausalLm for Gpt2 {
     /// Saves `vs` as a Hugging Face folder that `GPT2LMHeadModel.from_pretrained` loads.
-    pub fn save(&self, vs: &nn::VarStore, dir: &Path) -> Result<()> {
-        let mut tensors: Vec<(String, Tensor)> = vs.variables().into_iter().collect();
-        tensors.sort_by(|a, b| a.0.cmp(&b.0));
-        hf::write_folder(dir, &self.config.to_hf_json(), &tensors)
+    fn save(&self, vs: &nn::VarStore, dir: &Path) -> Result<()> {
+        hf::write_folder(dir, &self.config.to_hf_json(), &common::named_tensors(vs))
     }
 
     /// Final hidden states (B, T, C) for `input_ids` (B, T). `attention_mask` (B, T) is 1 for
     /// real tokens and 0 for padding; positions count real tokens only, so left padding works.
-    pub fn hidden_states(&self, input_ids: &Tensor, attention_mask: Option<&Tensor>) -> Tensor {
-        let (b, t) = input_ids.size2().expect("input_ids are (B, T)");
-        let device = input_ids.device();
-        let keep = match attention_mask {
-            Some(m) => m.to_kind(Kind::Bool),
-            None => Tensor::ones([b, t], (Kind::Bool, device)),
-        };
-        let positions = (keep.to_kind(Kind::Int64).cumsum(1, Kind::Int64) - 1).clamp_min(0); // (B, T)
-        let causal = Tensor::ones([t, t], (Kind::Bool, device)).tril(0);
-        let mask = causal.view([1, 1, t, t]).logical_and(&keep.view([b, 1, 1, t])); // (B, 1, T, T)
-        let mut x = self.wte.embedding(input_ids) + self.wpe.embedding(&positions);
+    fn hidden_states(&self, input_ids: &Tensor, attention_mask: Option<&Tensor>) -> Tensor {
+        let (positions, mask) = common::positions_and_mask(input_ids, attention_mask);
+        let mut x = common::embed(&self.wte, input_ids) + common::embed(&self.wpe, &positions);
         for block in &self.blocks {
             x = block.forward(&x, &mask);
         }
@@ -247,18 +227,8 @@ impl Gpt2 {
     }
 
     /// Next-token logits (B, T, V).
-    pub fn logits(&self, input_ids: &Tensor, attention_mask: Option<&Tensor>) -> Tensor {
+    fn logits(&self, input_ids: &Tensor, attention_mask: Option<&Tensor>) -> Tensor {
         self.hidden_states(input_ids, attention_mask).matmul(&self.wte.tr())
-    }
-}
-
-trait EmbeddingExt {
-    fn embedding(&self, ids: &Tensor) -> Tensor;
-}
-
-impl EmbeddingExt for Tensor {
-    fn embedding(&self, ids: &Tensor) -> Tensor {
-        Tensor::embedding(self, ids, -1, false, false)
     }
 }
 
