@@ -8,26 +8,56 @@ use tch::{Kind, Tensor, nn};
 use super::hf;
 use crate::error::Result;
 
-/// Positions (B, T) counting real tokens only (so left padding works, as HF's generate does it),
-/// and the attention mask (B, 1, T, T): causal and not attending to padding.
-pub fn positions_and_mask(input_ids: &Tensor, attention_mask: Option<&Tensor>) -> (Tensor, Tensor) {
-    let (b, t) = input_ids.size2().expect("input_ids are (B, T)");
-    let device = input_ids.device();
-    let keep = match attention_mask {
-        Some(m) => m.to_kind(Kind::Bool),
-        None => Tensor::ones([b, t], (Kind::Bool, device)),
-    };
-    let positions = (keep.to_kind(Kind::Int64).cumsum(1, Kind::Int64) - 1).clamp_min(0);
-    let causal = Tensor::ones([t, t], (Kind::Bool, device)).tril(0);
-    let mask = causal.view([1, 1, t, t]).logical_and(&keep.view([b, 1, 1, t]));
+/// Keys and values of earlier positions, per layer, each (B, n_kv, S, hs). Passed into
+/// `forward` so the models stay immutable; a fresh cache means "no earlier positions".
+#[derive(Debug, Default)]
+pub struct KvCache {
+    layers: Vec<Option<(Tensor, Tensor)>>,
+}
+
+impl KvCache {
+    /// Positions already cached.
+    pub fn len(&self) -> i64 {
+        self.layers.first().and_then(|l| l.as_ref()).map_or(0, |(k, _)| k.size()[2])
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Appends this step's keys and values of `layer`; returns all of them (past + new).
+    pub fn extend(&mut self, layer: usize, k: Tensor, v: Tensor) -> (Tensor, Tensor) {
+        if self.layers.len() <= layer {
+            self.layers.resize_with(layer + 1, || None);
+        }
+        let full = match self.layers[layer].take() {
+            Some((pk, pv)) => (Tensor::cat(&[pk, k], 2), Tensor::cat(&[pv, v], 2)),
+            None => (k, v),
+        };
+        self.layers[layer] = Some((full.0.shallow_clone(), full.1.shallow_clone()));
+        full
+    }
+}
+
+/// For `t` new tokens whose `attention_mask` (B, S) covers the cached positions and the new ones:
+/// positions (B, t) counting real tokens only (so left padding works, as HF's generate does it),
+/// and the attention mask (B, 1, t, S): causal, and never attending to padding.
+pub fn positions_and_mask(t: i64, attention_mask: &Tensor) -> (Tensor, Tensor) {
+    let (b, s) = attention_mask.size2().expect("attention_mask is (B, S)");
+    let keep = attention_mask.to_kind(Kind::Bool);
+    let past = s - t;
+    let positions = (keep.to_kind(Kind::Int64).cumsum(1, Kind::Int64) - 1).clamp_min(0).narrow(1, past, t);
+    // Query i (absolute position past + i) sees keys 0 ..= past + i.
+    let causal = Tensor::ones([t, s], (Kind::Bool, attention_mask.device())).tril(past);
+    let mask = causal.view([1, 1, t, s]).logical_and(&keep.view([b, 1, 1, s]));
     (positions, mask)
 }
 
-/// softmax(q k^T / sqrt(d)) v over heads: q, k, v are (B, nh, T, hs), `mask` (B, 1, T, T).
+/// softmax(q k^T / sqrt(d)) v over heads: q is (B, nh, T, hs), k and v (B, nh, S, hs), `mask` (B, 1, T, S).
 /// Masked scores get the most negative finite value (as HF does), so fully masked rows give no NaN.
 pub fn attend(q: &Tensor, k: &Tensor, v: &Tensor, mask: &Tensor) -> Tensor {
     let hs = q.size()[3];
-    let scores = q.matmul(&k.transpose(-2, -1)) / (hs as f64).sqrt(); // (B, nh, T, T)
+    let scores = q.matmul(&k.transpose(-2, -1)) / (hs as f64).sqrt(); // (B, nh, T, S)
     let probs = scores.masked_fill(&mask.logical_not(), f32::MIN as f64).softmax(-1, Kind::Float).to_kind(q.kind());
     probs.matmul(v) // (B, nh, T, hs)
 }

@@ -8,7 +8,7 @@ use serde::Deserialize;
 use tch::nn::{self, Init, Module};
 use tch::{Device, Tensor};
 
-use super::{CausalLm, common, hf};
+use super::{CausalLm, KvCache, common, hf};
 use crate::error::{Error, Result};
 
 /// The fields of HF's `GPT2Config` we use (defaults are HF's).
@@ -115,13 +115,14 @@ struct Attention {
 }
 
 impl Attention {
-    /// `mask` is (B, 1, T, T) with true where attention is allowed.
-    fn forward(&self, x: &Tensor, mask: &Tensor) -> Tensor {
+    /// `mask` is (B, 1, T, S) with true where attention is allowed; `cache` holds earlier positions.
+    fn forward(&self, x: &Tensor, mask: &Tensor, cache: &mut KvCache, layer: usize) -> Tensor {
         let (b, t, c) = x.size3().expect("hidden states are (B, T, C)");
         let hs = c / self.n_head;
         let qkv = self.c_attn.forward(x).split(c, 2);
         let heads = |t_: &Tensor| t_.view([b, t, self.n_head, hs]).transpose(1, 2); // (B, nh, T, hs)
-        let y = common::attend(&heads(&qkv[0]), &heads(&qkv[1]), &heads(&qkv[2]), mask);
+        let (k, v) = cache.extend(layer, heads(&qkv[1]), heads(&qkv[2])); // (B, nh, S, hs)
+        let y = common::attend(&heads(&qkv[0]), &k, &v, mask);
         self.c_proj.forward(&common::merge_heads(&y))
     }
 }
@@ -169,8 +170,8 @@ impl Block {
         }
     }
 
-    fn forward(&self, x: &Tensor, mask: &Tensor) -> Tensor {
-        let x = x + self.attn.forward(&self.ln_1.forward(x), mask);
+    fn forward(&self, x: &Tensor, mask: &Tensor, cache: &mut KvCache, layer: usize) -> Tensor {
+        let x = x + self.attn.forward(&self.ln_1.forward(x), mask, cache, layer);
         &x + self.mlp.forward(&self.ln_2.forward(&x))
     }
 }
@@ -215,20 +216,19 @@ impl CausalLm for Gpt2 {
         hf::write_folder(dir, &self.config.to_hf_json(), &common::named_tensors(vs))
     }
 
-    /// Final hidden states (B, T, C) for `input_ids` (B, T). `attention_mask` (B, T) is 1 for
-    /// real tokens and 0 for padding; positions count real tokens only, so left padding works.
-    fn hidden_states(&self, input_ids: &Tensor, attention_mask: Option<&Tensor>) -> Tensor {
-        let (positions, mask) = common::positions_and_mask(input_ids, attention_mask);
+    fn forward(&self, input_ids: &Tensor, attention_mask: &Tensor, cache: &mut KvCache) -> Tensor {
+        let t = input_ids.size()[1];
+        let (positions, mask) = common::positions_and_mask(t, attention_mask);
         let mut x = common::embed(&self.wte, input_ids) + common::embed(&self.wpe, &positions);
-        for block in &self.blocks {
-            x = block.forward(&x, &mask);
+        for (i, block) in self.blocks.iter().enumerate() {
+            x = block.forward(&x, &mask, cache, i);
         }
         self.ln_f.forward(&x)
     }
 
-    /// Next-token logits (B, T, V).
-    fn logits(&self, input_ids: &Tensor, attention_mask: Option<&Tensor>) -> Tensor {
-        self.hidden_states(input_ids, attention_mask).matmul(&self.wte.tr())
+    /// Tied to the token embedding.
+    fn lm_head(&self, hidden: &Tensor) -> Tensor {
+        hidden.matmul(&self.wte.tr())
     }
 }
 

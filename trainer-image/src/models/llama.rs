@@ -8,7 +8,7 @@ use serde::Deserialize;
 use tch::nn::{self, Init, Module};
 use tch::{Device, Kind, Tensor};
 
-use super::{CausalLm, common, hf};
+use super::{CausalLm, KvCache, common, hf};
 use crate::error::{Error, Result};
 
 /// The fields of HF's `LlamaConfig` we use (defaults are HF's).
@@ -169,13 +169,15 @@ impl Attention {
         }
     }
 
-    fn forward(&self, x: &Tensor, cos: &Tensor, sin: &Tensor, mask: &Tensor) -> Tensor {
+    fn forward(&self, x: &Tensor, rope: &(Tensor, Tensor), mask: &Tensor, cache: &mut KvCache, layer: usize) -> Tensor {
+        let (cos, sin) = rope;
         let (b, t, _) = x.size3().expect("(B, T, C)");
         let split = |y: Tensor, n: i64| y.view([b, t, n, self.head_dim]).transpose(1, 2); // (B, n, T, hd)
         let q = split(self.q_proj.forward(x), self.heads);
         let k = split(self.k_proj.forward(x), self.kv_heads);
         let v = split(self.v_proj.forward(x), self.kv_heads);
         let (q, k) = (&q * cos + rotate_half(&q) * sin, &k * cos + rotate_half(&k) * sin);
+        let (k, v) = cache.extend(layer, k, v); // rotated keys are cached, as in HF: (B, kv, S, hd)
         // Each key/value head serves heads / kv_heads consecutive query heads.
         let rep = self.heads / self.kv_heads;
         let (k, v) = (k.repeat_interleave_self_int(rep, 1, None), v.repeat_interleave_self_int(rep, 1, None));
@@ -220,8 +222,8 @@ impl Block {
         }
     }
 
-    fn forward(&self, x: &Tensor, cos: &Tensor, sin: &Tensor, mask: &Tensor) -> Tensor {
-        let x = x + self.self_attn.forward(&self.input_layernorm.forward(x), cos, sin, mask);
+    fn forward(&self, x: &Tensor, rope: &(Tensor, Tensor), mask: &Tensor, cache: &mut KvCache, layer: usize) -> Tensor {
+        let x = x + self.self_attn.forward(&self.input_layernorm.forward(x), rope, mask, cache, layer);
         &x + self.mlp.forward(&self.post_attention_layernorm.forward(&x))
     }
 }
@@ -271,20 +273,18 @@ impl CausalLm for Llama {
         hf::write_folder(dir, &self.config.to_hf_json(), &common::named_tensors(vs))
     }
 
-    /// Final hidden states (B, T, C); see [`common::positions_and_mask`] for padding.
-    fn hidden_states(&self, input_ids: &Tensor, attention_mask: Option<&Tensor>) -> Tensor {
-        let (positions, mask) = common::positions_and_mask(input_ids, attention_mask);
+    fn forward(&self, input_ids: &Tensor, attention_mask: &Tensor, cache: &mut KvCache) -> Tensor {
+        let t = input_ids.size()[1];
+        let (positions, mask) = common::positions_and_mask(t, attention_mask);
         let mut x = common::embed(&self.embed_tokens, input_ids);
-        let (cos, sin) = rotary(&positions, self.config.head_dim(), self.config.rope_theta, x.kind());
-        for layer in &self.layers {
-            x = layer.forward(&x, &cos, &sin, &mask);
+        let rope = rotary(&positions, self.config.head_dim(), self.config.rope_theta, x.kind());
+        for (i, layer) in self.layers.iter().enumerate() {
+            x = layer.forward(&x, &rope, &mask, cache, i);
         }
         self.norm.forward(&x)
     }
 
-    /// Next-token logits (B, T, V).
-    fn logits(&self, input_ids: &Tensor, attention_mask: Option<&Tensor>) -> Tensor {
-        let head = self.lm_head.as_ref().unwrap_or(&self.embed_tokens);
-        self.hidden_states(input_ids, attention_mask).matmul(&head.tr())
+    fn lm_head(&self, hidden: &Tensor) -> Tensor {
+        hidden.matmul(&self.lm_head.as_ref().unwrap_or(&self.embed_tokens).tr())
     }
 }

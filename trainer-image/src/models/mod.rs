@@ -8,16 +8,38 @@ use std::path::Path;
 
 use tch::{Device, Tensor, nn};
 
+pub use common::KvCache;
+
 use crate::error::{Error, Result};
 
-/// What every family offers the algorithms: logits for a batch, and saving as an HF folder.
+/// What every family offers the algorithms: a forward pass with a KV cache, the LM head, and
+/// saving as an HF folder. Full-sequence calls are the same forward with a fresh cache.
 pub trait CausalLm: std::fmt::Debug {
-    /// Final hidden states (B, T, C) (heads for values and rewards read these).
-    fn hidden_states(&self, input_ids: &Tensor, attention_mask: Option<&Tensor>) -> Tensor;
-    /// Next-token logits (B, T, V).
-    fn logits(&self, input_ids: &Tensor, attention_mask: Option<&Tensor>) -> Tensor;
+    /// Final hidden states (B, T, C) of `input_ids` (B, T); `attention_mask` (B, S) covers the
+    /// cached positions and the new ones (1 = token, 0 = padding). Appends to `cache`.
+    fn forward(&self, input_ids: &Tensor, attention_mask: &Tensor, cache: &mut KvCache) -> Tensor;
+    /// Next-token logits (B, T, V) of hidden states.
+    fn lm_head(&self, hidden: &Tensor) -> Tensor;
     /// Writes `vs` (this model's variables) as a Hugging Face folder.
     fn save(&self, vs: &nn::VarStore, dir: &Path) -> Result<()>;
+
+    /// Final hidden states (B, T, C) of a whole sequence (heads for values and rewards read these).
+    fn hidden_states(&self, input_ids: &Tensor, attention_mask: Option<&Tensor>) -> Tensor {
+        let ones;
+        let mask = match attention_mask {
+            Some(m) => m,
+            None => {
+                ones = input_ids.ones_like();
+                &ones
+            }
+        };
+        self.forward(input_ids, mask, &mut KvCache::default())
+    }
+
+    /// Next-token logits (B, T, V) of a whole sequence.
+    fn logits(&self, input_ids: &Tensor, attention_mask: Option<&Tensor>) -> Tensor {
+        self.lm_head(&self.hidden_states(input_ids, attention_mask))
+    }
 }
 
 /// Loads any supported HF causal-LM folder, choosing the family from config.json's model_type.

@@ -1,0 +1,3 @@
+//! Training algorithms: SFT, reward model, PPO, DPO. Losses and advantage estimators are small
+//! pure functions (losses.rs), unit-tested against reference values.
+pub mod losses;
