@@ -2,8 +2,9 @@
 //! same logits here (max abs diff <= 1e-4, fp32), and a model saved here loads in transformers
 //! with the same logits. Needs the torch virtual environment (`make test` provides it through
 //! RLHF_TORCH_PYTHON).
-use std::path::{Path, PathBuf};
-use std::process::Command;
+mod common;
+
+use common::{reference_batch, run_reference, scratch};
 
 use rlhf_trainer::models::gpt2::Gpt2;
 use rlhf_trainer::models::load_causal_lm;
@@ -11,38 +12,10 @@ use tch::{Device, Kind, Tensor};
 
 const TOLERANCE: f64 = 1e-4;
 
-fn python() -> PathBuf {
-    std::env::var_os("RLHF_TORCH_PYTHON").map(PathBuf::from).unwrap_or_else(|| {
-        panic!("RLHF_TORCH_PYTHON is not set: run `make test`, or point it at the python of scripts/install-torch.sh's environment")
-    })
-}
-
-fn run_reference(args: &[&str]) -> String {
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/hf_reference.py");
-    let out = Command::new(python()).arg(script).args(args).output().expect("running the python reference");
-    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
-    assert!(out.status.success(), "hf_reference.py {args:?} failed:\n{text}");
-    text
-}
-
-fn scratch(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("rlhf-parity-{}-{name}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
-}
-
 /// Max |ours - reference| over the positions that are not padding.
 fn max_diff(ours: &Tensor, reference: &Tensor, mask: &Tensor) -> f64 {
     let keep = mask.to_kind(Kind::Bool).unsqueeze(-1).expand_as(ours);
     (ours - reference).abs().masked_select(&keep).max().double_value(&[])
-}
-
-fn reference_batch(dir: &Path) -> (Tensor, Tensor, Tensor) {
-    let mut tensors: std::collections::BTreeMap<String, Tensor> =
-        Tensor::read_safetensors(dir.join("reference.safetensors")).unwrap().into_iter().collect();
-    let mut take = |name: &str| tensors.remove(name).unwrap_or_else(|| panic!("reference has {name}"));
-    (take("input_ids"), take("attention_mask"), take("logits"))
 }
 
 /// transformers makes a random `family` model; we load it (the family comes from config.json),

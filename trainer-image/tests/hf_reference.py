@@ -3,6 +3,9 @@
   hf_reference.py make FAMILY OUT_DIR CONFIG_JSON
       A seeded random model saved with save_pretrained in OUT_DIR/model, and reference logits for a
       fixed batch (one row left-padded) in OUT_DIR/reference.safetensors.
+  hf_reference.py generate MODEL_DIR REFERENCE N OUT
+      Greedy generate() of N tokens for the reference batch (left padding, no EOS), saved as
+      OUT (safetensors, "sequences").
   hf_reference.py check MODEL_DIR REFERENCE
       Loads MODEL_DIR with transformers and compares its logits on the reference batch with the
       reference logits; prints the max abs difference, exits 1 above 1e-4.
@@ -60,5 +63,17 @@ def check(model_dir, reference):
     sys.exit(0 if diff <= TOLERANCE else 1)
 
 
+def generate(model_dir, reference, n, out):
+    ref = load_file(reference)
+    config = json.load(open(f"{model_dir}/config.json"))
+    _, model_cls = FAMILIES[config["model_type"]]
+    model = model_cls.from_pretrained(model_dir).eval()
+    model.generation_config.eos_token_id = None
+    with torch.no_grad():
+        seq = model.generate(input_ids=ref["input_ids"], attention_mask=ref["attention_mask"],
+                             max_new_tokens=int(n), do_sample=False, pad_token_id=0)
+    save_file({"sequences": seq.contiguous()}, out)
+
+
 if __name__ == "__main__":
-    {"make": make, "check": check}[sys.argv[1]](*sys.argv[2:])
+    {"make": make, "check": check, "generate": generate}[sys.argv[1]](*sys.argv[2:])

@@ -1,0 +1,43 @@
+//! Helpers of the tests that compare with Hugging Face transformers (through tests/hf_reference.py).
+#![allow(dead_code)] // each test binary uses a different subset
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use tch::Tensor;
+
+pub fn python() -> PathBuf {
+    std::env::var_os("RLHF_TORCH_PYTHON").map(PathBuf::from).unwrap_or_else(|| {
+        panic!("RLHF_TORCH_PYTHON is not set: run `make test`, or point it at the python of scripts/install-torch.sh's environment")
+    })
+}
+
+pub fn run_reference(args: &[&str]) -> String {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/hf_reference.py");
+    let out = Command::new(python()).arg(script).args(args).output().expect("running the python reference");
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success(), "hf_reference.py {args:?} failed:\n{text}");
+    text
+}
+
+pub fn scratch(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("rlhf-parity-{}-{name}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+pub fn reference_batch(dir: &Path) -> (Tensor, Tensor, Tensor) {
+    let mut tensors: BTreeMap<String, Tensor> =
+        Tensor::read_safetensors(dir.join("reference.safetensors")).unwrap().into_iter().collect();
+    let mut take = |name: &str| tensors.remove(name).unwrap_or_else(|| panic!("reference has {name}"));
+    (take("input_ids"), take("attention_mask"), take("logits"))
+}
+
+
+/// Reads one tensor of a safetensors file.
+pub fn read_tensor(file: &Path, name: &str) -> Tensor {
+    let mut all: BTreeMap<String, Tensor> = Tensor::read_safetensors(file).unwrap().into_iter().collect();
+    all.remove(name).unwrap_or_else(|| panic!("{} has no {name}", file.display()))
+}
