@@ -6,6 +6,10 @@
   hf_reference.py generate MODEL_DIR REFERENCE N OUT
       Greedy generate() of N tokens for the reference batch (left padding, no EOS), saved as
       OUT (safetensors, "sequences").
+  hf_reference.py tokenize OUT_DIR TEXTS_JSON [VOCAB MERGES]
+      With VOCAB/MERGES: GPT2TokenizerFast from those files, saved with save_pretrained in
+      OUT_DIR/gpt2. Always: a small BPE trained here whose post-processor adds BOS (Llama-like),
+      saved as OUT_DIR/bos/tokenizer.json. Writes OUT_DIR/ids.json: {"gpt2": [...], "bos": [...]}.
   hf_reference.py check MODEL_DIR REFERENCE
       Loads MODEL_DIR with transformers and compares its logits on the reference batch with the
       reference logits; prints the max abs difference, exits 1 above 1e-4.
@@ -75,5 +79,29 @@ def generate(model_dir, reference, n, out):
     save_file({"sequences": seq.contiguous()}, out)
 
 
+def tokenize(out_dir, texts_json, vocab=None, merges=None):
+    import os
+    from tokenizers import Tokenizer, models, pre_tokenizers, processors, trainers
+    from transformers import GPT2TokenizerFast, PreTrainedTokenizerFast
+
+    texts = json.loads(texts_json)
+    ids = {}
+    if vocab:
+        gpt2 = GPT2TokenizerFast(vocab_file=vocab, merges_file=merges)
+        gpt2.save_pretrained(f"{out_dir}/gpt2")
+        ids["gpt2"] = [gpt2(t)["input_ids"] for t in texts]
+    bpe = Tokenizer(models.BPE(unk_token="<unk>"))
+    bpe.pre_tokenizer = pre_tokenizers.Whitespace()
+    trainer = trainers.BpeTrainer(vocab_size=120, special_tokens=["<unk>", "<s>", "</s>"])
+    bpe.train_from_iterator(texts * 3, trainer)
+    bpe.post_processor = processors.TemplateProcessing(single="<s> $A", special_tokens=[("<s>", bpe.token_to_id("<s>"))])
+    os.makedirs(f"{out_dir}/bos", exist_ok=True)
+    bpe.save(f"{out_dir}/bos/tokenizer.json")
+    fast = PreTrainedTokenizerFast(tokenizer_file=f"{out_dir}/bos/tokenizer.json", eos_token="</s>")
+    fast.save_pretrained(f"{out_dir}/bos")
+    ids["bos"] = [fast(t)["input_ids"] for t in texts]
+    json.dump(ids, open(f"{out_dir}/ids.json", "w"))
+
+
 if __name__ == "__main__":
-    {"make": make, "check": check, "generate": generate}[sys.argv[1]](*sys.argv[2:])
+    {"make": make, "check": check, "generate": generate, "tokenize": tokenize}[sys.argv[1]](*sys.argv[2:])
