@@ -1,6 +1,7 @@
 //! rlhf-trainer: the program that runs in RLHFJob pods.
 pub mod algorithms;
 pub mod config;
+pub mod data;
 pub mod error;
 pub mod generation;
 pub mod models;

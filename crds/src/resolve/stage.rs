@@ -316,6 +316,9 @@ fn resolve_ppo(
             format!("{rollout_batch_size} is not a multiple of the world size {}", p.world_size()),
         ));
     }
+    if s.target_kl.is_some_and(|t| t <= 0.0) {
+        errors.push(FieldError::new(format!("{at}.targetKl"), "must be above 0 (leave it out for a fixed klCoef)"));
+    }
     let ptx_coef = s.ptx_coef.unwrap_or(0.0);
     let ptx_dataset = s.ptx_dataset.as_ref().and_then(|d| resolve_dataset(d, &format!("{at}.ptxDataset"), errors));
     if ptx_coef > 0.0 && s.ptx_dataset.is_none() {

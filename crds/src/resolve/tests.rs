@@ -156,3 +156,10 @@ fn dataset_needs_exactly_one_source() {
     assert!(errs.contains(&"spec.stages[0].dataset: set path (a file in the pod) or synthetic".to_string()));
     assert!(errs.contains(&"spec.stages[1].dataset: set either path or synthetic, not both".to_string()));
 }
+
+#[test]
+fn adaptive_kl_needs_a_positive_target() {
+    let mut v = pipeline();
+    v["stages"][2]["ppo"]["targetKl"] = json!(0.0);
+    assert_eq!(errors_of(v), vec!["spec.stages[2].ppo.targetKl: must be above 0 (leave it out for a fixed klCoef)"]);
+}
