@@ -7,6 +7,7 @@ use rlhf_spec::{ResolvedDataset, StageKind, SyntheticTask};
 use serde_json::Value;
 
 use crate::error::{Error, Result};
+use crate::rng::SplitMix64;
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Example {
@@ -73,28 +74,11 @@ fn json_type(v: &Value) -> &'static str {
     }
 }
 
-/// splitmix64: a tiny seeded generator, so datasets are the same on every machine.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-}
-
 const WORDS: &[&str] = &["cat", "dog", "owl", "fox", "bee", "cow", "elk", "yak", "ant", "bat", "eel", "hen"];
 
 /// Examples of a synthetic task whose answers are checkable: copy the words, or add the numbers.
 pub fn synthetic(task: SyntheticTask, samples: usize, seed: u64, kind: StageKind) -> Vec<Example> {
-    let mut rng = Rng(seed);
+    let mut rng = SplitMix64(seed);
     (0..samples)
         .map(|_| {
             let (prompt, good, bad) = match task {

@@ -75,6 +75,15 @@ impl Tokenizer {
         }
     }
 
+    /// Token ids of `text` without the post-processor's special tokens (for a response that
+    /// continues a prompt: no second BOS in the middle of a sequence).
+    pub fn encode_continuation(&self, text: &str) -> Result<Vec<u32>> {
+        match &self.inner {
+            Inner::Hf(t) => Ok(t.encode(text, false).map_err(|e| Error::invalid(&self.origin, e.to_string()))?.get_ids().to_vec()),
+            Inner::Gpt2(bpe) => Ok(bpe.encode_with_special_tokens(text)),
+        }
+    }
+
     pub fn decode(&self, ids: &[u32]) -> Result<String> {
         match &self.inner {
             Inner::Hf(t) => t.decode(ids, false).map_err(|e| Error::invalid(&self.origin, e.to_string())),
