@@ -10,6 +10,9 @@
       With VOCAB/MERGES: GPT2TokenizerFast from those files, saved with save_pretrained in
       OUT_DIR/gpt2. Always: a small BPE trained here whose post-processor adds BOS (Llama-like),
       saved as OUT_DIR/bos/tokenizer.json. Writes OUT_DIR/ids.json: {"gpt2": [...], "bos": [...]}.
+  hf_reference.py score MODEL_DIR REFERENCE OUT
+      AutoModelForSequenceClassification scores of the reference batch's ids without padding
+      (mask all ones), saved as OUT (safetensors, "scores").
   hf_reference.py check MODEL_DIR REFERENCE
       Loads MODEL_DIR with transformers and compares its logits on the reference batch with the
       reference logits; prints the max abs difference, exits 1 above 1e-4.
@@ -103,5 +106,15 @@ def tokenize(out_dir, texts_json, vocab=None, merges=None):
     json.dump(ids, open(f"{out_dir}/ids.json", "w"))
 
 
+def score(model_dir, reference, out):
+    from transformers import AutoModelForSequenceClassification
+
+    ids = load_file(reference)["input_ids"]
+    model = AutoModelForSequenceClassification.from_pretrained(model_dir).eval()
+    with torch.no_grad():
+        scores = model(input_ids=ids, attention_mask=torch.ones_like(ids)).logits[:, 0]
+    save_file({"scores": scores.contiguous()}, out)
+
+
 if __name__ == "__main__":
-    {"make": make, "check": check, "generate": generate, "tokenize": tokenize}[sys.argv[1]](*sys.argv[2:])
+    {"make": make, "check": check, "generate": generate, "tokenize": tokenize, "score": score}[sys.argv[1]](*sys.argv[2:])

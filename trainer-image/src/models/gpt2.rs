@@ -211,9 +211,12 @@ impl Gpt2 {
 }
 
 impl CausalLm for Gpt2 {
-    /// Saves `vs` as a Hugging Face folder that `GPT2LMHeadModel.from_pretrained` loads.
-    fn save(&self, vs: &nn::VarStore, dir: &Path) -> Result<()> {
-        hf::write_folder(dir, &self.config.to_hf_json(), &common::named_tensors(vs))
+    fn hf_config(&self) -> serde_json::Value {
+        self.config.to_hf_json()
+    }
+
+    fn hidden_size(&self) -> i64 {
+        self.config.n_embd
     }
 
     fn forward(&self, input_ids: &Tensor, attention_mask: &Tensor, cache: &mut KvCache) -> Tensor {

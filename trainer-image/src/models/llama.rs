@@ -269,8 +269,12 @@ impl Llama {
 }
 
 impl CausalLm for Llama {
-    fn save(&self, vs: &nn::VarStore, dir: &Path) -> Result<()> {
-        hf::write_folder(dir, &self.config.to_hf_json(), &common::named_tensors(vs))
+    fn hf_config(&self) -> serde_json::Value {
+        self.config.to_hf_json()
+    }
+
+    fn hidden_size(&self) -> i64 {
+        self.config.hidden_size
     }
 
     fn forward(&self, input_ids: &Tensor, attention_mask: &Tensor, cache: &mut KvCache) -> Tensor {

@@ -1,6 +1,7 @@
 //! Model families, one file each, with Hugging Face weight names by construction.
 pub mod common;
 pub mod gpt2;
+pub mod heads;
 pub mod hf;
 pub mod llama;
 
@@ -20,8 +21,15 @@ pub trait CausalLm: std::fmt::Debug {
     fn forward(&self, input_ids: &Tensor, attention_mask: &Tensor, cache: &mut KvCache) -> Tensor;
     /// Next-token logits (B, T, V) of hidden states.
     fn lm_head(&self, hidden: &Tensor) -> Tensor;
+    /// The config.json of a saved folder (HF names, `architectures` the causal-LM class).
+    fn hf_config(&self) -> serde_json::Value;
+    /// Width of the hidden states (what value and reward heads read).
+    fn hidden_size(&self) -> i64;
+
     /// Writes `vs` (this model's variables) as a Hugging Face folder.
-    fn save(&self, vs: &nn::VarStore, dir: &Path) -> Result<()>;
+    fn save(&self, vs: &nn::VarStore, dir: &Path) -> Result<()> {
+        hf::write_folder(dir, &self.hf_config(), &common::named_tensors(vs))
+    }
 
     /// Final hidden states (B, T, C) of a whole sequence (heads for values and rewards read these).
     fn hidden_states(&self, input_ids: &Tensor, attention_mask: Option<&Tensor>) -> Tensor {
