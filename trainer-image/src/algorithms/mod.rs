@@ -2,4 +2,5 @@
 //! pure functions (losses.rs), unit-tested against reference values.
 pub mod losses;
 pub mod optim;
+pub mod rm;
 pub mod sft;

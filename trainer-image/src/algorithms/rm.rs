@@ -1,0 +1,79 @@
+//! Reward model: pairwise (Bradley-Terry) loss on chosen vs rejected responses.
+use tch::{Device, Tensor, nn};
+
+use super::losses::pairwise_rm_loss;
+use super::optim::{Optimizer, batches};
+use crate::batch::{SequenceBatch, join, pad};
+use crate::data::Example;
+use crate::error::{Error, Result};
+use crate::models::heads::ScalarHead;
+use crate::tokenizer::Tokenizer;
+use rlhf_spec::ResolvedTraining;
+
+/// (prompt, chosen, rejected) of preference examples.
+pub fn preference_triples(examples: &[Example]) -> Result<Vec<(&str, &str, &str)>> {
+    examples
+        .iter()
+        .map(|e| match e {
+            Example::Preference { prompt, chosen, rejected } => Ok((prompt.as_str(), chosen.as_str(), rejected.as_str())),
+            other => Err(Error::invalid("<dataset>", format!("a preference stage needs prompt/chosen/rejected examples, got {other:?}"))),
+        })
+        .collect()
+}
+
+/// Chosen rows first, then the rejected rows, in one right-padded batch (one forward pass).
+pub fn pair_batch(tok: &Tokenizer, triples: &[(&str, &str, &str)], max_length: u32, device: Device) -> Result<SequenceBatch> {
+    let chosen = triples.iter().map(|(p, c, _)| join(tok, p, c, max_length as usize));
+    let rejected = triples.iter().map(|(p, _, r)| join(tok, p, r, max_length as usize));
+    let rows = chosen.chain(rejected).collect::<Result<Vec<_>>>()?;
+    Ok(pad(&rows, i64::from(tok.pad_token_id), device))
+}
+
+/// Scores (chosen (B), rejected (B)) of a pair batch.
+fn scores(rm: &ScalarHead, batch: &SequenceBatch) -> (Tensor, Tensor) {
+    let s = rm.last_token(&batch.input_ids, &batch.attention_mask);
+    let half = s.size()[0] / 2;
+    (s.narrow(0, 0, half), s.narrow(0, half, half))
+}
+
+/// Trains the reward model; `on_step(step, loss, accuracy)` after each optimizer step.
+pub fn train(
+    rm: &ScalarHead,
+    vs: &nn::VarStore,
+    tok: &Tokenizer,
+    examples: &[Example],
+    cfg: &ResolvedTraining,
+    device: Device,
+    mut on_step: impl FnMut(u64, f64, f64),
+) -> Result<Vec<f64>> {
+    let triples = preference_triples(examples)?;
+    let mut opt = Optimizer::new(vs, cfg)?;
+    let mut losses = Vec::new();
+    for step_batches in batches(triples.len(), cfg) {
+        let (mut step_loss, mut step_acc) = (0.0, 0.0);
+        for micro in &step_batches {
+            let picked: Vec<_> = micro.iter().map(|&i| triples[i]).collect();
+            let (chosen, rejected) = scores(rm, &pair_batch(tok, &picked, cfg.max_length, device)?);
+            let (loss, acc) = pairwise_rm_loss(&chosen, &rejected);
+            let share = step_batches.len() as f64;
+            (&loss / share).backward();
+            step_loss += loss.double_value(&[]) / share;
+            step_acc += acc.double_value(&[]) / share;
+        }
+        let step = opt.step();
+        losses.push(step_loss);
+        on_step(step, step_loss, step_acc);
+    }
+    Ok(losses)
+}
+
+/// Pairwise accuracy on `examples` (held-out pairs), in batches of `batch`.
+pub fn accuracy(rm: &ScalarHead, tok: &Tokenizer, examples: &[Example], max_length: u32, batch: usize, device: Device) -> Result<f64> {
+    let triples = preference_triples(examples)?;
+    let mut correct = 0.0;
+    for chunk in triples.chunks(batch.max(1)) {
+        let (chosen, rejected) = tch::no_grad(|| pair_batch(tok, chunk, max_length, device).map(|b| scores(rm, &b)))?;
+        correct += chosen.gt_tensor(&rejected).sum(tch::Kind::Float).double_value(&[]);
+    }
+    Ok(correct / triples.len() as f64)
+}
