@@ -1,5 +1,6 @@
 //! Training algorithms: SFT, reward model, PPO, DPO. Losses and advantage estimators are small
 //! pure functions (losses.rs), unit-tested against reference values.
+pub mod dpo;
 pub mod losses;
 pub mod optim;
 pub mod rm;

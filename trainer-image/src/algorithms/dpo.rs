@@ -1,0 +1,74 @@
+//! Direct preference optimisation against a frozen reference model.
+use tch::{Device, Kind, Tensor, nn};
+
+use super::losses::{dpo_loss, masked_sum, token_logprobs};
+use super::optim::{Optimizer, batches};
+use super::rm::{pair_batch, preference_triples};
+use crate::batch::SequenceBatch;
+use crate::data::Example;
+use crate::error::Result;
+use crate::models::CausalLm;
+use crate::tokenizer::Tokenizer;
+use rlhf_spec::{ResolvedDpo, ResolvedTraining};
+
+/// Sum of the response tokens' log-probs per row (B): logits at t score the token at t + 1.
+pub fn sequence_logprobs(model: &dyn CausalLm, b: &SequenceBatch) -> Tensor {
+    let t = b.input_ids.size()[1];
+    let logits = model.logits(&b.input_ids, Some(&b.attention_mask)).narrow(1, 0, t - 1);
+    let lp = token_logprobs(&logits, &b.input_ids.narrow(1, 1, t - 1)); // (B, T-1)
+    masked_sum(&lp, &b.loss_mask.narrow(1, 1, t - 1), Some(1))
+}
+
+/// (chosen, rejected) halves of a pair batch's per-row values.
+fn halves(x: &Tensor) -> (Tensor, Tensor) {
+    let half = x.size()[0] / 2;
+    (x.narrow(0, 0, half), x.narrow(0, half, half))
+}
+
+/// Mean implicit reward margin beta * ((pc - rc) - (pr - rr)) on `examples`, and the share of
+/// pairs where it is positive.
+pub fn margin(policy: &dyn CausalLm, reference: &dyn CausalLm, tok: &Tokenizer, examples: &[Example], max_length: u32, beta: f64, device: Device) -> Result<(f64, f64)> {
+    let triples = preference_triples(examples)?;
+    let b = pair_batch(tok, &triples, max_length, device)?;
+    tch::no_grad(|| {
+        let (pc, pr) = halves(&sequence_logprobs(policy, &b));
+        let (rc, rr) = halves(&sequence_logprobs(reference, &b));
+        let m = ((pc - rc) - (pr - rr)) * beta;
+        Ok((m.mean(Kind::Float).double_value(&[]), m.gt(0.0).to_kind(Kind::Float).mean(Kind::Float).double_value(&[])))
+    })
+}
+
+/// Trains `policy` (weights `vs`) with DPO; `on_step(step, loss)` after each optimizer step.
+#[allow(clippy::too_many_arguments)] // each is a distinct input of the stage
+pub fn train(
+    policy: &dyn CausalLm,
+    vs: &nn::VarStore,
+    reference: &dyn CausalLm,
+    tok: &Tokenizer,
+    examples: &[Example],
+    cfg: &ResolvedTraining,
+    dpo: &ResolvedDpo,
+    device: Device,
+    mut on_step: impl FnMut(u64, f64),
+) -> Result<Vec<f64>> {
+    let triples = preference_triples(examples)?;
+    let mut opt = Optimizer::new(vs, cfg)?;
+    let mut losses = Vec::new();
+    for step_batches in batches(triples.len(), cfg) {
+        let mut step_loss = 0.0;
+        for micro in &step_batches {
+            let picked: Vec<_> = micro.iter().map(|&i| triples[i]).collect();
+            let b = pair_batch(tok, &picked, cfg.max_length, device)?;
+            let (rc, rr) = tch::no_grad(|| halves(&sequence_logprobs(reference, &b)));
+            let (pc, pr) = halves(&sequence_logprobs(policy, &b));
+            let (loss, _, _) = dpo_loss(&pc, &pr, &rc, &rr, dpo.beta, dpo.label_smoothing);
+            let loss = loss / step_batches.len() as f64;
+            loss.backward();
+            step_loss += loss.double_value(&[]);
+        }
+        let step = opt.step();
+        losses.push(step_loss);
+        on_step(step, step_loss);
+    }
+    Ok(losses)
+}
