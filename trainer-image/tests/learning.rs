@@ -8,7 +8,12 @@ use rlhf_trainer::models::heads::ScalarHead;
 use rlhf_trainer::tokenizer::Tokenizer;
 use tch::{Device, nn};
 
+/// libtorch's seed is global and tests run in parallel: initialise under a lock, reseeded, so
+/// every run starts from the same weights.
 fn tiny_gpt2(vs: &nn::VarStore) -> Gpt2 {
+    static INIT: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _guard = INIT.lock().unwrap_or_else(|e| e.into_inner());
+    tch::manual_seed(0);
     let config: Gpt2Config =
         serde_json::from_str(r#"{"vocab_size": 50257, "n_positions": 64, "n_embd": 64, "n_layer": 2, "n_head": 4}"#).unwrap();
     Gpt2::new(vs, config).unwrap()
@@ -32,7 +37,6 @@ fn training(learning_rate: f64, epochs: u32) -> ResolvedTraining {
 }
 
 fn tokenizer() -> Tokenizer {
-    tch::manual_seed(0);
     tch::set_num_threads(2);
     Tokenizer::load(&ResolvedTokenizer::Builtin(BuiltinTokenizer::Gpt2)).unwrap()
 }

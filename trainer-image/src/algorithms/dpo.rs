@@ -2,7 +2,7 @@
 use tch::{Device, Kind, Tensor, nn};
 
 use super::losses::{dpo_loss, masked_sum, token_logprobs};
-use super::optim::{Optimizer, batches};
+use super::optim;
 use super::rm::{pair_batch, preference_triples};
 use crate::batch::SequenceBatch;
 use crate::data::Example;
@@ -52,23 +52,18 @@ pub fn train(
     mut on_step: impl FnMut(u64, f64),
 ) -> Result<Vec<f64>> {
     let triples = preference_triples(examples)?;
-    let mut opt = Optimizer::new(vs, cfg)?;
-    let mut losses = Vec::new();
-    for step_batches in batches(triples.len(), cfg) {
-        let mut step_loss = 0.0;
-        for micro in &step_batches {
+    optim::run(
+        vs,
+        cfg,
+        triples.len(),
+        |micro| {
             let picked: Vec<_> = micro.iter().map(|&i| triples[i]).collect();
             let b = pair_batch(tok, &picked, cfg.max_length, device)?;
             let (rc, rr) = tch::no_grad(|| halves(&sequence_logprobs(reference, &b)));
             let (pc, pr) = halves(&sequence_logprobs(policy, &b));
             let (loss, _, _) = dpo_loss(&pc, &pr, &rc, &rr, dpo.beta, dpo.label_smoothing);
-            let loss = loss / step_batches.len() as f64;
-            loss.backward();
-            step_loss += loss.double_value(&[]);
-        }
-        let step = opt.step();
-        losses.push(step_loss);
-        on_step(step, step_loss);
-    }
-    Ok(losses)
+            Ok((loss, 0.0))
+        },
+        |step, loss, _| on_step(step, loss),
+    )
 }

@@ -54,3 +54,31 @@ pub fn batches(n: usize, cfg: &ResolvedTraining) -> Vec<Vec<Vec<usize>>> {
     }
     steps
 }
+
+/// The training loop every algorithm shares. `micro_loss` returns a micro-batch's loss and one
+/// metric for the example indices it is given; gradients accumulate over a step's micro-batches,
+/// then the optimizer steps. `on_step(step, loss, metric)` sees the step means. Returns the losses.
+pub fn run(
+    vs: &nn::VarStore,
+    cfg: &ResolvedTraining,
+    examples: usize,
+    mut micro_loss: impl FnMut(&[usize]) -> Result<(tch::Tensor, f64)>,
+    mut on_step: impl FnMut(u64, f64, f64),
+) -> Result<Vec<f64>> {
+    let mut opt = Optimizer::new(vs, cfg)?;
+    let mut losses = Vec::new();
+    for step_batches in batches(examples, cfg) {
+        let share = step_batches.len() as f64;
+        let (mut loss_sum, mut metric_sum) = (0.0, 0.0);
+        for micro in &step_batches {
+            let (loss, metric) = micro_loss(micro)?;
+            (&loss / share).backward();
+            loss_sum += loss.double_value(&[]) / share;
+            metric_sum += metric / share;
+        }
+        let step = opt.step();
+        losses.push(loss_sum);
+        on_step(step, loss_sum, metric_sum);
+    }
+    Ok(losses)
+}

@@ -2,7 +2,7 @@
 use tch::{Device, Tensor, nn};
 
 use super::losses::pairwise_rm_loss;
-use super::optim::{Optimizer, batches};
+use super::optim;
 use crate::batch::{SequenceBatch, join, pad};
 use crate::data::Example;
 use crate::error::{Error, Result};
@@ -47,24 +47,18 @@ pub fn train(
     mut on_step: impl FnMut(u64, f64, f64),
 ) -> Result<Vec<f64>> {
     let triples = preference_triples(examples)?;
-    let mut opt = Optimizer::new(vs, cfg)?;
-    let mut losses = Vec::new();
-    for step_batches in batches(triples.len(), cfg) {
-        let (mut step_loss, mut step_acc) = (0.0, 0.0);
-        for micro in &step_batches {
+    optim::run(
+        vs,
+        cfg,
+        triples.len(),
+        |micro| {
             let picked: Vec<_> = micro.iter().map(|&i| triples[i]).collect();
             let (chosen, rejected) = scores(rm, &pair_batch(tok, &picked, cfg.max_length, device)?);
-            let (loss, acc) = pairwise_rm_loss(&chosen, &rejected);
-            let share = step_batches.len() as f64;
-            (&loss / share).backward();
-            step_loss += loss.double_value(&[]) / share;
-            step_acc += acc.double_value(&[]) / share;
-        }
-        let step = opt.step();
-        losses.push(step_loss);
-        on_step(step, step_loss, step_acc);
-    }
-    Ok(losses)
+            let (loss, accuracy) = pairwise_rm_loss(&chosen, &rejected);
+            Ok((loss, accuracy.double_value(&[])))
+        },
+        &mut on_step,
+    )
 }
 
 /// Pairwise accuracy on `examples` (held-out pairs), in batches of `batch`.

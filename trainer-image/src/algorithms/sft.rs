@@ -2,7 +2,7 @@
 use tch::{Device, nn};
 
 use super::losses::sft_loss;
-use super::optim::{Optimizer, batches};
+use super::optim;
 use crate::batch::{join, pad};
 use crate::data::Example;
 use crate::error::{Error, Result};
@@ -28,21 +28,16 @@ pub fn train(
             other => Err(Error::invalid("<dataset>", format!("an sft stage needs prompt/response examples, got {other:?}"))),
         })
         .collect::<Result<_>>()?;
-    let mut opt = Optimizer::new(vs, cfg)?;
-    let mut losses = Vec::new();
-    for step_batches in batches(pairs.len(), cfg) {
-        let mut step_loss = 0.0;
-        for micro in &step_batches {
+    optim::run(
+        vs,
+        cfg,
+        pairs.len(),
+        |micro| {
             let rows = micro.iter().map(|&i| join(tok, pairs[i].0, pairs[i].1, cfg.max_length as usize)).collect::<Result<Vec<_>>>()?;
             let b = pad(&rows, i64::from(tok.pad_token_id), device);
             let logits = model.logits(&b.input_ids, Some(&b.attention_mask));
-            let loss = sft_loss(&logits, &b.input_ids, &b.loss_mask) / step_batches.len() as f64;
-            loss.backward();
-            step_loss += loss.double_value(&[]);
-        }
-        let step = opt.step();
-        losses.push(step_loss);
-        on_step(step, step_loss);
-    }
-    Ok(losses)
+            Ok((sft_loss(&logits, &b.input_ids, &b.loss_mask), 0.0))
+        },
+        |step, loss, _| on_step(step, loss),
+    )
 }
