@@ -3,5 +3,6 @@
 pub mod dpo;
 pub mod losses;
 pub mod optim;
+pub mod ppo;
 pub mod rm;
 pub mod sft;
