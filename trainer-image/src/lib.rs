@@ -5,6 +5,8 @@ pub mod config;
 pub mod data;
 pub mod error;
 pub mod generation;
+pub mod local;
 pub mod models;
 pub mod rng;
+pub mod stage;
 pub mod tokenizer;

@@ -66,3 +66,26 @@ pub fn load_causal_lm(dir: &Path, device: Device) -> Result<(nn::VarStore, Box<d
         )),
     }
 }
+
+/// A randomly initialised model of `family` with the inline architecture of an RLHFJob.
+pub fn random_causal_lm(family: rlhf_spec::ModelFamily, arch: &rlhf_spec::Architecture, vs: &nn::VarStore) -> Result<Box<dyn CausalLm>> {
+    let (vocab, hidden, layers, heads) =
+        (i64::from(arch.vocab_size), i64::from(arch.hidden_size), i64::from(arch.num_layers), i64::from(arch.num_heads));
+    let json = match family {
+        rlhf_spec::ModelFamily::Gpt2 => serde_json::json!({
+            "vocab_size": vocab, "n_positions": arch.max_positions, "n_embd": hidden, "n_layer": layers, "n_head": heads,
+            "n_inner": arch.intermediate_size,
+        }),
+        rlhf_spec::ModelFamily::Llama => serde_json::json!({
+            "vocab_size": vocab, "hidden_size": hidden, "num_hidden_layers": layers, "num_attention_heads": heads,
+            "num_key_value_heads": arch.num_kv_heads, "max_position_embeddings": arch.max_positions,
+            // Llama's default MLP width: 8/3 x hidden, rounded up to a multiple of 64.
+            "intermediate_size": arch.intermediate_size.map(i64::from).unwrap_or((8 * hidden / 3 + 63) / 64 * 64),
+        }),
+    };
+    let bad = |e: serde_json::Error| Error::invalid("<model.architecture>", e.to_string());
+    Ok(match family {
+        rlhf_spec::ModelFamily::Gpt2 => Box::new(gpt2::Gpt2::new(vs, serde_json::from_value(json).map_err(bad)?)?),
+        rlhf_spec::ModelFamily::Llama => Box::new(llama::Llama::new(vs, serde_json::from_value(json).map_err(bad)?)?),
+    })
+}
