@@ -5,9 +5,13 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 command -v cargo >/dev/null || { echo "install-deps: cargo (Rust) is required" >&2; exit 1; }
 command -v python3 >/dev/null || { echo "install-deps: python3 is required (free-port picking)" >&2; exit 1; }
+SUDO=""; [ "$(id -u)" = 0 ] || SUDO="sudo"
+# patchelf: trainer-image/check-image-layout.sh rewrites a copy's RUNPATH.
+if ! command -v patchelf >/dev/null; then
+  $SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq patchelf
+fi
 if ! command -v kubectl >/dev/null; then
   echo "install-deps: kubectl is missing; installing Debian's kubernetes-client" >&2
-  SUDO=""; [ "$(id -u)" = 0 ] || SUDO="sudo"
   $SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq kubernetes-client
 fi
 bash tests/controlplane/install-k8s.sh

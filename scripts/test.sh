@@ -6,3 +6,5 @@ DIR="$PWD/.state/test-controlplane"
 bash tests/controlplane/up.sh "$DIR"
 trap 'bash tests/controlplane/down.sh "$DIR" >/dev/null' EXIT
 RLHF_TEST_KUBECONFIG="$DIR/kubeconfig" cargo test --release --workspace
+# The trainer binary must start with the trainer image's library layout (no container engine here).
+bash trainer-image/check-image-layout.sh target/release/rlhf-trainer "$LIBTORCH"
