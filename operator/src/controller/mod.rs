@@ -1,5 +1,7 @@
 //! The reconcile pipeline: validate -> build -> apply -> status.
 pub mod apply;
+#[cfg(test)]
+mod fixtures;
 pub mod build;
 pub mod observe;
 pub mod status;

@@ -6,8 +6,7 @@ use rlhf_spec::TrainerConfig;
 use serde_json::{Value, json};
 
 use super::*;
-use crate::controller::validate::validate;
-use crate::crd::RLHFJob;
+use crate::controller::fixtures::{TEST_UID, validated};
 
 /// sft + rm -> ppo, every stage a gang of 3 pods with 4 GPUs each, on a shared ReadWriteMany volume.
 fn spec() -> Value {
@@ -29,17 +28,6 @@ fn spec() -> Value {
              "models": {"init": {"stage": "sft"}, "rewardModel": {"stage": "rm"}}, "ppo": {"generation": {"maxNewTokens": 8}}}
         ]
     })
-}
-
-fn validated(spec: Value) -> ValidatedJob {
-    let job: RLHFJob = serde_json::from_value(json!({
-        "apiVersion": "rlhf.dev/v1alpha1",
-        "kind": "RLHFJob",
-        "metadata": {"name": "chat", "namespace": "team-a", "uid": "5f1e-uid"},
-        "spec": spec,
-    }))
-    .expect("test job deserializes");
-    validate(&job).expect("test job is valid")
 }
 
 fn job() -> ValidatedJob {
@@ -69,7 +57,7 @@ fn owner_reference() -> OwnerReference {
         api_version: "rlhf.dev/v1alpha1".into(),
         kind: "RLHFJob".into(),
         name: "chat".into(),
-        uid: "5f1e-uid".into(),
+        uid: TEST_UID.into(),
         controller: Some(true),
         block_owner_deletion: Some(true),
     }

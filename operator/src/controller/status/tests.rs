@@ -1,8 +1,7 @@
 use serde_json::{Value, json};
 
 use super::*;
-use crate::controller::validate::validate;
-use crate::crd::RLHFJob;
+use crate::controller::fixtures::validated;
 
 /// sft + rm -> ppo, gangs of 2 pods on a ReadWriteMany volume.
 fn spec() -> Value {
@@ -22,19 +21,8 @@ fn spec() -> Value {
     })
 }
 
-fn job_from(spec: Value) -> ValidatedJob {
-    let job: RLHFJob = serde_json::from_value(json!({
-        "apiVersion": "rlhf.dev/v1alpha1",
-        "kind": "RLHFJob",
-        "metadata": {"name": "chat", "namespace": "team-a", "uid": "9d2a-uid"},
-        "spec": spec,
-    }))
-    .expect("test job deserializes");
-    validate(&job).expect("test job is valid")
-}
-
 fn job() -> ValidatedJob {
-    job_from(spec())
+    validated(spec())
 }
 
 /// `second` seconds after the first observation.
@@ -295,7 +283,7 @@ fn an_invalid_spec_is_reported_once() {
 fn a_suspended_job_launches_nothing() {
     let mut v = spec();
     v["runPolicy"] = json!({"suspend": true});
-    let suspended = job_from(v);
+    let suspended = validated(v);
     let d = history(&suspended, &[vec![]]);
     assert_eq!(phases(&d.status), [("sft", StagePhase::Waiting), ("rm", StagePhase::Waiting), ("ppo", StagePhase::Waiting)]);
     assert_eq!(d.status.phase, Some(JobPhase::Suspended));

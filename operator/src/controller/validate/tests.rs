@@ -2,6 +2,7 @@ use k8s_openapi::api::core::v1::ResourceRequirements;
 use serde_json::{Value, json};
 
 use super::*;
+use crate::controller::fixtures::{TEST_NAMESPACE, TEST_UID, job_named, validated};
 
 /// A valid sft + rm -> ppo job, one node per stage, 2 GPUs per pod; the ppo stage brings its own resources.
 fn spec() -> Value {
@@ -22,20 +23,6 @@ fn spec() -> Value {
              "resources": {"requests": {"memory": "32Gi"}}}
         ]
     })
-}
-
-fn job_named(name: &str, spec: Value) -> RLHFJob {
-    serde_json::from_value(json!({
-        "apiVersion": "rlhf.dev/v1alpha1",
-        "kind": "RLHFJob",
-        "metadata": {"name": name, "namespace": "team-a", "uid": "0b7c-uid"},
-        "spec": spec,
-    }))
-    .expect("test job deserializes")
-}
-
-fn valid(spec: Value) -> ValidatedJob {
-    validate(&job_named("chat", spec)).expect("job should be valid")
 }
 
 /// The errors as `field: message`, in the order validate reports them.
@@ -69,8 +56,8 @@ fn resources(v: Value) -> ResourceRequirements {
 
 #[test]
 fn valid_job_gets_every_default() {
-    let job = valid(spec());
-    assert_eq!((job.name.as_str(), job.namespace.as_str(), job.uid.as_str()), ("chat", "team-a", "0b7c-uid"));
+    let job = validated(spec());
+    assert_eq!((job.name.as_str(), job.namespace.as_str(), job.uid.as_str()), ("chat", TEST_NAMESPACE, TEST_UID));
     assert_eq!(
         job.claim,
         Claim::Owned {
@@ -102,7 +89,7 @@ fn valid_job_gets_every_default() {
 
 #[test]
 fn gpus_per_node_sets_limits_and_requests() {
-    let job = valid(spec());
+    let job = validated(spec());
     let inherited = resources(json!({
         "limits": {"cpu": "4", "memory": "16Gi", "nvidia.com/gpu": "2"},
         "requests": {"nvidia.com/gpu": "2"},
@@ -119,7 +106,7 @@ fn gpus_per_node_sets_limits_and_requests() {
 
 #[test]
 fn a_matching_gpu_count_is_accepted() {
-    let job = valid(spec_with("/resources/requests", json!({"nvidia.com/gpu": "2"})));
+    let job = validated(spec_with("/resources/requests", json!({"nvidia.com/gpu": "2"})));
     assert_eq!(job.stage("sft").unwrap().resources.requests.as_ref().unwrap()[GPU_RESOURCE], Quantity("2".into()));
 }
 
@@ -168,7 +155,7 @@ fn an_existing_claim_excludes_size() {
     let errs = errors(spec_with("/storage", json!({"claimName": "shared", "size": "1Ti"})));
     assert_eq!(errs, ["spec.storage.claimName: an existing claim cannot be combined with size, storageClassName or accessModes"]);
 
-    let job = valid(spec_with("/storage", json!({"claimName": "shared", "mountPath": "/out"})));
+    let job = validated(spec_with("/storage", json!({"claimName": "shared", "mountPath": "/out"})));
     assert_eq!((job.claim, job.mount_path.as_str()), (Claim::Existing("shared".into()), "/out"));
 }
 
@@ -177,7 +164,7 @@ fn a_queue_needs_volcano() {
     let errs = errors(spec_with("/scheduling", json!({"queue": "research"})));
     assert_eq!(errs, ["spec.scheduling.queue: a queue only applies to gang: volcano"]);
 
-    let job = valid(spec_with("/scheduling", json!({"gang": "volcano", "queue": "research"})));
+    let job = validated(spec_with("/scheduling", json!({"gang": "volcano", "queue": "research"})));
     assert_eq!(job.scheduling, SchedulingPlan { gang: GangMode::Volcano, queue: Some("research".into()), timeout_seconds: 600 });
 }
 
@@ -192,7 +179,7 @@ fn multi_node_stages_cannot_share_a_read_write_once_volume() {
 
     let mut v = spec_with("/stages/1/parallelism", json!({"nodes": 2}));
     v["storage"] = json!({"accessModes": ["ReadWriteMany"], "size": "50Gi"});
-    assert_eq!(valid(v).stage("rm").unwrap().resolved.parallelism.nodes, 2);
+    assert_eq!(validated(v).stage("rm").unwrap().resolved.parallelism.nodes, 2);
 }
 
 #[test]
