@@ -1,9 +1,10 @@
 //! Direct preference optimisation against a frozen reference model.
 use tch::{Device, Kind, Tensor, nn};
 
-use super::losses::{dpo_loss, masked_sum, token_logprobs};
+use super::losses::{dpo_loss, masked_sum};
 use super::optim;
-use super::rm::{pair_batch, preference_triples};
+use super::rm::{micro_pair_batch, pair_batch, preference_triples};
+use super::{continuation_logprobs, halves};
 use crate::batch::SequenceBatch;
 use crate::data::Example;
 use crate::error::Result;
@@ -13,16 +14,8 @@ use rlhf_spec::{ResolvedDpo, ResolvedTraining};
 
 /// Sum of the response tokens' log-probs per row (B): logits at t score the token at t + 1.
 pub fn sequence_logprobs(model: &dyn CausalLm, b: &SequenceBatch) -> Tensor {
-    let t = b.input_ids.size()[1];
-    let logits = model.logits(&b.input_ids, Some(&b.attention_mask)).narrow(1, 0, t - 1);
-    let lp = token_logprobs(&logits, &b.input_ids.narrow(1, 1, t - 1)); // (B, T-1)
-    masked_sum(&lp, &b.loss_mask.narrow(1, 1, t - 1), Some(1))
-}
-
-/// (chosen, rejected) halves of a pair batch's per-row values.
-fn halves(x: &Tensor) -> (Tensor, Tensor) {
-    let half = x.size()[0] / 2;
-    (x.narrow(0, 0, half), x.narrow(0, half, half))
+    let (lp, _) = continuation_logprobs(model, &b.input_ids, &b.attention_mask, 1); // (B, T-1)
+    masked_sum(&lp, &b.loss_mask.narrow(1, 1, lp.size()[1]), Some(1))
 }
 
 /// Mean implicit reward margin beta * ((pc - rc) - (pr - rr)) on `examples`, and the share of
@@ -57,8 +50,7 @@ pub fn train(
         cfg,
         triples.len(),
         |micro| {
-            let picked: Vec<_> = micro.iter().map(|&i| triples[i]).collect();
-            let b = pair_batch(tok, &picked, cfg.max_length, device)?;
+            let b = micro_pair_batch(tok, &triples, micro, cfg.max_length, device)?;
             let (rc, rr) = tch::no_grad(|| halves(&sequence_logprobs(reference, &b)));
             let (pc, pr) = halves(&sequence_logprobs(policy, &b));
             let (loss, _, _) = dpo_loss(&pc, &pr, &rc, &rr, dpo.beta, dpo.label_smoothing);

@@ -6,3 +6,21 @@ pub mod optim;
 pub mod ppo;
 pub mod rm;
 pub mod sft;
+
+use tch::Tensor;
+
+use crate::models::CausalLm;
+
+/// Log-probs (B, T - start) of the tokens from position `start` on under `model`'s full
+/// distribution, and the logits (B, T - start, V) that scored them: position t predicts t + 1.
+pub fn continuation_logprobs(model: &dyn CausalLm, ids: &Tensor, attention_mask: &Tensor, start: i64) -> (Tensor, Tensor) {
+    let n = ids.size()[1] - start;
+    let logits = model.logits(ids, Some(attention_mask)).narrow(1, start - 1, n);
+    (losses::token_logprobs(&logits, &ids.narrow(1, start, n)), logits)
+}
+
+/// (first, second) halves of a batch's per-row values: pair batches hold chosen rows, then rejected.
+pub fn halves(x: &Tensor) -> (Tensor, Tensor) {
+    let half = x.size()[0] / 2;
+    (x.narrow(0, 0, half), x.narrow(0, half, half))
+}

@@ -6,9 +6,10 @@
 use tch::{Device, Kind, Tensor, nn};
 
 use super::losses::{
-    KlController, entropy_from_logits, gae, kl_penalty, masked_mean, masked_whiten, policy_loss, token_logprobs,
+    KlController, entropy_from_logits, gae, kl_penalty, masked_mean, masked_whiten, policy_loss,
     token_rewards, value_loss,
 };
+use super::continuation_logprobs;
 use super::optim::Optimizer;
 use crate::data::Example;
 use crate::error::{Error, Result};
@@ -80,13 +81,6 @@ pub fn prompt_batch(tok: &Tokenizer, prompts: &[&str], max_prompt: usize, device
     Ok((Tensor::from_slice(&ids).view(shape).to_device(device), Tensor::from_slice(&mask).view(shape).to_device(device)))
 }
 
-/// Log-probs (B, N) of the response tokens under `model`'s full distribution.
-fn response_logprobs(model: &dyn CausalLm, seq: &Tensor, attn: &Tensor, prompt_len: i64) -> (Tensor, Tensor) {
-    let n = seq.size()[1] - prompt_len;
-    let logits = model.logits(seq, Some(attn)).narrow(1, prompt_len - 1, n); // (B, N, V): position t predicts t + 1
-    (token_logprobs(&logits, &seq.narrow(1, prompt_len, n)), logits)
-}
-
 fn critic_values(critic: &ScalarHead, seq: &Tensor, attn: &Tensor, prompt_len: i64) -> Tensor {
     let n = seq.size()[1] - prompt_len;
     critic.per_token(seq, attn).narrow(1, prompt_len - 1, n) // the value of the state each token is chosen in
@@ -110,8 +104,8 @@ fn make_experience(m: &Models<'_>, tok: &Tokenizer, prompts: &[&str], cfg: &Reso
     tch::no_grad(|| {
         let (seq, attn) = (&out.sequences, &out.attention_mask);
         let mask = out.response_mask.to_kind(Kind::Float);
-        let (logp, _) = response_logprobs(m.actor, seq, attn, prompt_len);
-        let (ref_logp, _) = response_logprobs(m.reference, seq, attn, prompt_len);
+        let (logp, _) = continuation_logprobs(m.actor, seq, attn, prompt_len);
+        let (ref_logp, _) = continuation_logprobs(m.reference, seq, attn, prompt_len);
         let values = critic_values(m.critic, seq, attn, prompt_len);
         let scores = m.reward.last_token(seq, attn);
         let kl = kl_penalty(&logp, &ref_logp, ppo.kl_estimator);
@@ -137,7 +131,7 @@ fn learn(m: &Models<'_>, exp: &Experience, actor_opt: &mut Optimizer, critic_opt
         for start in (0..b).step_by(micro as usize) {
             let idx = Tensor::arange_start(start, (start + micro).min(b), (Kind::Int64, exp.sequences.device()));
             let (seq, attn, mask) = (rows(&exp.sequences, &idx), rows(&exp.attention_mask, &idx), rows(&exp.mask, &idx));
-            let (logp, logits) = response_logprobs(m.actor, &seq, &attn, exp.prompt_len);
+            let (logp, logits) = continuation_logprobs(m.actor, &seq, &attn, exp.prompt_len);
             let (pl, clip, _) = policy_loss(&logp, &rows(&exp.logp, &idx), &rows(&exp.advantages, &idx), &mask, ppo.clip_range);
             let entropy = masked_mean(&entropy_from_logits(&logits), &mask, None);
             (&pl - &entropy * ppo.entropy_coef).backward();

@@ -1,6 +1,7 @@
 //! Reward model: pairwise (Bradley-Terry) loss on chosen vs rejected responses.
 use tch::{Device, Tensor, nn};
 
+use super::halves;
 use super::losses::pairwise_rm_loss;
 use super::optim;
 use crate::batch::{SequenceBatch, join, pad};
@@ -29,11 +30,15 @@ pub fn pair_batch(tok: &Tokenizer, triples: &[(&str, &str, &str)], max_length: u
     Ok(pad(&rows, i64::from(tok.pad_token_id), device))
 }
 
+/// The pair batch of the triples at `indices` (a micro-batch).
+pub fn micro_pair_batch(tok: &Tokenizer, triples: &[(&str, &str, &str)], indices: &[usize], max_length: u32, device: Device) -> Result<SequenceBatch> {
+    let picked: Vec<_> = indices.iter().map(|&i| triples[i]).collect();
+    pair_batch(tok, &picked, max_length, device)
+}
+
 /// Scores (chosen (B), rejected (B)) of a pair batch.
 fn scores(rm: &ScalarHead, batch: &SequenceBatch) -> (Tensor, Tensor) {
-    let s = rm.last_token(&batch.input_ids, &batch.attention_mask);
-    let half = s.size()[0] / 2;
-    (s.narrow(0, 0, half), s.narrow(0, half, half))
+    halves(&rm.last_token(&batch.input_ids, &batch.attention_mask))
 }
 
 /// Trains the reward model; `on_step(step, loss, accuracy)` after each optimizer step.
@@ -52,8 +57,7 @@ pub fn train(
         cfg,
         triples.len(),
         |micro| {
-            let picked: Vec<_> = micro.iter().map(|&i| triples[i]).collect();
-            let (chosen, rejected) = scores(rm, &pair_batch(tok, &picked, cfg.max_length, device)?);
+            let (chosen, rejected) = scores(rm, &micro_pair_batch(tok, &triples, micro, cfg.max_length, device)?);
             let (loss, accuracy) = pairwise_rm_loss(&chosen, &rejected);
             Ok((loss, accuracy.double_value(&[])))
         },
