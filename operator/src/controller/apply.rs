@@ -9,7 +9,6 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use super::build;
-use super::observe::ObservedPod;
 use super::validate::ValidatedJob;
 use crate::crd::{RLHFJob, RLHFJobStatus};
 use crate::error::Result;
@@ -51,14 +50,9 @@ impl Applier<'_> {
         self.apply::<PersistentVolumeClaim>(&pvc).await
     }
 
-    /// Creates whatever is missing of a stage's gang: Service and ConfigMap first (pods mount the
-    /// config and resolve MASTER_ADDR through the Service), then the missing pods.
-    pub async fn ensure_gang(&self, job: &ValidatedJob, stage: &str, pods: &[Pod], observed: &[ObservedPod]) -> Result<()> {
-        let existing: BTreeSet<&str> = observed.iter().filter(|p| p.stage == stage).map(|p| p.name.as_str()).collect();
-        let missing: Vec<&Pod> = pods.iter().filter(|p| !existing.contains(p.name_any().as_str())).collect();
-        if missing.is_empty() {
-            return Ok(());
-        }
+    /// Creates the `missing` pods of a stage's gang, after its Service and ConfigMap (pods mount
+    /// the config and resolve MASTER_ADDR through the Service).
+    pub async fn ensure_gang(&self, job: &ValidatedJob, stage: &str, missing: Vec<&Pod>) -> Result<()> {
         let service = build::headless_service(job, stage);
         let config = build::config_map(job, stage);
         let config_applied = async {

@@ -107,17 +107,20 @@ async fn reconcile_job(job: &RLHFJob, ctx: &Context) -> Result<Action> {
             let hashes = gangs.iter().map(|(stage, g)| (stage.clone(), g.spec_hash.clone())).collect();
             let obs = Observed { generation: job.metadata.generation, pods: &observed, desired_hashes: &hashes, now };
             let decision = status::decide(&valid, &prev, &obs);
-            let incomplete: Vec<&build::Gang> = decision
+            // Only missing pods are created: a complete gang costs no API call.
+            let existing: BTreeSet<&str> = observed.iter().map(|o| o.name.as_str()).collect();
+            let to_create: Vec<(&build::Gang, Vec<&Pod>)> = decision
                 .launch
                 .iter()
                 .filter_map(|stage| gangs.get(stage))
-                .filter(|gang| gang.pods.iter().any(|p| !observed.iter().any(|o| Some(&o.name) == p.metadata.name.as_ref())))
+                .map(|gang| (gang, gang.pods.iter().filter(|p| !existing.contains(p.name_any().as_str())).collect::<Vec<_>>()))
+                .filter(|(_, missing)| !missing.is_empty())
                 .collect();
-            if !incomplete.is_empty() {
+            if !to_create.is_empty() {
                 applier.ensure_storage(&valid).await?;
             }
-            for gang in incomplete {
-                applier.ensure_gang(&valid, &gang.stage, &gang.pods, &observed).await?;
+            for (gang, missing) in to_create {
+                applier.ensure_gang(&valid, &gang.stage, missing).await?;
             }
             applier.delete_orphans(&name, &orphan_stages(&valid, &prev, &observed)).await?;
             decision
