@@ -247,7 +247,8 @@ pub struct PpoParams {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 0.0))]
     pub ptx_coef: Option<f64>,
-    /// Data for the ptx loss.
+    /// Data for the ptx loss: prompt/response examples like an SFT dataset; the loss is the SFT
+    /// loss on their responses, added to the actor's loss times `ptxCoef`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ptx_dataset: Option<DatasetSpec>,
     /// Sampling settings.

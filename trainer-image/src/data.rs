@@ -63,6 +63,20 @@ pub fn load_jsonl(path: &Path, kind: StageKind) -> Result<Vec<Example>> {
     Ok(out)
 }
 
+/// Most held-out examples a stage evaluates on.
+const MAX_HELD_OUT: usize = 256;
+
+/// Splits off the last eighth of the examples (at most 256) for held-out evaluation. A dataset
+/// of fewer than 8 examples keeps them all for training and is evaluated on them.
+pub fn split_held_out(mut examples: Vec<Example>) -> (Vec<Example>, Vec<Example>) {
+    if examples.len() < 8 {
+        return (examples.clone(), examples);
+    }
+    let held = (examples.len() / 8).min(MAX_HELD_OUT);
+    let held_out = examples.split_off(examples.len() - held);
+    (examples, held_out)
+}
+
 fn json_type(v: &Value) -> &'static str {
     match v {
         Value::Null => "null",
@@ -133,6 +147,17 @@ mod tests {
         assert_eq!(err.to_string(), format!("{}:1: field `chosen` is missing (a dpo dataset needs prompt, chosen, rejected)", path.display()));
         let path = write("notjson", "{\"prompt\": \n");
         assert!(load_jsonl(&path, StageKind::Ppo).unwrap_err().to_string().starts_with(&format!("{}:1: not JSON", path.display())));
+    }
+
+    #[test]
+    fn an_eighth_is_held_out_and_tiny_sets_evaluate_on_themselves() {
+        let (train, held) = split_held_out(synthetic(SyntheticTask::Copy, 64, 0, StageKind::Sft));
+        assert_eq!((train.len(), held.len()), (56, 8));
+        assert_eq!(held, synthetic(SyntheticTask::Copy, 64, 0, StageKind::Sft)[56..].to_vec());
+        let (_, held) = split_held_out(synthetic(SyntheticTask::Copy, 4000, 0, StageKind::Sft));
+        assert_eq!(held.len(), 256);
+        let (train, held) = split_held_out(synthetic(SyntheticTask::Copy, 5, 0, StageKind::Sft));
+        assert_eq!((train.len(), held), (5, train));
     }
 
     #[test]

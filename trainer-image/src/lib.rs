@@ -1,12 +1,16 @@
 //! rlhf-trainer: the program that runs in RLHFJob pods.
 pub mod algorithms;
 pub mod batch;
+pub mod checkpoint;
 pub mod config;
 pub mod data;
 pub mod error;
 pub mod generation;
+pub mod inspect;
 pub mod local;
+pub mod metrics;
 pub mod models;
+pub mod progress;
 pub mod rng;
 pub mod stage;
 pub mod tokenizer;

@@ -3,8 +3,14 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use rlhf_spec::TrainerConfig;
 use rlhf_trainer::error::{Error, Result};
-use rlhf_trainer::{config, local, stage};
+use rlhf_trainer::local::RunFolder;
+use rlhf_trainer::metrics::{TrainerMetrics, serve};
+use rlhf_trainer::{config, inspect, local, stage};
 use tch::Device;
 
 #[derive(Parser, Debug)]
@@ -26,9 +32,23 @@ enum Command {
     Local {
         /// The RLHFJob YAML.
         manifest: PathBuf,
-        /// Where stage outputs go (<output>/local/<job>/<stage>/).
-        #[arg(long, default_value = "rlhf-output")]
-        output: PathBuf,
+        /// A new run folder for the stage outputs (<output>/<stage>/); default: the first free
+        /// rlhf-output/<job>-<n>.
+        #[arg(long, conflicts_with = "resume")]
+        output: Option<PathBuf>,
+        /// Continue the run in this folder: finished stages are skipped, an interrupted one
+        /// resumes from its newest checkpoint.
+        #[arg(long)]
+        resume: Option<PathBuf>,
+    },
+    /// Print {"tokens": [...], "logprobs": [...]} for a text under a saved model: logprobs[i]
+    /// is the log-probability of tokens[i+1] given tokens[0..=i].
+    Logprobs {
+        /// Hugging Face model folder (config.json, safetensors, tokenizer files).
+        #[arg(long)]
+        model: PathBuf,
+        #[arg(long)]
+        text: String,
     },
     /// Parse a stage config (default: $RLHF_CONFIG) and print the resolved plan.
     CheckConfig {
@@ -58,12 +78,43 @@ fn execute(command: Command) -> Result<()> {
                 return Err(Error::invalid(&path, format!("the stage asks for {world} processes; multi-process training is not available yet")));
             }
             println!("{}", config::summary(&cfg));
-            stage::run(&cfg, device)
+            let metrics = start_metrics(&cfg)?;
+            stage::run(&cfg, device, Some(metrics))
         }
-        Command::Local { manifest, output } => local::run(&manifest, &output, device),
+        Command::Local { manifest, output, resume } => {
+            let folder = match resume {
+                Some(dir) => RunFolder::Resume(dir),
+                None => RunFolder::Fresh(output),
+            };
+            local::run(&manifest, folder, device)
+        }
+        Command::Logprobs { model, text } => {
+            println!("{}", inspect::logprobs(&model, &text, device)?);
+            Ok(())
+        }
         Command::CheckConfig { path } => {
             println!("{}", config::summary(&config::load(&path)?));
             Ok(())
         }
     }
+}
+
+/// A torchrun variable as a number (0 when unset).
+fn env_number(name: &str) -> Result<u16> {
+    match std::env::var(name) {
+        Ok(v) => v.parse().map_err(|_| Error::invalid(format!("${name}"), format!("{v:?} is not a number"))),
+        Err(_) => Ok(0),
+    }
+}
+
+/// Serves this process's metrics on RLHF_METRICS_PORT (else the config's port) + LOCAL_RANK.
+fn start_metrics(cfg: &TrainerConfig) -> Result<Arc<TrainerMetrics>> {
+    let rank = env_number("RANK")?;
+    let labels = [("rlhf_job", cfg.job.clone()), ("namespace", cfg.namespace.clone()), ("stage", cfg.stage.name.clone()), ("rank", rank.to_string())];
+    let metrics = Arc::new(TrainerMetrics::new(labels.into_iter().map(|(k, v)| (k.to_string(), v)).collect::<HashMap<_, _>>())?);
+    let base = if std::env::var_os("RLHF_METRICS_PORT").is_some() { env_number("RLHF_METRICS_PORT")? } else { cfg.metrics_port };
+    let port = if base == 0 { 0 } else { base + env_number("LOCAL_RANK")? };
+    let port = serve(metrics.clone(), port)?;
+    println!("metrics on :{port}/metrics");
+    Ok(metrics)
 }

@@ -1,21 +1,25 @@
 //! Runs one stage from its [`TrainerConfig`]: builds each model from its source (the base model,
-//! an earlier stage's output, or a folder), trains, and writes the final model as a Hugging Face
-//! folder (`<output>/model`) and one JSON line of metrics per step (`<output>/metrics.jsonl`).
-use std::io::Write;
+//! an earlier stage's output, or a folder), evaluates on the held-out examples, trains (through
+//! [`Progress`]: metrics log, Prometheus, checkpoints, resume), evaluates again and writes the
+//! final model as a Hugging Face folder (`<output>/model`; PPO's critic in `<output>/critic`).
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use rlhf_spec::{BaseWeights, StageKind, TrainerConfig, WeightsSource};
+use serde_json::{Value, json};
 use tch::{Device, nn};
 
 use crate::algorithms::{dpo, ppo, rm, sft};
-use crate::data;
+use crate::data::{self, Example};
 use crate::error::{Error, Result};
+use crate::metrics::TrainerMetrics;
 use crate::models::heads::ScalarHead;
 use crate::models::{CausalLm, load_causal_lm, random_causal_lm};
+use crate::progress::Progress;
 use crate::tokenizer::Tokenizer;
 
 pub const MODEL_DIR: &str = "model";
-pub const METRICS_LOG: &str = "metrics.jsonl";
+pub const CRITIC_DIR: &str = "critic";
 
 /// Where a source's weights are, or None for the base model's random initialisation.
 fn weights_dir(cfg: &TrainerConfig, source: &WeightsSource) -> Result<Option<PathBuf>> {
@@ -63,93 +67,147 @@ fn frozen<T>(loaded: (nn::VarStore, T)) -> (nn::VarStore, T) {
     (vs, model)
 }
 
-/// Appends one JSON object per line to `<output>/metrics.jsonl` and echoes it as progress.
-struct MetricsLog {
-    file: std::fs::File,
-    path: PathBuf,
-}
-
-impl MetricsLog {
-    fn create(dir: &Path) -> Result<Self> {
-        let path = dir.join(METRICS_LOG);
-        let file = std::fs::OpenOptions::new().create(true).append(true).open(&path).map_err(|source| Error::Write { path: path.clone(), source })?;
-        Ok(Self { file, path })
-    }
-
-    fn write(&mut self, stage: &str, record: serde_json::Value) {
-        println!("{stage}: {record}");
-        if let Err(e) = writeln!(self.file, "{record}") {
-            eprintln!("rlhf-trainer: cannot append to {}: {e}", self.path.display()); // metrics are best effort
-        }
-    }
-}
-
 fn check_tokenizer(tok: &Tokenizer, lm: &dyn CausalLm, origin: &Path) -> Result<()> {
     tok.check_fits(lm.hf_config()["vocab_size"].as_i64().unwrap_or(i64::MAX), origin)
 }
 
-/// Runs the stage described by `cfg` on `device`.
-pub fn run(cfg: &TrainerConfig, device: Device) -> Result<()> {
+/// What every stage kind needs besides its models.
+struct StageRun<'a> {
+    cfg: &'a TrainerConfig,
+    tok: Tokenizer,
+    train: Vec<Example>,
+    held_out: Vec<Example>,
+    progress: Progress,
+    device: Device,
+}
+
+impl StageRun<'_> {
+    fn out(&self) -> &Path {
+        Path::new(&self.cfg.output_dir)
+    }
+
+    /// Logs a held-out evaluation: before training (unless an earlier run of this stage did)
+    /// and after it, as `{"step", "eval": {...}}` records.
+    fn evaluate(&mut self, step: u64, values: Value) {
+        self.progress.record(json!({"step": step, "eval": values}));
+    }
+
+    fn evaluated_at_start(&self) -> bool {
+        self.progress.logged().iter().any(|r| r["step"] == 0 && r.get("eval").is_some())
+    }
+
+    /// The step the log ends at (the last step trained).
+    fn last_step(&self) -> u64 {
+        self.progress.logged().iter().filter_map(|r| r["step"].as_u64()).max().unwrap_or(0)
+    }
+}
+
+/// Runs the stage described by `cfg` on `device`, exporting to `metrics` when given.
+pub fn run(cfg: &TrainerConfig, device: Device, metrics: Option<Arc<TrainerMetrics>>) -> Result<()> {
     let s = &cfg.stage;
     let out = Path::new(&cfg.output_dir);
     std::fs::create_dir_all(out).map_err(|source| Error::Write { path: out.into(), source })?;
     let tok = Tokenizer::load(&cfg.model.tokenizer)?;
-    let examples = data::load(&s.dataset, s.kind)?;
-    let mut log = MetricsLog::create(out)?;
-    let name = s.name.clone();
-    let model_dir = out.join(MODEL_DIR);
-    let t = &s.training;
+    let (train, held_out) = data::split_held_out(data::load(&s.dataset, s.kind)?);
+    let progress = Progress::new(&s.name, out, s.training.checkpoint_every, metrics);
+    let mut run = StageRun { cfg, tok, train, held_out, progress, device };
     match s.kind {
-        StageKind::Sft => {
-            let (vs, lm) = load_lm(cfg, &s.models.init, device)?;
-            check_tokenizer(&tok, lm.as_ref(), out)?;
-            sft::train(lm.as_ref(), &vs, &tok, &examples, t, device, |step, loss| {
-                log.write(&name, serde_json::json!({"step": step, "loss": loss}))
-            })?;
-            lm.save(&vs, &model_dir)
-        }
-        StageKind::Rm => {
-            let (vs, head) = load_head(cfg, &s.models.init, device)?;
-            check_tokenizer(&tok, head.lm.as_ref(), out)?;
-            rm::train(&head, &vs, &tok, &examples, t, device, |step, loss, accuracy| {
-                log.write(&name, serde_json::json!({"step": step, "loss": loss, "rm_accuracy": accuracy}))
-            })?;
-            head.save(&vs, &model_dir, i64::from(tok.pad_token_id))
-        }
-        StageKind::Dpo => {
-            let (vs, policy) = load_lm(cfg, &s.models.init, device)?;
-            check_tokenizer(&tok, policy.as_ref(), out)?;
-            let reference_source = s.models.reference.clone().unwrap_or_else(|| s.models.init.clone());
-            let (_ref_vs, reference) = frozen(load_lm(cfg, &reference_source, device)?);
-            let params = s.dpo.clone().ok_or_else(|| Error::invalid("<config>", "a dpo stage without dpo settings"))?;
-            dpo::train(policy.as_ref(), &vs, reference.as_ref(), &tok, &examples, t, &params, device, |step, loss| {
-                log.write(&name, serde_json::json!({"step": step, "loss": loss}))
-            })?;
-            policy.save(&vs, &model_dir)
-        }
-        StageKind::Ppo => run_ppo(cfg, &tok, &examples, device, &mut log, &model_dir),
+        StageKind::Sft => run_sft(&mut run),
+        StageKind::Rm => run_rm(&mut run),
+        StageKind::Dpo => run_dpo(&mut run),
+        StageKind::Ppo => run_ppo(&mut run),
     }
 }
 
-fn run_ppo(cfg: &TrainerConfig, tok: &Tokenizer, examples: &[data::Example], device: Device, log: &mut MetricsLog, model_dir: &Path) -> Result<()> {
-    let s = &cfg.stage;
+fn run_sft(r: &mut StageRun<'_>) -> Result<()> {
+    let t = &r.cfg.stage.training;
+    let (vs, lm) = load_lm(r.cfg, &r.cfg.stage.models.init, r.device)?;
+    check_tokenizer(&r.tok, lm.as_ref(), r.out())?;
+    let eval = |r: &StageRun<'_>| sft::held_out_loss(lm.as_ref(), &r.tok, &r.held_out, t.max_length, t.micro_batch_size as usize, r.device);
+    if !r.evaluated_at_start() {
+        let loss = eval(r)?;
+        r.evaluate(0, json!({"loss": loss}));
+    }
+    sft::train(lm.as_ref(), &vs, &r.tok, &r.train, t, r.device, &mut r.progress)?;
+    let loss = eval(r)?;
+    r.evaluate(r.last_step(), json!({"loss": loss}));
+    lm.save(&vs, &r.out().join(MODEL_DIR))
+}
+
+fn run_rm(r: &mut StageRun<'_>) -> Result<()> {
+    let t = &r.cfg.stage.training;
+    let (vs, head) = load_head(r.cfg, &r.cfg.stage.models.init, r.device)?;
+    check_tokenizer(&r.tok, head.lm.as_ref(), r.out())?;
+    let eval = |r: &StageRun<'_>| rm::accuracy(&head, &r.tok, &r.held_out, t.max_length, t.micro_batch_size as usize, r.device);
+    if !r.evaluated_at_start() {
+        let accuracy = eval(r)?;
+        r.evaluate(0, json!({"accuracy": accuracy}));
+    }
+    rm::train(&head, &vs, &r.tok, &r.train, t, r.device, &mut r.progress)?;
+    let accuracy = eval(r)?;
+    r.evaluate(r.last_step(), json!({"accuracy": accuracy}));
+    head.save(&vs, &r.out().join(MODEL_DIR), i64::from(r.tok.pad_token_id))
+}
+
+fn run_dpo(r: &mut StageRun<'_>) -> Result<()> {
+    let s = &r.cfg.stage;
+    let params = s.dpo.clone().ok_or_else(|| Error::invalid("<config>", "a dpo stage without dpo settings"))?;
+    let (vs, policy) = load_lm(r.cfg, &s.models.init, r.device)?;
+    check_tokenizer(&r.tok, policy.as_ref(), r.out())?;
+    let reference_source = s.models.reference.clone().unwrap_or_else(|| s.models.init.clone());
+    let (ref_vs, reference) = frozen(load_lm(r.cfg, &reference_source, r.device)?);
+    let eval = |r: &StageRun<'_>| -> Result<Value> {
+        let (margin, win_rate) = dpo::margin(policy.as_ref(), reference.as_ref(), &r.tok, &r.held_out, s.training.max_length, params.beta, r.device)?;
+        Ok(json!({"margin": margin, "win_rate": win_rate}))
+    };
+    if !r.evaluated_at_start() {
+        let values = eval(r)?;
+        r.evaluate(0, values);
+    }
+    dpo::train(policy.as_ref(), &vs, (reference.as_ref(), &ref_vs), &r.tok, &r.train, &s.training, &params, r.device, &mut r.progress)?;
+    let values = eval(r)?;
+    r.evaluate(r.last_step(), values);
+    policy.save(&vs, &r.out().join(MODEL_DIR))
+}
+
+fn run_ppo(r: &mut StageRun<'_>) -> Result<()> {
+    let s = &r.cfg.stage;
     let params = s.ppo.clone().ok_or_else(|| Error::invalid("<config>", "a ppo stage without ppo settings"))?;
     let missing = |role: &str| Error::invalid("<config>", format!("a ppo stage without a {role} source"));
-    let (actor_vs, actor) = load_lm(cfg, &s.models.init, device)?;
-    check_tokenizer(tok, actor.as_ref(), Path::new(&cfg.output_dir))?;
+    let (actor_vs, actor) = load_lm(r.cfg, &s.models.init, r.device)?;
+    check_tokenizer(&r.tok, actor.as_ref(), r.out())?;
     let reference_source = s.models.reference.clone().unwrap_or_else(|| s.models.init.clone());
-    let (_ref_vs, reference) = frozen(load_lm(cfg, &reference_source, device)?);
-    let (_rm_vs, reward) = frozen(load_head(cfg, s.models.reward_model.as_ref().ok_or_else(|| missing("reward model"))?, device)?);
-    let (critic_vs, critic) = load_head(cfg, s.models.critic.as_ref().ok_or_else(|| missing("critic"))?, device)?;
-    let models = ppo::Models { actor: actor.as_ref(), actor_vs: &actor_vs, critic: &critic, critic_vs: &critic_vs, reference: reference.as_ref(), reward: &reward };
-    ppo::train(&models, tok, examples, &s.training, &params, device, |r| {
-        log.write(
-            &s.name,
-            serde_json::json!({"step": r.round, "reward_mean": r.reward_mean, "reward_std": r.reward_std, "kl": r.kl,
-                "kl_coef": r.kl_coef, "entropy": r.entropy, "policy_loss": r.policy_loss, "value_loss": r.value_loss,
-                "clip_fraction": r.clip_fraction}),
-        )
-    })?;
-    actor.save(&actor_vs, model_dir)?;
-    critic.save(&critic_vs, &model_dir.with_file_name("critic"), i64::from(tok.pad_token_id))
+    let (reference_vs, reference) = frozen(load_lm(r.cfg, &reference_source, r.device)?);
+    let (reward_vs, reward) = frozen(load_head(r.cfg, s.models.reward_model.as_ref().ok_or_else(|| missing("reward model"))?, r.device)?);
+    let (critic_vs, critic) = load_head(r.cfg, s.models.critic.as_ref().ok_or_else(|| missing("critic"))?, r.device)?;
+    let models = ppo::Models {
+        actor: actor.as_ref(),
+        actor_vs: &actor_vs,
+        critic: &critic,
+        critic_vs: &critic_vs,
+        reference: reference.as_ref(),
+        reference_vs: &reference_vs,
+        reward: &reward,
+        reward_vs: &reward_vs,
+    };
+    let ptx = match &params.ptx_dataset {
+        Some(d) if params.ptx_coef > 0.0 => data::load(d, StageKind::Sft)?,
+        _ => Vec::new(),
+    };
+    let eval = |r: &StageRun<'_>| -> Result<Value> {
+        let prompts: Vec<&str> = r.held_out.iter().filter_map(|e| if let Example::Prompt { prompt, .. } = e { Some(prompt.as_str()) } else { None }).collect();
+        let sampling = ppo::experience::Sampling { tok: &r.tok, generation: &params.generation, max_length: s.training.max_length, seed: 0 };
+        let (reward_mean, kl) = ppo::experience::evaluate(&models, &prompts, &sampling, r.device)?;
+        Ok(json!({"reward_mean": reward_mean, "kl": kl}))
+    };
+    if !r.evaluated_at_start() {
+        let values = eval(r)?;
+        r.evaluate(0, values);
+    }
+    let data = ppo::Data { tok: &r.tok, prompts: &r.train, ptx: &ptx };
+    ppo::train(&models, &data, &s.training, &params, r.device, &mut r.progress)?;
+    let values = eval(r)?;
+    r.evaluate(r.last_step(), values);
+    actor.save(&actor_vs, &r.out().join(MODEL_DIR))?;
+    critic.save(&critic_vs, &r.out().join(CRITIC_DIR), i64::from(r.tok.pad_token_id))
 }

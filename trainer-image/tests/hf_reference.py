@@ -13,6 +13,9 @@
   hf_reference.py score MODEL_DIR REFERENCE OUT
       AutoModelForSequenceClassification scores of the reference batch's ids without padding
       (mask all ones), saved as OUT (safetensors, "scores").
+  hf_reference.py logprobs MODEL_DIR TEXT
+      Prints {"tokens": [...], "logprobs": [...]} for TEXT with MODEL_DIR's tokenizer and causal LM:
+      logprobs[i] is log p(tokens[i+1] | tokens[:i+1]).
   hf_reference.py check MODEL_DIR REFERENCE
       Loads MODEL_DIR with transformers and compares its logits on the reference batch with the
       reference logits; prints the max abs difference, exits 1 above 1e-4.
@@ -116,5 +119,16 @@ def score(model_dir, reference, out):
     save_file({"scores": scores.contiguous()}, out)
 
 
+def logprobs(model_dir, text):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    ids = AutoTokenizer.from_pretrained(model_dir)(text, return_tensors="pt")["input_ids"]
+    model = AutoModelForCausalLM.from_pretrained(model_dir).eval()
+    with torch.no_grad():
+        lp = torch.log_softmax(model(input_ids=ids).logits[0, :-1].double(), -1)
+    picked = lp.gather(-1, ids[0, 1:, None])[:, 0]
+    print(json.dumps({"tokens": ids[0].tolist(), "logprobs": picked.tolist()}))
+
+
 if __name__ == "__main__":
-    {"make": make, "check": check, "generate": generate, "tokenize": tokenize, "score": score}[sys.argv[1]](*sys.argv[2:])
+    {"make": make, "check": check, "generate": generate, "tokenize": tokenize, "score": score, "logprobs": logprobs}[sys.argv[1]](*sys.argv[2:])

@@ -3,9 +3,9 @@
 //! and a tokenizer.json whose post-processor adds BOS.
 mod common;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
-use common::{run_reference, scratch};
+use common::{gpt2_files, run_reference, scratch};
 use rlhf_spec::{BuiltinTokenizer, ResolvedTokenizer};
 use rlhf_trainer::tokenizer::Tokenizer;
 
@@ -17,19 +17,6 @@ const TEXTS: &[&str] = &[
     "one doc<|endoftext|>another doc",
     "  multiple   spaces\n\nand newlines",
 ];
-
-/// GPT-2's original encoder.json and vocab.bpe, as shipped in the tiktoken-rs crate we build with.
-fn gpt2_files() -> (PathBuf, PathBuf) {
-    let out = std::process::Command::new(env!("CARGO")).args(["metadata", "--format-version", "1"]).output().unwrap();
-    let meta: serde_json::Value = serde_json::from_slice(&out.stdout).expect("cargo metadata output");
-    let manifest = meta["packages"].as_array().unwrap().iter().find(|p| p["name"] == "tiktoken-rs").expect("tiktoken-rs in the build")
-        ["manifest_path"]
-        .as_str()
-        .unwrap()
-        .to_string();
-    let assets = Path::new(&manifest).parent().unwrap().join("assets");
-    (assets.join("encoder.json"), assets.join("vocab.bpe"))
-}
 
 fn encode_all(t: &Tokenizer) -> Vec<Vec<u32>> {
     TEXTS.iter().map(|s| t.encode(s).unwrap()).collect()

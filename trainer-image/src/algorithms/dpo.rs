@@ -2,13 +2,14 @@
 use tch::{Device, Kind, Tensor, nn};
 
 use super::losses::{dpo_loss, masked_sum};
-use super::optim;
+use super::supervised::{self, Micro};
 use super::rm::{micro_pair_batch, pair_batch, preference_triples};
 use super::{continuation_logprobs, halves};
 use crate::batch::SequenceBatch;
 use crate::data::Example;
 use crate::error::Result;
-use crate::models::CausalLm;
+use crate::models::{CausalLm, parameter_count};
+use crate::progress::Progress;
 use crate::tokenizer::Tokenizer;
 use rlhf_spec::{ResolvedDpo, ResolvedTraining};
 
@@ -31,31 +32,28 @@ pub fn margin(policy: &dyn CausalLm, reference: &dyn CausalLm, tok: &Tokenizer, 
     })
 }
 
-/// Trains `policy` (weights `vs`) with DPO; `on_step(step, loss)` after each optimizer step.
+/// Trains `policy` (weights `vs`) with DPO, reporting each step to `progress`. A position costs
+/// the policy's forward and backward and the reference's forward.
 #[allow(clippy::too_many_arguments)] // each is a distinct input of the stage
 pub fn train(
     policy: &dyn CausalLm,
     vs: &nn::VarStore,
-    reference: &dyn CausalLm,
+    reference: (&dyn CausalLm, &nn::VarStore),
     tok: &Tokenizer,
     examples: &[Example],
     cfg: &ResolvedTraining,
     dpo: &ResolvedDpo,
     device: Device,
-    mut on_step: impl FnMut(u64, f64),
+    progress: &mut Progress,
 ) -> Result<Vec<f64>> {
     let triples = preference_triples(examples)?;
-    optim::run(
-        vs,
-        cfg,
-        triples.len(),
-        |micro| {
-            let b = micro_pair_batch(tok, &triples, micro, cfg.max_length, device)?;
-            let (rc, rr) = tch::no_grad(|| halves(&sequence_logprobs(reference, &b)));
-            let (pc, pr) = halves(&sequence_logprobs(policy, &b));
-            let (loss, _, _) = dpo_loss(&pc, &pr, &rc, &rr, dpo.beta, dpo.label_smoothing);
-            Ok((loss, 0.0))
-        },
-        |step, loss, _| on_step(step, loss),
-    )
+    let (reference, reference_vs) = reference;
+    let flops_per_token = 6.0 * parameter_count(vs) as f64 + 2.0 * parameter_count(reference_vs) as f64;
+    supervised::run(vs, cfg, triples.len(), None, flops_per_token, progress, |micro| {
+        let b = micro_pair_batch(tok, &triples, micro, cfg.max_length, device)?;
+        let (rc, rr) = tch::no_grad(|| halves(&sequence_logprobs(reference, &b)));
+        let (pc, pr) = halves(&sequence_logprobs(policy, &b));
+        let (loss, _, _) = dpo_loss(&pc, &pr, &rc, &rr, dpo.beta, dpo.label_smoothing);
+        Ok(Micro { loss, metric: 0.0, tokens: b.input_ids.numel() as i64 })
+    })
 }

@@ -201,6 +201,14 @@ impl KlController {
         }
     }
 
+    /// Restores a saved coefficient (resuming from a checkpoint).
+    pub fn set_value(&mut self, value: f64) {
+        match self {
+            Self::Fixed(v) => *v = value,
+            Self::Adaptive(controller) => controller.value = value,
+        }
+    }
+
     /// After a batch of `n_steps` samples whose mean KL was `current_kl`.
     pub fn update(&mut self, current_kl: f64, n_steps: u64) {
         if let Self::Adaptive(controller) = self {

@@ -6,6 +6,7 @@ pub mod optim;
 pub mod ppo;
 pub mod rm;
 pub mod sft;
+pub mod supervised;
 
 use tch::Tensor;
 

@@ -3,11 +3,13 @@ use tch::{Device, Tensor, nn};
 
 use super::halves;
 use super::losses::pairwise_rm_loss;
-use super::optim;
+use super::supervised::{self, Micro};
 use crate::batch::{SequenceBatch, join, pad};
 use crate::data::Example;
 use crate::error::{Error, Result};
 use crate::models::heads::ScalarHead;
+use crate::models::parameter_count;
+use crate::progress::Progress;
 use crate::tokenizer::Tokenizer;
 use rlhf_spec::ResolvedTraining;
 
@@ -41,28 +43,16 @@ fn scores(rm: &ScalarHead, batch: &SequenceBatch) -> (Tensor, Tensor) {
     halves(&rm.last_token(&batch.input_ids, &batch.attention_mask))
 }
 
-/// Trains the reward model; `on_step(step, loss, accuracy)` after each optimizer step.
-pub fn train(
-    rm: &ScalarHead,
-    vs: &nn::VarStore,
-    tok: &Tokenizer,
-    examples: &[Example],
-    cfg: &ResolvedTraining,
-    device: Device,
-    mut on_step: impl FnMut(u64, f64, f64),
-) -> Result<Vec<f64>> {
+/// Trains the reward model, reporting each step (loss, batch accuracy) to `progress`.
+pub fn train(rm: &ScalarHead, vs: &nn::VarStore, tok: &Tokenizer, examples: &[Example], cfg: &ResolvedTraining, device: Device, progress: &mut Progress) -> Result<Vec<f64>> {
     let triples = preference_triples(examples)?;
-    optim::run(
-        vs,
-        cfg,
-        triples.len(),
-        |micro| {
-            let (chosen, rejected) = scores(rm, &micro_pair_batch(tok, &triples, micro, cfg.max_length, device)?);
-            let (loss, accuracy) = pairwise_rm_loss(&chosen, &rejected);
-            Ok((loss, accuracy.double_value(&[])))
-        },
-        &mut on_step,
-    )
+    let flops_per_token = 6.0 * parameter_count(vs) as f64;
+    supervised::run(vs, cfg, triples.len(), Some("rm_accuracy"), flops_per_token, progress, |micro| {
+        let b = micro_pair_batch(tok, &triples, micro, cfg.max_length, device)?;
+        let (chosen, rejected) = scores(rm, &b);
+        let (loss, accuracy) = pairwise_rm_loss(&chosen, &rejected);
+        Ok(Micro { loss, metric: accuracy.double_value(&[]), tokens: b.input_ids.numel() as i64 })
+    })
 }
 
 /// Pairwise accuracy on `examples` (held-out pairs), in batches of `batch`.

@@ -2,42 +2,52 @@
 use tch::{Device, nn};
 
 use super::losses::sft_loss;
-use super::optim;
-use crate::batch::{join, pad};
+use super::supervised::{self, Micro};
+use crate::batch::{SequenceBatch, join, pad};
 use crate::data::Example;
 use crate::error::{Error, Result};
-use crate::models::CausalLm;
+use crate::models::{CausalLm, parameter_count};
+use crate::progress::Progress;
 use crate::tokenizer::Tokenizer;
 use rlhf_spec::ResolvedTraining;
 
-/// Trains `model` (whose weights are `vs`) on SFT examples; calls `on_step(step, loss)` after
-/// every optimizer step and returns the losses.
-pub fn train(
-    model: &dyn CausalLm,
-    vs: &nn::VarStore,
-    tok: &Tokenizer,
-    examples: &[Example],
-    cfg: &ResolvedTraining,
-    device: Device,
-    mut on_step: impl FnMut(u64, f64),
-) -> Result<Vec<f64>> {
-    let pairs: Vec<(&str, &str)> = examples
+/// (prompt, response) of SFT examples (also the ptx data of PPO).
+pub fn pairs(examples: &[Example]) -> Result<Vec<(&str, &str)>> {
+    examples
         .iter()
         .map(|e| match e {
             Example::Sft { prompt, response } => Ok((prompt.as_str(), response.as_str())),
             other => Err(Error::invalid("<dataset>", format!("an sft stage needs prompt/response examples, got {other:?}"))),
         })
-        .collect::<Result<_>>()?;
-    optim::run(
-        vs,
-        cfg,
-        pairs.len(),
-        |micro| {
-            let rows = micro.iter().map(|&i| join(tok, pairs[i].0, pairs[i].1, cfg.max_length as usize)).collect::<Result<Vec<_>>>()?;
-            let b = pad(&rows, i64::from(tok.pad_token_id), device);
-            let logits = model.logits(&b.input_ids, Some(&b.attention_mask));
-            Ok((sft_loss(&logits, &b.input_ids, &b.loss_mask), 0.0))
-        },
-        |step, loss, _| on_step(step, loss),
-    )
+        .collect()
+}
+
+fn batch_of(tok: &Tokenizer, pairs: &[(&str, &str)], max_length: u32, device: Device) -> Result<SequenceBatch> {
+    let rows = pairs.iter().map(|(p, r)| join(tok, p, r, max_length as usize)).collect::<Result<Vec<_>>>()?;
+    Ok(pad(&rows, i64::from(tok.pad_token_id), device))
+}
+
+/// Trains `model` (whose weights are `vs`) on SFT examples, reporting each step to `progress`;
+/// returns the losses of the steps this call ran.
+pub fn train(model: &dyn CausalLm, vs: &nn::VarStore, tok: &Tokenizer, examples: &[Example], cfg: &ResolvedTraining, device: Device, progress: &mut Progress) -> Result<Vec<f64>> {
+    let pairs = pairs(examples)?;
+    let flops_per_token = 6.0 * parameter_count(vs) as f64;
+    supervised::run(vs, cfg, pairs.len(), None, flops_per_token, progress, |micro| {
+        let picked: Vec<_> = micro.iter().map(|&i| pairs[i]).collect();
+        let b = batch_of(tok, &picked, cfg.max_length, device)?;
+        let logits = model.logits(&b.input_ids, Some(&b.attention_mask));
+        Ok(Micro { loss: sft_loss(&logits, &b.input_ids, &b.loss_mask), metric: 0.0, tokens: b.input_ids.numel() as i64 })
+    })
+}
+
+/// Mean response-token loss on `examples` (held out), in batches of `batch`.
+pub fn held_out_loss(model: &dyn CausalLm, tok: &Tokenizer, examples: &[Example], max_length: u32, batch: usize, device: Device) -> Result<f64> {
+    let pairs = pairs(examples)?;
+    let mut total = 0.0;
+    for chunk in pairs.chunks(batch.max(1)) {
+        let b = batch_of(tok, chunk, max_length, device)?;
+        let loss = tch::no_grad(|| sft_loss(&model.logits(&b.input_ids, Some(&b.attention_mask)), &b.input_ids, &b.loss_mask));
+        total += loss.double_value(&[]) * chunk.len() as f64;
+    }
+    Ok(total / pairs.len() as f64)
 }

@@ -89,3 +89,8 @@ pub fn random_causal_lm(family: rlhf_spec::ModelFamily, arch: &rlhf_spec::Archit
         rlhf_spec::ModelFamily::Llama => Box::new(llama::Llama::new(vs, serde_json::from_value(json).map_err(bad)?)?),
     })
 }
+
+/// Number of weights in `vs` (tied weights once): the N of the FLOP estimates (README).
+pub fn parameter_count(vs: &nn::VarStore) -> i64 {
+    vs.variables().values().map(|t| t.numel() as i64).sum()
+}

@@ -41,3 +41,16 @@ pub fn read_tensor(file: &Path, name: &str) -> Tensor {
     let mut all: BTreeMap<String, Tensor> = Tensor::read_safetensors(file).unwrap().into_iter().collect();
     all.remove(name).unwrap_or_else(|| panic!("{} has no {name}", file.display()))
 }
+
+/// GPT-2's original encoder.json and vocab.bpe, as shipped in the tiktoken-rs crate we build with.
+pub fn gpt2_files() -> (PathBuf, PathBuf) {
+    let out = std::process::Command::new(env!("CARGO")).args(["metadata", "--format-version", "1"]).output().unwrap();
+    let meta: serde_json::Value = serde_json::from_slice(&out.stdout).expect("cargo metadata output");
+    let manifest = meta["packages"].as_array().unwrap().iter().find(|p| p["name"] == "tiktoken-rs").expect("tiktoken-rs in the build")
+        ["manifest_path"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let assets = Path::new(&manifest).parent().unwrap().join("assets");
+    (assets.join("encoder.json"), assets.join("vocab.bpe"))
+}

@@ -1,0 +1,150 @@
+//! `rlhf-trainer local JOB.yaml`: every stage of an RLHFJob manifest, in dependency order, on
+//! this machine, each stage writing `<run>/<stage>/` as a pod writes its stage folder. Each run
+//! gets a fresh folder (`--output`, or the first free `rlhf-output/<job>-<n>`); `--resume RUN`
+//! continues one: finished stages are skipped, an interrupted one resumes from its newest
+//! checkpoint. Relative paths in the manifest are relative to the manifest's folder. The run ends
+//! with one JSON line: each stage's first and last held-out evaluation.
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use rlhf_spec::{BaseWeights, ResolvedDataset, ResolvedPipeline, ResolvedTokenizer, TrainerConfig, WeightsSource, resolve_pipeline};
+use serde_json::{Value, json};
+use tch::Device;
+
+use crate::error::{Error, Result};
+use crate::progress::{METRICS_LOG, read_log};
+use crate::stage;
+
+const NAMESPACE: &str = "local";
+/// The manifest as the run started, kept in the run folder.
+const MANIFEST_COPY: &str = "job.yaml";
+
+/// Where a run writes.
+pub enum RunFolder {
+    /// A new run: this folder, or the first free `rlhf-output/<job>-<n>` when None.
+    Fresh(Option<PathBuf>),
+    /// Continue the run in this folder.
+    Resume(PathBuf),
+}
+
+pub fn run(manifest: &Path, folder: RunFolder, device: Device) -> Result<()> {
+    let text = std::fs::read_to_string(manifest).map_err(|source| Error::Read { path: manifest.into(), source })?;
+    let (job, pipeline) = parse(manifest, &text)?;
+    let run_dir = prepare(&folder, &job, &text)?;
+    println!("{job}: {} stages, run folder {}", pipeline.order.len(), run_dir.display());
+    let outputs: BTreeMap<String, String> = pipeline.stages.iter().map(|s| (s.name.clone(), run_dir.join(&s.name).to_string_lossy().into_owned())).collect();
+    for name in &pipeline.order {
+        let stage = pipeline.stage(name).expect("the order names resolved stages").clone();
+        let world = stage.parallelism.world_size();
+        if world > 1 {
+            return Err(Error::invalid(manifest, format!("stage {name} asks for {world} processes; multi-process training is not available yet")));
+        }
+        let config = TrainerConfig {
+            job: job.clone(),
+            namespace: NAMESPACE.into(),
+            model: pipeline.model.clone(),
+            output_dir: outputs[name].clone(),
+            stage_outputs: outputs.clone(),
+            metrics_port: 0,
+            stage,
+        };
+        if Path::new(&config.output_dir).join(stage::MODEL_DIR).join("config.json").exists() {
+            println!("{name}: already done ({}), skipped", config.output_dir);
+            continue;
+        }
+        println!("{name}: running ({})", config.output_dir);
+        stage::run(&config, device, None)?;
+        println!("{name}: done, model in {}/{}", config.output_dir, stage::MODEL_DIR);
+    }
+    let logs = pipeline.order.iter().map(|n| (n.clone(), read_log(&run_dir.join(n).join(METRICS_LOG)))).collect();
+    println!("{}", summary(&pipeline, &logs));
+    Ok(())
+}
+
+/// The job name and its resolved pipeline, paths anchored at the manifest's folder.
+fn parse(manifest: &Path, text: &str) -> Result<(String, ResolvedPipeline)> {
+    let doc: Value = serde_yaml::from_str(text).map_err(|e| Error::invalid(manifest, format!("not YAML: {e}")))?;
+    let job = doc["metadata"]["name"].as_str().ok_or_else(|| Error::invalid(manifest, "metadata.name is missing"))?.to_string();
+    let spec = serde_json::from_value(doc["spec"].clone()).map_err(|e| Error::invalid(manifest, format!("spec: {e}")))?;
+    let mut pipeline = resolve_pipeline(&spec, "spec")
+        .map_err(|errors| Error::invalid(manifest, errors.iter().map(|e| e.to_string()).collect::<Vec<_>>().join("; ")))?;
+    anchor_paths(&mut pipeline, manifest.parent().unwrap_or(Path::new(".")));
+    Ok((job, pipeline))
+}
+
+/// Makes every relative file path in the pipeline relative to `base` instead of the working folder.
+pub fn anchor_paths(p: &mut ResolvedPipeline, base: &Path) {
+    let anchor = |path: &mut String| {
+        if Path::new(path.as_str()).is_relative() {
+            *path = base.join(path.as_str()).to_string_lossy().into_owned();
+        }
+    };
+    if let BaseWeights::Path(path) = &mut p.model.weights {
+        anchor(path);
+    }
+    if let ResolvedTokenizer::Path(path) = &mut p.model.tokenizer {
+        anchor(path);
+    }
+    for s in &mut p.stages {
+        let ptx = s.ppo.as_mut().and_then(|ppo| ppo.ptx_dataset.as_mut());
+        for dataset in std::iter::once(&mut s.dataset).chain(ptx) {
+            if let ResolvedDataset::File { path, .. } = dataset {
+                anchor(path);
+            }
+        }
+        let m = &mut s.models;
+        for source in std::iter::once(&mut m.init).chain([&mut m.reward_model, &mut m.critic, &mut m.reference].into_iter().flatten()) {
+            if let WeightsSource::Path(path) = source {
+                anchor(path);
+            }
+        }
+    }
+}
+
+/// Creates (fresh) or checks (resume) the run folder; returns it.
+fn prepare(folder: &RunFolder, job: &str, manifest_text: &str) -> Result<PathBuf> {
+    let dir = match folder {
+        RunFolder::Resume(dir) => {
+            if !dir.is_dir() {
+                return Err(Error::invalid(dir, "no such run folder to resume"));
+            }
+            if std::fs::read_to_string(dir.join(MANIFEST_COPY)).is_ok_and(|old| old != manifest_text) {
+                eprintln!("rlhf-trainer: the manifest differs from the one {} started with; continuing with the new one", dir.display());
+            }
+            return Ok(dir.clone());
+        }
+        RunFolder::Fresh(Some(dir)) => {
+            if std::fs::read_dir(dir).is_ok_and(|mut entries| entries.next().is_some()) {
+                return Err(Error::invalid(dir, "the output folder is not empty; pass --resume to continue that run"));
+            }
+            dir.clone()
+        }
+        RunFolder::Fresh(None) => first_free(Path::new("rlhf-output"), job),
+    };
+    std::fs::create_dir_all(&dir).map_err(|source| Error::Write { path: dir.clone(), source })?;
+    let copy = dir.join(MANIFEST_COPY);
+    std::fs::write(&copy, manifest_text).map_err(|source| Error::Write { path: copy, source })?;
+    Ok(dir)
+}
+
+/// `<root>/<job>-<n>` for the smallest n >= 1 not taken.
+fn first_free(root: &Path, job: &str) -> PathBuf {
+    (1..).map(|n| root.join(format!("{job}-{n}"))).find(|p| !p.exists()).expect("some number is free")
+}
+
+/// `{"stages": {name: {"kind", "first", "last"}}}` from each stage's held-out evaluations.
+pub fn summary(p: &ResolvedPipeline, logs: &BTreeMap<String, Vec<Value>>) -> Value {
+    let stages: serde_json::Map<String, Value> = p
+        .order
+        .iter()
+        .map(|name| {
+            let evals: Vec<&Value> = logs.get(name).into_iter().flatten().filter_map(|r| r.get("eval")).collect();
+            let kind = p.stage(name).map_or("", |s| s.kind.as_str());
+            (name.clone(), json!({"kind": kind, "first": evals.first(), "last": evals.last()}))
+        })
+        .collect();
+    json!({ "stages": stages })
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,156 @@
+//! The trainer's Prometheus metrics (names in ARCHITECTURE.md), set from the same JSON records
+//! that go to `metrics.jsonl`, and a tiny HTTP server for `/metrics` (one per process, on
+//! `RLHF_METRICS_PORT` + `LOCAL_RANK`).
+//!
+//! A record is a flat JSON object of the step's values (`step`, `loss`, `policy_loss`,
+//! `reward_mean`, `kl`, ...) plus `phases.<phase>.{samples_per_second,tokens_per_second,tflops}`
+//! and `memory.<device>.{rss,allocated,peak}` in bytes. Held-out evaluations (`eval`) stay in the
+//! log only.
+use std::collections::HashMap;
+use std::io::{BufRead, BufReader, Write};
+use std::net::{TcpListener, TcpStream};
+use std::sync::Arc;
+
+use prometheus::{Encoder, Gauge, GaugeVec, Opts, Registry, TextEncoder};
+use serde_json::Value;
+
+use crate::error::{Error, Result};
+
+pub struct TrainerMetrics {
+    registry: Registry,
+    /// Record key -> gauge (`step` -> `rlhf_trainer_step`, ...).
+    scalars: Vec<(&'static str, Gauge)>,
+    loss: GaugeVec,
+    samples_per_second: GaugeVec,
+    tokens_per_second: GaugeVec,
+    tflops: GaugeVec,
+    memory: GaugeVec,
+}
+
+/// Record keys that map one-to-one onto a gauge `rlhf_trainer_<key>`.
+const SCALARS: [(&str, &str); 8] = [
+    ("step", "Optimizer steps (PPO: rounds) completed"),
+    ("reward_mean", "Mean reward-model score of the last rollout"),
+    ("reward_std", "Standard deviation of the last rollout's scores"),
+    ("kl", "Mean per-token KL to the reference policy"),
+    ("kl_coef", "KL penalty coefficient in use"),
+    ("entropy", "Mean per-token entropy of the policy"),
+    ("clip_fraction", "Share of tokens whose policy ratio was clipped"),
+    ("rm_accuracy", "Reward model pairwise accuracy on the step's batch"),
+];
+
+fn gauge_vec(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> Result<GaugeVec> {
+    let g = GaugeVec::new(Opts::new(name, help), labels).map_err(prom)?;
+    registry.register(Box::new(g.clone())).map_err(prom)?;
+    Ok(g)
+}
+
+fn prom(e: prometheus::Error) -> Error {
+    Error::invalid("<metrics>", e.to_string())
+}
+
+impl TrainerMetrics {
+    /// Every series carries `labels` (rlhf_job, namespace, stage, rank).
+    pub fn new(labels: HashMap<String, String>) -> Result<Self> {
+        let registry = Registry::new_custom(None, Some(labels)).map_err(prom)?;
+        let scalars = SCALARS
+            .iter()
+            .map(|&(key, help)| {
+                let g = Gauge::new(format!("rlhf_trainer_{key}"), help).map_err(prom)?;
+                registry.register(Box::new(g.clone())).map_err(prom)?;
+                Ok((key, g))
+            })
+            .collect::<Result<_>>()?;
+        Ok(Self {
+            scalars,
+            loss: gauge_vec(&registry, "rlhf_trainer_loss", "Training losses by kind", &["kind"])?,
+            samples_per_second: gauge_vec(&registry, "rlhf_trainer_samples_per_second", "Samples per second by phase", &["phase"])?,
+            tokens_per_second: gauge_vec(&registry, "rlhf_trainer_tokens_per_second", "Tokens per second by phase", &["phase"])?,
+            tflops: gauge_vec(&registry, "rlhf_trainer_tflops", "Achieved TFLOP/s by phase (README: FLOP formula)", &["phase"])?,
+            memory: gauge_vec(&registry, "rlhf_trainer_memory_bytes", "Memory by device and kind", &["device", "kind"])?,
+            registry,
+        })
+    }
+
+    /// Sets every gauge the record has a value for.
+    pub fn observe(&self, record: &Value) {
+        for (key, gauge) in &self.scalars {
+            if let Some(v) = record[*key].as_f64() {
+                gauge.set(v);
+            }
+        }
+        for (key, value) in record.as_object().into_iter().flatten() {
+            if let (Some(kind), Some(v)) = (loss_kind(key), value.as_f64()) {
+                self.loss.with_label_values(&[kind]).set(v);
+            }
+        }
+        for (phase, values) in record["phases"].as_object().into_iter().flatten() {
+            for (key, gauge) in [("samples_per_second", &self.samples_per_second), ("tokens_per_second", &self.tokens_per_second), ("tflops", &self.tflops)] {
+                if let Some(v) = values[key].as_f64() {
+                    gauge.with_label_values(&[phase.as_str()]).set(v);
+                }
+            }
+        }
+        for (device, kinds) in record["memory"].as_object().into_iter().flatten() {
+            for (kind, v) in kinds.as_object().into_iter().flatten() {
+                if let Some(v) = v.as_f64() {
+                    self.memory.with_label_values(&[device.as_str(), kind.as_str()]).set(v);
+                }
+            }
+        }
+    }
+
+    pub fn render(&self) -> String {
+        let mut buf = Vec::new();
+        let _ = TextEncoder::new().encode(&self.registry.gather(), &mut buf);
+        String::from_utf8_lossy(&buf).into_owned()
+    }
+}
+
+/// `loss` -> "train", `policy_loss` -> "policy", `value_loss` -> "value", `ptx_loss` -> "ptx".
+fn loss_kind(key: &str) -> Option<&str> {
+    if key == "loss" { Some("train") } else { key.strip_suffix("_loss") }
+}
+
+/// Serves `GET /metrics` on `0.0.0.0:port` from a background thread (0 picks a free port);
+/// returns the port. Scrapes are rare and tiny, so one thread answers them one at a time.
+pub fn serve(metrics: Arc<TrainerMetrics>, port: u16) -> Result<u16> {
+    let listener = TcpListener::bind(("0.0.0.0", port)).map_err(|source| Error::Write { path: format!("0.0.0.0:{port}").into(), source })?;
+    let port = listener.local_addr().map(|a| a.port()).unwrap_or(port);
+    std::thread::spawn(move || {
+        for stream in listener.incoming().flatten() {
+            let _ = answer(stream, &metrics); // a scraper that hangs up is not our problem
+        }
+    });
+    Ok(port)
+}
+
+fn answer(mut stream: TcpStream, metrics: &TrainerMetrics) -> std::io::Result<()> {
+    stream.set_read_timeout(Some(std::time::Duration::from_secs(5)))?;
+    let mut reader = BufReader::new(&stream);
+    let mut request_line = String::new();
+    reader.read_line(&mut request_line)?;
+    // Read the headers too: closing a socket with unread input resets it before the reply lands.
+    let mut header = String::new();
+    while reader.read_line(&mut header)? > 2 {
+        header.clear();
+    }
+    let (status, body) = match request_line.split_whitespace().nth(1) {
+        Some("/metrics") => ("200 OK", metrics.render()),
+        _ => ("404 Not Found", "only /metrics is served\n".to_string()),
+    };
+    write!(stream, "HTTP/1.1 {status}\r\nContent-Type: text/plain; version=0.0.4\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}", body.len())
+}
+
+/// This process's resident and peak resident memory in bytes (Linux `/proc/self/status`).
+pub fn process_memory() -> Option<(f64, f64)> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let kib = |key: &str| -> Option<f64> {
+        let line = status.lines().find(|l| l.starts_with(key))?;
+        Some(line[key.len()..].trim().trim_end_matches("kB").trim().parse::<f64>().ok()? * 1024.0)
+    };
+    Some((kib("VmRSS:")?, kib("VmHWM:")?))
+}
+
+#[cfg(test)]
+mod tests;

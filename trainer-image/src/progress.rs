@@ -1,0 +1,149 @@
+//! What a training loop reports to and checkpoints through: each step's record goes to stdout
+//! (progress), `<output>/metrics.jsonl` and the Prometheus gauges; every `checkpointEvery` steps
+//! and at the last step the loop's snapshot is written as a checkpoint; on start the newest good
+//! checkpoint is handed back to resume from.
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Instant;
+
+use serde_json::{Value, json};
+
+use crate::checkpoint::{self, Restored, Snapshot};
+use crate::error::{Error, Result};
+use crate::metrics::{TrainerMetrics, process_memory};
+
+pub const METRICS_LOG: &str = "metrics.jsonl";
+
+pub struct Progress {
+    stage: String,
+    /// None: print only, keep no log and no checkpoints (library use, tests).
+    output: Option<PathBuf>,
+    checkpoint_every: u64,
+    log: Option<std::fs::File>,
+    metrics: Option<Arc<TrainerMetrics>>,
+}
+
+impl Progress {
+    pub fn new(stage: &str, output: &Path, checkpoint_every: u32, metrics: Option<Arc<TrainerMetrics>>) -> Self {
+        Self { stage: stage.into(), output: Some(output.into()), checkpoint_every: u64::from(checkpoint_every.max(1)), log: None, metrics }
+    }
+
+    /// Prints records; writes nothing.
+    pub fn detached(stage: &str) -> Self {
+        Self { stage: stage.into(), output: None, checkpoint_every: u64::MAX, log: None, metrics: None }
+    }
+
+    /// The newest good checkpoint, if any. The metrics log forgets the steps after it (after
+    /// step 0 when there is none): they are about to be trained again.
+    pub fn resume(&mut self) -> Result<Option<Restored>> {
+        let Some(output) = &self.output else { return Ok(None) };
+        let restored = checkpoint::latest(output);
+        let kept_step = restored.as_ref().map_or(0, |r| r.step);
+        if let Some(r) = &restored {
+            println!("{}: resuming from {} (step {})", self.stage, r.dir.display(), r.step);
+        }
+        let path = output.join(METRICS_LOG);
+        let records = self.logged();
+        if !records.is_empty() {
+            let kept: String = records.iter().filter(|r| r["step"].as_u64().is_some_and(|s| s <= kept_step)).map(|r| format!("{r}\n")).collect();
+            std::fs::write(&path, kept).map_err(|source| Error::Write { path: path.clone(), source })?;
+        }
+        Ok(restored)
+    }
+
+    /// The records in the metrics log so far (unreadable lines skipped).
+    pub fn logged(&self) -> Vec<Value> {
+        let Some(output) = &self.output else { return Vec::new() };
+        read_log(&output.join(METRICS_LOG))
+    }
+
+    /// Logs one record (a JSON object with at least `step`), adding this process's memory.
+    pub fn record(&mut self, mut record: Value) {
+        if let (Some((rss, peak)), Some(obj)) = (process_memory(), record.as_object_mut()) {
+            obj.entry("memory").or_insert_with(|| json!({})).as_object_mut().map(|m| m.insert("cpu".into(), json!({"rss": rss, "peak": peak})));
+        }
+        println!("{}: {}", self.stage, progress_line(&record));
+        if let Some(metrics) = &self.metrics {
+            metrics.observe(&record);
+        }
+        if let Err(e) = self.append(&record) {
+            eprintln!("rlhf-trainer: {e}"); // the log is best effort; the checkpoint is what counts
+        }
+    }
+
+    fn append(&mut self, record: &Value) -> Result<()> {
+        let Some(output) = &self.output else { return Ok(()) };
+        let path = output.join(METRICS_LOG);
+        let io = |source| Error::Write { path: path.clone(), source };
+        if self.log.is_none() {
+            self.log = Some(std::fs::OpenOptions::new().create(true).append(true).open(&path).map_err(io)?);
+        }
+        writeln!(self.log.as_mut().expect("opened above"), "{record}").map_err(io)
+    }
+
+    /// After step `step`: writes a checkpoint when one is due (every `checkpointEvery` steps, and
+    /// at the `last` step).
+    pub fn step_done(&mut self, step: u64, last: bool, snapshot: impl FnOnce() -> Snapshot) -> Result<()> {
+        let Some(output) = &self.output else { return Ok(()) };
+        if step.is_multiple_of(self.checkpoint_every) || last {
+            let dir = checkpoint::save(output, &snapshot())?;
+            println!("{}: checkpoint {}", self.stage, dir.display());
+        }
+        Ok(())
+    }
+}
+
+/// A record for people: its numbers at 4 significant digits, the train rate and the RSS.
+pub fn progress_line(record: &Value) -> String {
+    let mut parts = Vec::new();
+    for (key, value) in record.as_object().into_iter().flatten() {
+        match (key.as_str(), value) {
+            ("step", v) => parts.insert(0, format!("step {v}")),
+            (_, Value::Number(n)) => parts.push(format!("{key} {:.4}", n.as_f64().unwrap_or_default())),
+            ("eval", Value::Object(values)) => {
+                parts.push(format!("held-out {}", values.iter().map(|(k, v)| format!("{k} {:.4}", v.as_f64().unwrap_or_default())).collect::<Vec<_>>().join(" ")));
+            }
+            _ => {}
+        }
+    }
+    if let Some(rate) = record["phases"]["train"]["samples_per_second"].as_f64() {
+        parts.push(format!("{rate:.1} samples/s"));
+    }
+    if let Some(rss) = record["memory"]["cpu"]["rss"].as_f64() {
+        parts.push(format!("rss {:.0} MiB", rss / f64::from(1 << 20)));
+    }
+    parts.join(", ")
+}
+
+/// The records of a metrics log (a missing log has none; unreadable lines are skipped).
+pub fn read_log(path: &Path) -> Vec<Value> {
+    std::fs::read_to_string(path).unwrap_or_default().lines().filter_map(|l| serde_json::from_str(l).ok()).collect()
+}
+
+/// Times one phase of a step and turns its work into rates.
+pub struct PhaseClock(Instant);
+
+impl PhaseClock {
+    pub fn start() -> Self {
+        Self(Instant::now())
+    }
+
+    /// `{samples_per_second, tokens_per_second, tflops}` for work done since start.
+    pub fn rates(&self, samples: f64, tokens: f64, flops: f64) -> Value {
+        let s = self.0.elapsed().as_secs_f64().max(1e-9);
+        json!({"samples_per_second": samples / s, "tokens_per_second": tokens / s, "tflops": flops / s / 1e12})
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn progress_lines_are_short() {
+        let line = progress_line(&json!({"step": 3, "loss": 1.234567, "phases": {"train": {"samples_per_second": 12.34}}, "memory": {"cpu": {"rss": 104857600.0}}}));
+        assert_eq!(line, "step 3, loss 1.2346, 12.3 samples/s, rss 100 MiB");
+        assert_eq!(progress_line(&json!({"step": 0, "eval": {"accuracy": 0.5}})), "step 0, held-out accuracy 0.5000");
+    }
+}
