@@ -35,6 +35,7 @@ test: deps build
 demo: deps build
 	bash scripts/demo.sh
 
-## Scale benchmark: 100 RLHFJobs x 4 pods through the operator vs direct pod creates.
+## Benchmarks (results in bench/results/): scale (100 RLHFJobs x 4 pods through the operator vs
+## direct pod creates) and the cpu-s PPO workload of the trainer.
 bench: deps build
 	bash scripts/bench.sh

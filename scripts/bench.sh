@@ -1,9 +1,23 @@
 #!/usr/bin/env bash
-# `make bench`: starts a throw-away control plane, runs the scale benchmark against it (results
-# under bench/results/), and always stops it. Extra arguments go to rlhf-bench-scale.
+# `make bench`: the scale benchmark against a throw-away control plane (always stopped), then the
+# cpu-s PPO workload of the trainer; results under bench/results/. `scripts/bench.sh scale` or
+# `scripts/bench.sh ppo` runs one of them.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-DIR="$PWD/.state/bench-controlplane"
-bash tests/controlplane/up.sh "$DIR"
-trap 'bash tests/controlplane/down.sh "$DIR" >/dev/null' EXIT
-./target/release/rlhf-bench-scale --kubeconfig "$DIR/kubeconfig" --out bench/results "$@"
+WHICH="${1:-all}"
+
+scale() {
+    local dir="$PWD/.state/bench-controlplane"
+    bash tests/controlplane/up.sh "$dir"
+    trap 'bash tests/controlplane/down.sh "'"$dir"'" >/dev/null' EXIT
+    ./target/release/rlhf-bench-scale --kubeconfig "$dir/kubeconfig" --out bench/results
+    bash tests/controlplane/down.sh "$dir" >/dev/null
+    trap - EXIT
+}
+
+case "$WHICH" in
+    scale) scale ;;
+    ppo) ./target/release/rlhf-bench-ppo --out bench/results ;;
+    all) scale; ./target/release/rlhf-bench-ppo --out bench/results ;;
+    *) echo "usage: scripts/bench.sh [scale|ppo|all]" >&2; exit 2 ;;
+esac

@@ -2,6 +2,7 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::Result;
+use rlhf_bench::machine;
 use serde_json::{Value, json};
 
 /// What the operator does per job besides creating the pods.
@@ -142,19 +143,4 @@ impl Report {
             note = OPERATOR_WORK,
         )
     }
-}
-
-/// CPU count and model, total memory: from /proc.
-fn machine() -> Value {
-    let proc = |file: &str, key: &str| -> Option<String> {
-        let text = std::fs::read_to_string(file).ok()?;
-        let line = text.lines().find(|l| l.starts_with(key))?;
-        Some(line.split_once(':')?.1.trim().to_string())
-    };
-    let mem_kib: f64 = proc("/proc/meminfo", "MemTotal").and_then(|v| v.trim_end_matches(" kB").parse().ok()).unwrap_or(0.0);
-    json!({
-        "cpus": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0),
-        "cpuModel": proc("/proc/cpuinfo", "model name").unwrap_or_else(|| "unknown".into()),
-        "memoryGiB": mem_kib / (1024.0 * 1024.0),
-    })
 }

@@ -7,20 +7,10 @@ use std::path::Path;
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use common::scratch;
+use common::{scratch, tiny_job};
 
 /// The quickstart pipeline cut to a few steps per stage.
-const MANIFEST: &str = r#"
-apiVersion: rlhf.dev/v1alpha1
-kind: RLHFJob
-metadata: {name: tiny}
-spec:
-  image: unused
-  model:
-    family: llama
-    init: random
-    architecture: {vocabSize: 50257, hiddenSize: 32, numLayers: 1, numHeads: 4, numKvHeads: 2, maxPositions: 64}
-  stages:
+const STAGES: &str = r#"
     - {name: sft, kind: sft, dataset: {synthetic: {task: copy, samples: 16}}, training: {batchSize: 8, microBatchSize: 4, maxLength: 32}}
     - {name: rm, kind: rm, dataset: {synthetic: {task: arithmetic, samples: 16}}, training: {batchSize: 8, microBatchSize: 4, maxLength: 32}}
     - name: ppo
@@ -29,8 +19,12 @@ spec:
       dataset: {synthetic: {task: copy, samples: 16}}
       models: {init: {stage: sft}, rewardModel: {stage: rm}}
       training: {batchSize: 8, microBatchSize: 4, maxSteps: 1, maxLength: 32}
-      ppo: {rolloutBatchSize: 8, generation: {maxNewTokens: 6}}
+      ppo: {rolloutBatchSize: 8, generation: {maxNewTokens: 6}, ptxCoef: 0.5, ptxDataset: {synthetic: {task: copy, samples: 8}}}
 "#;
+
+fn job_yaml() -> String {
+    tiny_job("tiny", STAGES)
+}
 
 fn trainer(manifest: &Path, flag: &str, folder: &Path) -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_rlhf-trainer"));
@@ -42,15 +36,16 @@ fn local(manifest: &Path, flag: &str, folder: &Path) -> Output {
     trainer(manifest, flag, folder).output().expect("running rlhf-trainer")
 }
 
+/// Training steps in a metrics log (a line still being written is skipped).
 fn steps(log: &str) -> Vec<u64> {
-    log.lines().map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()).filter(|r| r.get("eval").is_none()).map(|r| r["step"].as_u64().unwrap()).collect()
+    log.lines().filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok()).filter(|r| r.get("eval").is_none()).map(|r| r["step"].as_u64().unwrap()).collect()
 }
 
 #[test]
 fn a_manifest_runs_end_to_end_and_resumes_by_stage() {
     let dir = scratch("local");
     let manifest = dir.join("job.yaml");
-    std::fs::write(&manifest, MANIFEST).unwrap();
+    std::fs::write(&manifest, job_yaml()).unwrap();
     let out = local(&manifest, "--output", &dir.join("out"));
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{stdout}{}", String::from_utf8_lossy(&out.stderr));
@@ -65,7 +60,7 @@ fn a_manifest_runs_end_to_end_and_resumes_by_stage() {
     assert_eq!(rm_config["architectures"][0], "LlamaForSequenceClassification");
     let ppo_log = std::fs::read_to_string(dir.join("out/ppo/metrics.jsonl")).unwrap();
     let record: serde_json::Value = serde_json::from_str(ppo_log.lines().nth(1).unwrap()).unwrap();
-    assert!(record["reward_mean"].is_f64() && record["kl"].is_f64(), "{record}");
+    assert!(record["reward_mean"].is_f64() && record["kl"].is_f64() && record["ptx_loss"].as_f64().unwrap() > 0.0, "{record}");
     assert!(record["phases"]["experience"]["tokens_per_second"].as_f64().unwrap() > 0.0, "{record}");
     assert!(record["memory"]["cpu"]["rss"].as_f64().unwrap() > 1e6, "{record}");
     let summary: serde_json::Value = serde_json::from_str(stdout.lines().last().unwrap()).expect("a JSON summary last");
@@ -92,7 +87,7 @@ fn a_manifest_runs_end_to_end_and_resumes_by_stage() {
 fn an_invalid_manifest_is_a_permanent_error_naming_the_field() {
     let dir = scratch("local-bad");
     let manifest = dir.join("job.yaml");
-    std::fs::write(&manifest, MANIFEST.replace("dependsOn: [sft, rm]", "dependsOn: [sft]")).unwrap();
+    std::fs::write(&manifest, job_yaml().replace("dependsOn: [sft, rm]", "dependsOn: [sft]")).unwrap();
     let out = local(&manifest, "--output", &dir.join("out"));
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(2), "{stderr}");
@@ -105,7 +100,7 @@ fn a_killed_ppo_stage_resumes_from_its_last_checkpoint() {
     let dir = scratch("local-kill");
     let manifest = dir.join("job.yaml");
     let every: i64 = 3;
-    let job = MANIFEST.replace("maxSteps: 1, maxLength: 32", &format!("maxSteps: 40, epochs: 40, maxLength: 32, checkpointEvery: {every}"));
+    let job = job_yaml().replace("maxSteps: 1, maxLength: 32", &format!("maxSteps: 16, epochs: 16, maxLength: 32, checkpointEvery: {every}"));
     std::fs::write(&manifest, job).unwrap();
     let run = dir.join("out");
     let log = run.join("ppo/metrics.jsonl");
@@ -129,7 +124,7 @@ fn a_killed_ppo_stage_resumes_from_its_last_checkpoint() {
     let resumed: u64 = stdout.split("(step ").nth(1).and_then(|t| t.split(')').next()).and_then(|n| n.parse().ok()).expect("a resume line");
     println!("killed after round {killed_after}, resumed from round {resumed}");
     assert!((killed_after as i64 - resumed as i64) < every, "lost more than one checkpoint interval: {killed_after} -> {resumed}");
-    assert_eq!(steps(&std::fs::read_to_string(&log).unwrap()), (1..=40).collect::<Vec<_>>(), "every round logged once, in order");
+    assert_eq!(steps(&std::fs::read_to_string(&log).unwrap()), (1..=16).collect::<Vec<_>>(), "every round logged once, in order");
     assert!(run.join("ppo/critic/model.safetensors").exists());
     // The same stage run without interruption (from the same SFT and RM models) ends with the
     // same weights: the checkpoint carried everything, RNG and optimizer moments included.

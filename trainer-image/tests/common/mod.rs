@@ -54,3 +54,13 @@ pub fn gpt2_files() -> (PathBuf, PathBuf) {
     let assets = Path::new(&manifest).parent().unwrap().join("assets");
     (assets.join("encoder.json"), assets.join("vocab.bpe"))
 }
+
+/// An RLHFJob manifest on a random 1-layer Llama (quick on a CPU) with `stages` (YAML list items
+/// indented by 4).
+pub fn tiny_job(name: &str, stages: &str) -> String {
+    format!(
+        "apiVersion: rlhf.dev/v1alpha1\nkind: RLHFJob\nmetadata: {{name: {name}}}\nspec:\n  image: unused\n  model:\n    family: llama\n    \
+         init: random\n    architecture: {{vocabSize: 50257, hiddenSize: 32, numLayers: 1, numHeads: 4, numKvHeads: 2, maxPositions: 64}}\n  \
+         stages:{stages}"
+    )
+}

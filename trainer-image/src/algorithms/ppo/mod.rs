@@ -54,14 +54,18 @@ fn prompts_of(examples: &[Example]) -> Result<Vec<&str>> {
         .collect()
 }
 
-/// FLOPs of a round (README: the FLOP formula): sampling runs the actor forward over every
-/// position (2N per position), scoring runs all four models forward once, and each PPO epoch
-/// runs actor and critic forward and backward (6N).
-fn round_flops(m: &Models<'_>, positions: f64, ppo_epochs: u32, ptx_tokens: f64) -> (f64, f64) {
+/// FLOPs (README: the FLOP formula) of making experience: sampling runs the actor forward over
+/// every position (2N per position), scoring runs all four models forward once.
+fn experience_flops(m: &Models<'_>, positions: f64) -> f64 {
     let n = |vs: &nn::VarStore| parameter_count(vs) as f64;
-    let experience = 2.0 * positions * (2.0 * n(m.actor_vs) + n(m.reference_vs) + n(m.critic_vs) + n(m.reward_vs));
-    let learn = f64::from(ppo_epochs) * 6.0 * positions * (n(m.actor_vs) + n(m.critic_vs)) + 6.0 * ptx_tokens * n(m.actor_vs);
-    (experience, learn)
+    2.0 * positions * (2.0 * n(m.actor_vs) + n(m.reference_vs) + n(m.critic_vs) + n(m.reward_vs))
+}
+
+/// FLOPs of learning: each PPO epoch runs actor and critic forward and backward (6N), plus the
+/// actor on the ptx positions.
+fn learn_flops(m: &Models<'_>, positions: f64, ppo_epochs: u32, ptx_tokens: f64) -> f64 {
+    let n = |vs: &nn::VarStore| parameter_count(vs) as f64;
+    f64::from(ppo_epochs) * 6.0 * positions * (n(m.actor_vs) + n(m.critic_vs)) + 6.0 * ptx_tokens * n(m.actor_vs)
 }
 
 fn round_record(round: u64, exp: &experience::Experience, kl_coef: f64, l: &LearnStats, phases: Value) -> Value {
@@ -105,7 +109,9 @@ pub fn train(m: &Models<'_>, data: &Data<'_>, cfg: &ResolvedTraining, ppo: &Reso
         let picked: Vec<&str> = (0..rollout).map(|_| prompts[rng.below(prompts.len() as u64) as usize]).collect();
         let sampling = Sampling { tok: data.tok, generation: &ppo.generation, max_length: cfg.max_length, seed: (cfg.seed as i64).wrapping_add(round as i64) };
         let exp = make_experience(m, &picked, &sampling, ppo, kl_ctl.value(), device)?;
-        let experience_rates = |flops| clock.rates(rollout as f64, exp.positions() as f64, flops);
+        let positions = exp.positions() as f64;
+        let exp_flops = experience_flops(m, positions);
+        let experience_phase = clock.rates(rollout as f64, positions, exp_flops);
         let learn_clock = PhaseClock::start();
         let mut ptx_batch = || -> Result<Option<SequenceBatch>> {
             if ppo.ptx_coef <= 0.0 || ptx.is_empty() {
@@ -118,11 +124,10 @@ pub fn train(m: &Models<'_>, data: &Data<'_>, cfg: &ResolvedTraining, ppo: &Reso
             Ok(Some(pad(&rows.collect::<Result<Vec<_>>>()?, i64::from(data.tok.pad_token_id), device)))
         };
         let stats = learn(m, &exp, (&mut actor_opt, &mut critic_opt), ppo, micro, &mut ptx_batch)?;
-        let positions = exp.positions() as f64;
-        let (exp_flops, learn_flops) = round_flops(m, positions, ppo.ppo_epochs, stats.ptx_tokens as f64);
         let learned = f64::from(ppo.ppo_epochs) * rollout as f64;
+        let learn_flops = learn_flops(m, positions, ppo.ppo_epochs, stats.ptx_tokens as f64);
         let phases = json!({
-            "experience": experience_rates(exp_flops),
+            "experience": experience_phase,
             "learn": learn_clock.rates(learned, learned / rollout as f64 * positions, learn_flops),
             "train": clock.rates(rollout as f64, positions, exp_flops + learn_flops),
         });
