@@ -1,12 +1,28 @@
-//! Link settings torch-sys does not make.
+//! Link settings torch-sys does not make, and the CUDA memory shim (csrc/cuda_memory.cpp).
+use std::path::{Path, PathBuf};
+
 fn main() {
     println!("cargo:rerun-if-env-changed=LIBTORCH");
+    println!("cargo:rerun-if-changed=csrc/cuda_memory.cpp");
+    let libtorch = PathBuf::from(std::env::var("LIBTORCH").expect("LIBTORCH must point at libtorch (the Makefile sets it)"));
     // Find libtorch where it was built against without LD_LIBRARY_PATH (the GPU machines set
     // LD_LIBRARY_PATH to their own copy, which takes precedence over a RUNPATH).
-    if let Ok(libtorch) = std::env::var("LIBTORCH") {
-        println!("cargo:rustc-link-arg=-Wl,-rpath,{libtorch}/lib");
-    }
+    println!("cargo:rustc-link-arg=-Wl,-rpath,{}/lib", libtorch.display());
     // As-needed linking drops libtorch_cuda.so (nothing references it by symbol), and then CUDA
     // is never available at run time, even on a GPU machine.
     println!("cargo:rustc-link-arg=-Wl,--no-as-needed,-ltorch_cuda,--as-needed");
+    build_cuda_memory_shim(&libtorch);
+}
+
+fn build_cuda_memory_shim(libtorch: &Path) {
+    cc::Build::new()
+        .cpp(true)
+        .std("c++17")
+        .file("csrc/cuda_memory.cpp")
+        .include(libtorch.join("include"))
+        .define("_GLIBCXX_USE_CXX11_ABI", "1")
+        .warnings(false)
+        .compile("rlhf_cuda_memory");
+    println!("cargo:rustc-link-search=native={}/lib", libtorch.display());
+    println!("cargo:rustc-link-lib=dylib=c10");
 }

@@ -3,6 +3,7 @@ pub mod algorithms;
 pub mod batch;
 pub mod checkpoint;
 pub mod config;
+pub mod cuda_memory;
 pub mod data;
 pub mod error;
 pub mod generation;

@@ -10,6 +10,7 @@ use std::time::Instant;
 use serde_json::{Value, json};
 
 use crate::checkpoint::{self, Restored, Snapshot};
+use crate::cuda_memory;
 use crate::error::{Error, Result};
 use crate::metrics::{TrainerMetrics, process_memory};
 
@@ -60,8 +61,8 @@ impl Progress {
 
     /// Logs one record (a JSON object with at least `step`), adding this process's memory.
     pub fn record(&mut self, mut record: Value) {
-        if let (Some((rss, peak)), Some(obj)) = (process_memory(), record.as_object_mut()) {
-            obj.entry("memory").or_insert_with(|| json!({})).as_object_mut().map(|m| m.insert("cpu".into(), json!({"rss": rss, "peak": peak})));
+        if record.is_object() {
+            record["memory"] = memory();
         }
         println!("{}: {}", self.stage, progress_line(&record));
         if let Some(metrics) = &self.metrics {
@@ -119,6 +120,18 @@ pub fn progress_line(record: &Value) -> String {
 /// The records of a metrics log (a missing log has none; unreadable lines are skipped).
 pub fn read_log(path: &Path) -> Vec<Value> {
     std::fs::read_to_string(path).unwrap_or_default().lines().filter_map(|l| serde_json::from_str(l).ok()).collect()
+}
+
+/// `{"cpu": {"rss", "peak"}, "cuda:<i>": {"allocated", "peak"}}` in bytes, for what is known.
+fn memory() -> Value {
+    let mut m = serde_json::Map::new();
+    if let Some((rss, peak)) = process_memory() {
+        m.insert("cpu".into(), json!({"rss": rss, "peak": peak}));
+    }
+    for (device, allocated, peak) in cuda_memory::devices() {
+        m.insert(format!("cuda:{device}"), json!({"allocated": allocated, "peak": peak}));
+    }
+    Value::Object(m)
 }
 
 /// Times one phase of a step and turns its work into rates.
