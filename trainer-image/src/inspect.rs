@@ -2,7 +2,7 @@
 //! checks against other implementations).
 use std::path::Path;
 
-use rlhf_spec::ResolvedTokenizer;
+use rlhf_spec::{BuiltinTokenizer, ResolvedTokenizer};
 use serde_json::{Value, json};
 use tch::{Device, Kind, Tensor};
 
@@ -11,10 +11,20 @@ use crate::error::{Error, Result};
 use crate::models::load_causal_lm;
 use crate::tokenizer::Tokenizer;
 
+/// Where `--tokenizer` points: `gpt2` is the builtin GPT-2 tokenizer, anything else a folder;
+/// None means the model's folder.
+pub fn tokenizer_source(model: &Path, tokenizer: Option<&str>) -> ResolvedTokenizer {
+    match tokenizer {
+        Some("gpt2") => ResolvedTokenizer::Builtin(BuiltinTokenizer::Gpt2),
+        Some(dir) => ResolvedTokenizer::Path(dir.into()),
+        None => ResolvedTokenizer::Path(model.to_string_lossy().into_owned()),
+    }
+}
+
 /// `{"tokens": [ids], "logprobs": [...]}`: `logprobs[i]` is log p(tokens[i + 1] | tokens[..=i])
-/// under the model in `dir`, tokenized by the tokenizer in the same folder.
-pub fn logprobs(dir: &Path, text: &str, device: Device) -> Result<Value> {
-    let tok = Tokenizer::load(&ResolvedTokenizer::Path(dir.to_string_lossy().into_owned()))?;
+/// under the model in `dir`.
+pub fn logprobs(dir: &Path, tokenizer: &ResolvedTokenizer, text: &str, device: Device) -> Result<Value> {
+    let tok = Tokenizer::load(tokenizer)?;
     let (_vs, lm) = load_causal_lm(dir, device)?;
     tok.check_fits(lm.hf_config()["vocab_size"].as_i64().unwrap_or(i64::MAX), dir)?;
     let ids: Vec<i64> = tok.encode(text)?.into_iter().map(i64::from).collect();

@@ -49,6 +49,9 @@ enum Command {
         model: PathBuf,
         #[arg(long)]
         text: String,
+        /// Tokenizer folder, or `gpt2` for the builtin GPT-2 tokenizer. Default: the model folder.
+        #[arg(long)]
+        tokenizer: Option<String>,
     },
     /// Parse a stage config (default: $RLHF_CONFIG) and print the resolved plan.
     CheckConfig {
@@ -88,8 +91,9 @@ fn execute(command: Command) -> Result<()> {
             };
             local::run(&manifest, folder, device)
         }
-        Command::Logprobs { model, text } => {
-            println!("{}", inspect::logprobs(&model, &text, device)?);
+        Command::Logprobs { model, text, tokenizer } => {
+            let source = inspect::tokenizer_source(&model, tokenizer.as_deref());
+            println!("{}", inspect::logprobs(&model, &source, &text, device)?);
             Ok(())
         }
         Command::CheckConfig { path } => {

@@ -73,6 +73,18 @@ fn a_manifest_runs_end_to_end_and_resumes_by_stage() {
     let ppo_at = stdout.find("ppo: running").unwrap();
     assert!(stdout.find("sft: done").unwrap() < ppo_at && stdout.find("rm: done").unwrap() < ppo_at, "{stdout}");
 
+    // The trained model scores text through `logprobs`, with the tokenizer it was trained with.
+    let model = dir.join("out/sft/model");
+    let logprobs = |extra: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_rlhf-trainer")).args(["logprobs", "--model", model.to_str().unwrap(), "--text", "copy: cat dog =>"]).args(extra).output().unwrap()
+    };
+    let scored = logprobs(&["--tokenizer", "gpt2"]);
+    let scored: serde_json::Value = serde_json::from_slice(&scored.stdout).expect("a JSON object");
+    assert_eq!(scored["logprobs"].as_array().unwrap().len() + 1, scored["tokens"].as_array().unwrap().len());
+    assert!(scored["logprobs"].as_array().unwrap().iter().all(|v| v.as_f64().unwrap() < 0.0), "{scored}");
+    let no_tokenizer = logprobs(&[]);
+    assert_eq!(no_tokenizer.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&no_tokenizer.stderr).contains("no tokenizer.json"));
     let refused = local(&manifest, "--output", &dir.join("out"));
     assert_eq!(refused.status.code(), Some(2), "a used output folder is refused");
     assert!(String::from_utf8_lossy(&refused.stderr).contains("pass --resume"));
