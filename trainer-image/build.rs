@@ -12,6 +12,26 @@ fn main() {
     // is never available at run time, even on a GPU machine.
     println!("cargo:rustc-link-arg=-Wl,--no-as-needed,-ltorch_cuda,--as-needed");
     build_cuda_memory_shim(&libtorch);
+    build_process_group_shim(&libtorch);
+}
+
+/// csrc/process_group.cpp: c10d's TCPStore and ProcessGroupGloo (in libtorch_cpu) behind a C
+/// interface. The wheel has no Gloo headers; csrc/gloo-stubs declares what c10d's header needs.
+fn build_process_group_shim(libtorch: &Path) {
+    println!("cargo:rerun-if-changed=csrc/process_group.cpp");
+    println!("cargo:rerun-if-changed=csrc/gloo-stubs");
+    cc::Build::new()
+        .cpp(true)
+        .std("c++17")
+        .file("csrc/process_group.cpp")
+        .include(libtorch.join("include"))
+        .include(libtorch.join("include/torch/csrc/api/include"))
+        .include("csrc/gloo-stubs")
+        .define("_GLIBCXX_USE_CXX11_ABI", "1")
+        .define("USE_C10D_GLOO", None)
+        .warnings(false)
+        .compile("rlhf_process_group");
+    println!("cargo:rustc-link-lib=dylib=torch_cpu");
 }
 
 fn build_cuda_memory_shim(libtorch: &Path) {

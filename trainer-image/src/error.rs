@@ -12,6 +12,10 @@ pub enum Error {
     Parse { path: PathBuf, line: usize, column: usize, message: String },
     #[error("{path}: {message}")]
     Invalid { path: PathBuf, message: String },
+    #[error("stage {stage} failed with exit code {code}")]
+    Stage { stage: String, code: i32 },
+    #[error("distributed: {0}")]
+    Distributed(String),
     #[error("libtorch: {0}")]
     Torch(#[from] tch::TchError),
 }
@@ -20,8 +24,9 @@ impl Error {
     /// Exit code for the process (ARCHITECTURE.md: 2 = permanent, do not retry).
     pub fn exit_code(&self) -> u8 {
         match self {
+            Error::Stage { code, .. } => u8::try_from(*code).unwrap_or(1),
             Error::Read { .. } | Error::Parse { .. } | Error::Invalid { .. } => 2,
-            Error::Write { .. } | Error::Torch(_) => 1,
+            Error::Write { .. } | Error::Torch(_) | Error::Distributed(_) => 1,
         }
     }
 

@@ -5,6 +5,7 @@ pub mod checkpoint;
 pub mod config;
 pub mod cuda_memory;
 pub mod data;
+pub mod distributed;
 pub mod error;
 pub mod generation;
 pub mod inspect;

@@ -10,6 +10,7 @@ use rlhf_spec::TrainerConfig;
 use rlhf_trainer::error::{Error, Result};
 use rlhf_trainer::local::RunFolder;
 use rlhf_trainer::metrics::{TrainerMetrics, serve};
+use rlhf_trainer::distributed::{self, Dist, Topology, launch};
 use rlhf_trainer::{config, inspect, local, stage};
 use tch::Device;
 
@@ -62,7 +63,7 @@ enum Command {
 
 fn main() -> ExitCode {
     match execute(Cli::parse().command) {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(code) => ExitCode::from(code),
         Err(e) => {
             eprintln!("rlhf-trainer: {e}");
             // 2 = permanent (bad input): the operator must not retry (ARCHITECTURE.md).
@@ -71,39 +72,49 @@ fn main() -> ExitCode {
     }
 }
 
-fn execute(command: Command) -> Result<()> {
+/// Runs the command; returns the process's exit code.
+fn execute(command: Command) -> Result<u8> {
     let device = Device::cuda_if_available();
     match command {
         Command::Run { config: path } => {
+            launch::die_with_parent();
             let cfg = config::load(&path)?;
-            let world = cfg.stage.parallelism.world_size();
-            if world > 1 {
-                return Err(Error::invalid(&path, format!("the stage asks for {world} processes; multi-process training is not available yet")));
+            let topology = Topology::from_env(&std::env::vars().collect())?;
+            let world = cfg.stage.parallelism.world_size() as usize;
+            if topology.world != world {
+                return Err(Error::invalid(&path, format!("the stage asks for {world} processes but WORLD_SIZE is {}", topology.world)));
             }
-            println!("{}", config::summary(&cfg));
-            let metrics = start_metrics(&cfg)?;
-            stage::run(&cfg, device, Some(metrics))
+            if topology.local_world > 1 && std::env::var_os(launch::WORKER_ENV).is_none() {
+                let code = launch::run_workers(&topology, &std::env::args_os().skip(1).collect::<Vec<_>>())?;
+                return Ok(u8::try_from(code).unwrap_or(1));
+            }
+            if topology.is_leader() {
+                println!("{}", config::summary(&cfg));
+            }
+            let metrics = start_metrics(&cfg, &topology)?;
+            let dist = Dist::connect(topology, cfg.stage.parallelism.strategy, distributed::TIMEOUT)?;
+            stage::run(&cfg, device, Some(metrics), dist).map(|()| 0)
         }
         Command::Local { manifest, output, resume } => {
             let folder = match resume {
                 Some(dir) => RunFolder::Resume(dir),
                 None => RunFolder::Fresh(output),
             };
-            local::run(&manifest, folder, device)
+            local::run(&manifest, folder).map(|()| 0)
         }
         Command::Logprobs { model, text, tokenizer } => {
             let source = inspect::tokenizer_source(&model, tokenizer.as_deref());
             println!("{}", inspect::logprobs(&model, &source, &text, device)?);
-            Ok(())
+            Ok(0)
         }
         Command::CheckConfig { path } => {
             println!("{}", config::summary(&config::load(&path)?));
-            Ok(())
+            Ok(0)
         }
     }
 }
 
-/// A torchrun variable as a number (0 when unset).
+/// A port variable as a number (0 when unset).
 fn env_number(name: &str) -> Result<u16> {
     match std::env::var(name) {
         Ok(v) => v.parse().map_err(|_| Error::invalid(format!("${name}"), format!("{v:?} is not a number"))),
@@ -112,13 +123,12 @@ fn env_number(name: &str) -> Result<u16> {
 }
 
 /// Serves this process's metrics on RLHF_METRICS_PORT (else the config's port) + LOCAL_RANK.
-fn start_metrics(cfg: &TrainerConfig) -> Result<Arc<TrainerMetrics>> {
-    let rank = env_number("RANK")?;
-    let labels = [("rlhf_job", cfg.job.clone()), ("namespace", cfg.namespace.clone()), ("stage", cfg.stage.name.clone()), ("rank", rank.to_string())];
+fn start_metrics(cfg: &TrainerConfig, topology: &Topology) -> Result<Arc<TrainerMetrics>> {
+    let labels = [("rlhf_job", cfg.job.clone()), ("namespace", cfg.namespace.clone()), ("stage", cfg.stage.name.clone()), ("rank", topology.rank.to_string())];
     let metrics = Arc::new(TrainerMetrics::new(labels.into_iter().map(|(k, v)| (k.to_string(), v)).collect::<HashMap<_, _>>())?);
     let base = if std::env::var_os("RLHF_METRICS_PORT").is_some() { env_number("RLHF_METRICS_PORT")? } else { cfg.metrics_port };
-    let port = if base == 0 { 0 } else { base + env_number("LOCAL_RANK")? };
+    let port = if base == 0 { 0 } else { base + topology.local_rank as u16 };
     let port = serve(metrics.clone(), port)?;
-    println!("metrics on :{port}/metrics");
+    println!("rank {}: metrics on :{port}/metrics", topology.rank);
     Ok(metrics)
 }

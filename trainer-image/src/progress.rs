@@ -1,7 +1,8 @@
-//! What a training loop reports to and checkpoints through: each step's record goes to stdout
-//! (progress), `<output>/metrics.jsonl` and the Prometheus gauges; every `checkpointEvery` steps
-//! and at the last step the loop's snapshot is written as a checkpoint; on start the newest good
-//! checkpoint is handed back to resume from.
+//! What a training loop reports to, checkpoints through and shares work with: each step's record
+//! goes to this process's Prometheus gauges and, from the leader (rank 0), to stdout and
+//! `<output>/metrics.jsonl`; every `checkpointEvery` steps and at the last step every rank builds
+//! the loop's snapshot (a collective under ZeRO) and the leader writes it; on start every rank
+//! resumes from the newest good checkpoint. [`Dist`] says who the other ranks are.
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -11,6 +12,7 @@ use serde_json::{Value, json};
 
 use crate::checkpoint::{self, Restored, Snapshot};
 use crate::cuda_memory;
+use crate::distributed::Dist;
 use crate::error::{Error, Result};
 use crate::metrics::{TrainerMetrics, process_memory};
 
@@ -23,16 +25,25 @@ pub struct Progress {
     checkpoint_every: u64,
     log: Option<std::fs::File>,
     metrics: Option<Arc<TrainerMetrics>>,
+    dist: Dist,
 }
 
 impl Progress {
-    pub fn new(stage: &str, output: &Path, checkpoint_every: u32, metrics: Option<Arc<TrainerMetrics>>) -> Self {
-        Self { stage: stage.into(), output: Some(output.into()), checkpoint_every: u64::from(checkpoint_every.max(1)), log: None, metrics }
+    pub fn new(stage: &str, output: &Path, checkpoint_every: u32, metrics: Option<Arc<TrainerMetrics>>, dist: Dist) -> Self {
+        Self { stage: stage.into(), output: Some(output.into()), checkpoint_every: u64::from(checkpoint_every.max(1)), log: None, metrics, dist }
     }
 
-    /// Prints records; writes nothing.
+    /// One process that prints records and writes nothing.
     pub fn detached(stage: &str) -> Self {
-        Self { stage: stage.into(), output: None, checkpoint_every: u64::MAX, log: None, metrics: None }
+        Self { stage: stage.into(), output: None, checkpoint_every: u64::MAX, log: None, metrics: None, dist: Dist::single() }
+    }
+
+    pub fn dist(&self) -> &Dist {
+        &self.dist
+    }
+
+    fn leader(&self) -> bool {
+        self.dist.is_leader()
     }
 
     /// The newest good checkpoint, if any. The metrics log forgets the steps after it (after
@@ -41,6 +52,9 @@ impl Progress {
         let Some(output) = &self.output else { return Ok(None) };
         let restored = checkpoint::latest(output);
         let kept_step = restored.as_ref().map_or(0, |r| r.step);
+        if !self.leader() {
+            return Ok(restored);
+        }
         if let Some(r) = &restored {
             println!("{}: resuming from {} (step {})", self.stage, r.dir.display(), r.step);
         }
@@ -64,10 +78,13 @@ impl Progress {
         if record.is_object() {
             record["memory"] = memory();
         }
-        println!("{}: {}", self.stage, progress_line(&record));
         if let Some(metrics) = &self.metrics {
             metrics.observe(&record);
         }
+        if !self.leader() {
+            return;
+        }
+        println!("{}: {}", self.stage, progress_line(&record));
         if let Err(e) = self.append(&record) {
             eprintln!("rlhf-trainer: {e}"); // the log is best effort; the checkpoint is what counts
         }
@@ -83,13 +100,16 @@ impl Progress {
         writeln!(self.log.as_mut().expect("opened above"), "{record}").map_err(io)
     }
 
-    /// After step `step`: writes a checkpoint when one is due (every `checkpointEvery` steps, and
-    /// at the `last` step).
-    pub fn step_done(&mut self, step: u64, last: bool, snapshot: impl FnOnce() -> Snapshot) -> Result<()> {
+    /// After step `step`: when a checkpoint is due (every `checkpointEvery` steps, and at the
+    /// `last` step) every rank builds the snapshot and the leader writes it.
+    pub fn step_done(&mut self, step: u64, last: bool, snapshot: impl FnOnce() -> Result<Snapshot>) -> Result<()> {
         let Some(output) = &self.output else { return Ok(()) };
         if step.is_multiple_of(self.checkpoint_every) || last {
-            let dir = checkpoint::save(output, &snapshot())?;
-            println!("{}: checkpoint {}", self.stage, dir.display());
+            let snap = snapshot()?;
+            if self.leader() {
+                let dir = checkpoint::save(output, &snap)?;
+                println!("{}: checkpoint {}", self.stage, dir.display());
+            }
         }
         Ok(())
     }

@@ -11,6 +11,7 @@ use tch::{Device, nn};
 
 use crate::algorithms::{dpo, ppo, rm, sft};
 use crate::data::{self, Example};
+use crate::distributed::Dist;
 use crate::error::{Error, Result};
 use crate::metrics::TrainerMetrics;
 use crate::models::heads::ScalarHead;
@@ -92,8 +93,14 @@ impl StageRun<'_> {
         self.progress.record(json!({"step": step, "eval": values}));
     }
 
-    fn evaluated_at_start(&self) -> bool {
-        self.progress.logged().iter().any(|r| r["step"] == 0 && r.get("eval").is_some())
+    /// Only rank 0 evaluates, logs and saves.
+    fn leader(&self) -> bool {
+        self.progress.dist().is_leader()
+    }
+
+    /// Whether the start evaluation is needed: on the leader, unless an earlier run logged it.
+    fn evaluate_at_start(&self) -> bool {
+        self.leader() && !self.progress.logged().iter().any(|r| r["step"] == 0 && r.get("eval").is_some())
     }
 
     /// The step the log ends at (the last step trained).
@@ -102,14 +109,15 @@ impl StageRun<'_> {
     }
 }
 
-/// Runs the stage described by `cfg` on `device`, exporting to `metrics` when given.
-pub fn run(cfg: &TrainerConfig, device: Device, metrics: Option<Arc<TrainerMetrics>>) -> Result<()> {
+/// Runs the stage described by `cfg` on `device` as one rank of `dist`, exporting to `metrics`
+/// when given.
+pub fn run(cfg: &TrainerConfig, device: Device, metrics: Option<Arc<TrainerMetrics>>, dist: Dist) -> Result<()> {
     let s = &cfg.stage;
     let out = Path::new(&cfg.output_dir);
     std::fs::create_dir_all(out).map_err(|source| Error::Write { path: out.into(), source })?;
     let tok = Tokenizer::load(&cfg.model.tokenizer)?;
     let (train, held_out) = data::split_held_out(data::load(&s.dataset, s.kind)?);
-    let progress = Progress::new(&s.name, out, s.training.checkpoint_every, metrics);
+    let progress = Progress::new(&s.name, out, s.training.checkpoint_every, metrics, dist);
     let mut run = StageRun { cfg, tok, train, held_out, progress, device };
     match s.kind {
         StageKind::Sft => run_sft(&mut run),
@@ -124,11 +132,14 @@ fn run_sft(r: &mut StageRun<'_>) -> Result<()> {
     let (vs, lm) = load_lm(r.cfg, &r.cfg.stage.models.init, r.device)?;
     check_tokenizer(&r.tok, lm.as_ref(), r.out())?;
     let eval = |r: &StageRun<'_>| sft::held_out_loss(lm.as_ref(), &r.tok, &r.held_out, t.max_length, t.micro_batch_size as usize, r.device);
-    if !r.evaluated_at_start() {
+    if r.evaluate_at_start() {
         let loss = eval(r)?;
         r.evaluate(0, json!({"loss": loss}));
     }
     sft::train(lm.as_ref(), &vs, &r.tok, &r.train, t, r.device, &mut r.progress)?;
+    if !r.leader() {
+        return Ok(());
+    }
     let loss = eval(r)?;
     r.evaluate(r.last_step(), json!({"loss": loss}));
     lm.save(&vs, &r.out().join(MODEL_DIR))
@@ -139,11 +150,14 @@ fn run_rm(r: &mut StageRun<'_>) -> Result<()> {
     let (vs, head) = load_head(r.cfg, &r.cfg.stage.models.init, r.device)?;
     check_tokenizer(&r.tok, head.lm.as_ref(), r.out())?;
     let eval = |r: &StageRun<'_>| rm::accuracy(&head, &r.tok, &r.held_out, t.max_length, t.micro_batch_size as usize, r.device);
-    if !r.evaluated_at_start() {
+    if r.evaluate_at_start() {
         let accuracy = eval(r)?;
         r.evaluate(0, json!({"accuracy": accuracy}));
     }
     rm::train(&head, &vs, &r.tok, &r.train, t, r.device, &mut r.progress)?;
+    if !r.leader() {
+        return Ok(());
+    }
     let accuracy = eval(r)?;
     r.evaluate(r.last_step(), json!({"accuracy": accuracy}));
     head.save(&vs, &r.out().join(MODEL_DIR), i64::from(r.tok.pad_token_id))
@@ -160,11 +174,14 @@ fn run_dpo(r: &mut StageRun<'_>) -> Result<()> {
         let (margin, win_rate) = dpo::margin(policy.as_ref(), reference.as_ref(), &r.tok, &r.held_out, s.training.max_length, params.beta, r.device)?;
         Ok(json!({"margin": margin, "win_rate": win_rate}))
     };
-    if !r.evaluated_at_start() {
+    if r.evaluate_at_start() {
         let values = eval(r)?;
         r.evaluate(0, values);
     }
     dpo::train(policy.as_ref(), &vs, (reference.as_ref(), &ref_vs), &r.tok, &r.train, &s.training, &params, r.device, &mut r.progress)?;
+    if !r.leader() {
+        return Ok(());
+    }
     let values = eval(r)?;
     r.evaluate(r.last_step(), values);
     policy.save(&vs, &r.out().join(MODEL_DIR))
@@ -200,12 +217,15 @@ fn run_ppo(r: &mut StageRun<'_>) -> Result<()> {
         let (reward_mean, kl) = ppo::experience::evaluate(&models, &prompts, &sampling, r.device)?;
         Ok(json!({"reward_mean": reward_mean, "kl": kl}))
     };
-    if !r.evaluated_at_start() {
+    if r.evaluate_at_start() {
         let values = eval(r)?;
         r.evaluate(0, values);
     }
     let data = ppo::Data { tok: &r.tok, prompts: &r.train, ptx: &ptx };
     ppo::train(&models, &data, &s.training, &params, r.device, &mut r.progress)?;
+    if !r.leader() {
+        return Ok(());
+    }
     let values = eval(r)?;
     r.evaluate(r.last_step(), values);
     actor.save(&actor_vs, &r.out().join(MODEL_DIR))?;

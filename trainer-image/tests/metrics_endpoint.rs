@@ -1,5 +1,6 @@
-//! `rlhf-trainer run` (what a pod runs) serves its metrics on RLHF_METRICS_PORT + LOCAL_RANK while
-//! it trains, labelled with the job, namespace, stage and RANK.
+//! `rlhf-trainer run` (what a pod runs) with LOCAL_WORLD_SIZE 2 launches two workers; each serves
+//! its metrics on RLHF_METRICS_PORT + LOCAL_RANK while it trains, labelled with the job,
+//! namespace, stage and rank; killing the launcher takes the workers with it.
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::process::{Command, Stdio};
@@ -10,7 +11,7 @@ use rlhf_spec::{PipelineSpec, TrainerConfig, resolve_pipeline};
 mod common;
 
 const STAGES: &str = r#"
-    - {name: sft, kind: sft, dataset: {synthetic: {task: copy, samples: 64}}, training: {batchSize: 8, microBatchSize: 8, epochs: 100, maxLength: 32}}
+    - {name: sft, kind: sft, dataset: {synthetic: {task: copy, samples: 64}}, training: {batchSize: 8, microBatchSize: 4, epochs: 100, maxLength: 32}}
 "#;
 
 fn scrape(port: u16) -> Option<String> {
@@ -34,7 +35,8 @@ fn free_port_pair() -> u16 {
 #[test]
 fn a_training_process_serves_labelled_metrics_on_its_port() {
     let dir = common::scratch("metrics-endpoint");
-    let manifest: serde_json::Value = serde_yaml::from_str(&common::tiny_job("demo", STAGES)).unwrap();
+    let job = common::tiny_job("demo", STAGES).replace("  stages:", "  parallelism: {nodes: 1, gpusPerNode: 2}\n  stages:");
+    let manifest: serde_json::Value = serde_yaml::from_str(&job).unwrap();
     let spec: PipelineSpec = serde_json::from_value(manifest["spec"].clone()).unwrap();
     let pipeline = resolve_pipeline(&spec, "spec").unwrap();
     let config = TrainerConfig {
@@ -52,8 +54,10 @@ fn a_training_process_serves_labelled_metrics_on_its_port() {
     let mut child = Command::new(env!("CARGO_BIN_EXE_rlhf-trainer"))
         .args(["run", "--config", config_path.to_str().unwrap()])
         .env("RLHF_METRICS_PORT", base.to_string())
-        .env("LOCAL_RANK", "1")
-        .env("RANK", "3")
+        .env("WORLD_SIZE", "2")
+        .env("LOCAL_WORLD_SIZE", "2")
+        .env("MASTER_ADDR", "127.0.0.1")
+        .env("MASTER_PORT", free_port_pair().to_string())
         .stdout(Stdio::null())
         .spawn()
         .unwrap();
@@ -70,7 +74,12 @@ fn a_training_process_serves_labelled_metrics_on_its_port() {
     };
     child.kill().unwrap();
     child.wait().unwrap();
-    for label in ["rlhf_job=\"demo\"", "namespace=\"team-a\"", "stage=\"sft\"", "rank=\"3\""] {
+    let gone = Instant::now();
+    while scrape(base + 1).is_some() {
+        assert!(gone.elapsed() < Duration::from_secs(10), "worker 1 outlived its killed launcher");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    for label in ["rlhf_job=\"demo\"", "namespace=\"team-a\"", "stage=\"sft\"", "rank=\"1\""] {
         assert!(text.lines().filter(|l| l.starts_with("rlhf_trainer_step{")).all(|l| l.contains(label)), "{label} missing:\n{text}");
     }
     for series in ["rlhf_trainer_loss{", "rlhf_trainer_samples_per_second{", "rlhf_trainer_tokens_per_second{", "rlhf_trainer_tflops{", "rlhf_trainer_memory_bytes{"] {

@@ -1,7 +1,9 @@
 //! The training loop SFT, RM and DPO share: seeded batches of examples, gradient accumulation
 //! over micro-batches, one optimizer step per batch, a record per step, checkpoints through
 //! [`Progress`] and resumption from the newest one (the batch order is a pure function of the
-//! seed, so the step number is the data position).
+//! seed, so the step number is the data position). With several ranks each takes every
+//! world-th micro-batch of a step; losses are scaled by the step's total micro-batch count, so
+//! the strategy's sum over ranks is the global batch's mean.
 use serde_json::json;
 use tch::{Tensor, nn};
 
@@ -35,7 +37,8 @@ pub fn run(
     progress: &mut Progress,
     mut micro_loss: impl FnMut(&[usize]) -> Result<Micro>,
 ) -> Result<Vec<f64>> {
-    let mut opt = Optimizer::new(vs, cfg)?;
+    let mut opt = Optimizer::new(vs, cfg, progress.dist())?;
+    let (rank, world) = (progress.dist().rank(), progress.dist().world());
     if let Some(restored) = progress.resume()? {
         opt.import(MODEL, &restored.tensors, restored.step)?;
     }
@@ -45,26 +48,28 @@ pub fn run(
     for step_batches in plan.iter().skip(opt.steps() as usize) {
         let clock = PhaseClock::start();
         let share = step_batches.len() as f64;
-        let (mut loss_sum, mut metric_sum, mut tokens) = (0.0, 0.0, 0);
-        for micro in step_batches {
+        let (mut loss_sum, mut metric_sum, mut tokens) = (0.0, 0.0, 0i64);
+        for micro in step_batches.iter().skip(rank).step_by(world) {
             let out = micro_loss(micro)?;
             (&out.loss / share).backward();
             loss_sum += out.loss.double_value(&[]) / share;
             metric_sum += out.metric / share;
             tokens += out.tokens;
         }
-        let step = opt.step();
+        let step = opt.step()?;
+        let [loss_sum, metric_sum, tokens] = <[f64; 3]>::try_from(progress.dist().sum(&[loss_sum, metric_sum, tokens as f64])?).expect("three sums");
         let samples = step_batches.iter().map(Vec::len).sum::<usize>() as f64;
-        let mut record = json!({"step": step, "loss": loss_sum, "phases": {"train": clock.rates(samples, tokens as f64, flops_per_token * tokens as f64)}});
+        let mut record = json!({"step": step, "loss": loss_sum, "phases": {"train": clock.rates(samples, tokens, flops_per_token * tokens)}});
         if let Some(name) = metric {
             record[name] = json!(metric_sum);
         }
+        record["optimizer_state_bytes"] = json!(opt.state_bytes());
         progress.record(record);
         losses.push(loss_sum);
         progress.step_done(step, step == total, || {
             let mut tensors = Vec::new();
-            opt.export(MODEL, &mut tensors);
-            Snapshot { step, tensors, state: json!({"step": step}) }
+            opt.export(MODEL, &mut tensors)?;
+            Ok(Snapshot { step, tensors, state: json!({"step": step}) })
         })?;
     }
     Ok(losses)

@@ -1,5 +1,7 @@
 //! `rlhf-trainer local JOB.yaml`: every stage of an RLHFJob manifest, in dependency order, on
-//! this machine, each stage writing `<run>/<stage>/` as a pod writes its stage folder. Each run
+//! this machine, each stage writing `<run>/<stage>/` as a pod writes its stage folder. Each stage
+//! is one `rlhf-trainer run` process, launching `nodes x gpusPerNode` workers (Gloo over
+//! loopback), so every parallelism strategy can be tried without a cluster. Each run
 //! gets a fresh folder (`--output`, or the first free `rlhf-output/<job>-<n>`); `--resume RUN`
 //! continues one: finished stages are skipped, an interrupted one resumes from its newest
 //! checkpoint. Relative paths in the manifest are relative to the manifest's folder. The run ends
@@ -8,9 +10,11 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use rlhf_spec::{BaseWeights, ResolvedDataset, ResolvedPipeline, ResolvedTokenizer, TrainerConfig, WeightsSource, resolve_pipeline};
-use serde_json::{Value, json};
-use tch::Device;
+use std::process::Command;
 
+use serde_json::{Value, json};
+
+use crate::distributed::launch;
 use crate::error::{Error, Result};
 use crate::progress::{METRICS_LOG, read_log};
 use crate::stage;
@@ -18,6 +22,8 @@ use crate::stage;
 const NAMESPACE: &str = "local";
 /// The manifest as the run started, kept in the run folder.
 const MANIFEST_COPY: &str = "job.yaml";
+/// The stage's trainer config, as the operator would put it in the pod.
+const CONFIG_FILE: &str = "trainer.json";
 
 /// Where a run writes.
 pub enum RunFolder {
@@ -27,7 +33,7 @@ pub enum RunFolder {
     Resume(PathBuf),
 }
 
-pub fn run(manifest: &Path, folder: RunFolder, device: Device) -> Result<()> {
+pub fn run(manifest: &Path, folder: RunFolder) -> Result<()> {
     let text = std::fs::read_to_string(manifest).map_err(|source| Error::Read { path: manifest.into(), source })?;
     let (job, pipeline) = parse(manifest, &text)?;
     let run_dir = prepare(&folder, &job, &text)?;
@@ -35,10 +41,6 @@ pub fn run(manifest: &Path, folder: RunFolder, device: Device) -> Result<()> {
     let outputs: BTreeMap<String, String> = pipeline.stages.iter().map(|s| (s.name.clone(), run_dir.join(&s.name).to_string_lossy().into_owned())).collect();
     for name in &pipeline.order {
         let stage = pipeline.stage(name).expect("the order names resolved stages").clone();
-        let world = stage.parallelism.world_size();
-        if world > 1 {
-            return Err(Error::invalid(manifest, format!("stage {name} asks for {world} processes; multi-process training is not available yet")));
-        }
         let config = TrainerConfig {
             job: job.clone(),
             namespace: NAMESPACE.into(),
@@ -52,13 +54,48 @@ pub fn run(manifest: &Path, folder: RunFolder, device: Device) -> Result<()> {
             println!("{name}: already done ({}), skipped", config.output_dir);
             continue;
         }
-        println!("{name}: running ({})", config.output_dir);
-        stage::run(&config, device, None)?;
+        println!("{name}: running ({}, {} process(es))", config.output_dir, config.stage.parallelism.world_size());
+        run_stage(&config)?;
         println!("{name}: done, model in {}/{}", config.output_dir, stage::MODEL_DIR);
     }
     let logs = pipeline.order.iter().map(|n| (n.clone(), read_log(&run_dir.join(n).join(METRICS_LOG)))).collect();
     println!("{}", summary(&pipeline, &logs));
     Ok(())
+}
+
+/// Runs one stage as `rlhf-trainer run` with its config in the stage folder and torchrun's
+/// variables for one machine; a failed stage fails the run with its exit code.
+fn run_stage(config: &TrainerConfig) -> Result<()> {
+    let dir = Path::new(&config.output_dir);
+    std::fs::create_dir_all(dir).map_err(|source| Error::Write { path: dir.into(), source })?;
+    let path = dir.join(CONFIG_FILE);
+    std::fs::write(&path, serde_json::to_vec_pretty(config).expect("configs serialise")).map_err(|source| Error::Write { path: path.clone(), source })?;
+    let world = config.stage.parallelism.world_size().to_string();
+    let exe = std::env::current_exe().map_err(|source| Error::Read { path: "/proc/self/exe".into(), source })?;
+    let status = Command::new(exe)
+        .args(["run", "--config"])
+        .arg(&path)
+        .env("WORLD_SIZE", &world)
+        .env("LOCAL_WORLD_SIZE", &world)
+        .env("NODE_RANK", "0")
+        .env("NNODES", "1")
+        .env("MASTER_ADDR", "127.0.0.1")
+        .env("MASTER_PORT", free_port()?.to_string())
+        .env_remove("RANK")
+        .env_remove("LOCAL_RANK")
+        .env_remove(launch::WORKER_ENV)
+        .status()
+        .map_err(|source| Error::Read { path: path.clone(), source })?;
+    match launch::exit_code(status) {
+        0 => Ok(()),
+        code => Err(Error::Stage { stage: config.stage.name.clone(), code }),
+    }
+}
+
+/// A free TCP port on loopback for the stage's rendezvous.
+fn free_port() -> Result<u16> {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").map_err(|source| Error::Write { path: "127.0.0.1:0".into(), source })?;
+    listener.local_addr().map(|a| a.port()).map_err(|source| Error::Write { path: "127.0.0.1:0".into(), source })
 }
 
 /// The job name and its resolved pipeline, paths anchored at the manifest's folder.

@@ -28,14 +28,16 @@ fn rows(t: &Tensor, idx: &Tensor) -> Tensor {
     t.index_select(0, idx)
 }
 
-/// Runs `ppo_epochs` passes over `exp` in micro-batches of `micro`. `ptx_batch` gives the
-/// pretraining batch for each actor update when `ptxCoef` > 0.
+/// Runs `ppo_epochs` passes over `exp` in micro-batches of `micro`. Losses are scaled by
+/// `loss_scale` before backward (1 / world: the strategy sums the ranks' gradients). `ptx_batch`
+/// gives the pretraining batch for each actor update when `ptxCoef` > 0.
 pub fn learn(
     m: &Models<'_>,
     exp: &Experience,
     (actor_opt, critic_opt): (&mut Optimizer, &mut Optimizer),
     ppo: &ResolvedPpo,
     micro: i64,
+    loss_scale: f64,
     mut ptx_batch: impl FnMut() -> Result<Option<SequenceBatch>>,
 ) -> Result<LearnStats> {
     let b = exp.sequences.size()[0];
@@ -54,12 +56,12 @@ pub fn learn(
                 ptx_tokens += batch.input_ids.numel() as i64;
                 actor_loss += ptx * ppo.ptx_coef;
             }
-            actor_loss.backward();
-            actor_opt.step();
+            (actor_loss * loss_scale).backward();
+            actor_opt.step()?;
             let values = critic_values(m.critic, &seq, &attn, exp.prompt_len);
             let vl = value_loss(&values, &rows(&exp.values, &idx), &rows(&exp.returns, &idx), &mask, ppo.value_clip_range);
-            vl.backward();
-            critic_opt.step();
+            (&vl * loss_scale).backward();
+            critic_opt.step()?;
             for (s, v) in sums.iter_mut().zip([&pl, &vl, &clip, &entropy]) {
                 *s += v.double_value(&[]);
             }

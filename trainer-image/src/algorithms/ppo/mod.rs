@@ -15,6 +15,7 @@ use super::optim::Optimizer;
 use crate::batch::{SequenceBatch, join, pad};
 use crate::checkpoint::Snapshot;
 use crate::data::Example;
+use crate::distributed::Dist;
 use crate::error::{Error, Result};
 use crate::models::heads::ScalarHead;
 use crate::models::{CausalLm, parameter_count};
@@ -68,27 +69,40 @@ fn learn_flops(m: &Models<'_>, positions: f64, ppo_epochs: u32, ptx_tokens: f64)
     f64::from(ppo_epochs) * 6.0 * positions * (n(m.actor_vs) + n(m.critic_vs)) + 6.0 * ptx_tokens * n(m.actor_vs)
 }
 
-fn round_record(round: u64, exp: &experience::Experience, kl_coef: f64, l: &LearnStats, phases: Value) -> Value {
-    let mut r = json!({"step": round, "reward_mean": exp.scores.mean(Kind::Float).double_value(&[]),
-        "reward_std": exp.scores.std(true).double_value(&[]), "kl": exp.mean_kl(), "kl_coef": kl_coef,
-        "entropy": l.entropy, "policy_loss": l.policy_loss, "value_loss": l.value_loss,
-        "clip_fraction": l.clip_fraction, "phases": phases});
-    if let Some(ptx) = l.ptx_loss {
-        r["ptx_loss"] = json!(ptx);
+/// The round's statistics over all ranks: each rank's sums are added up, then turned into means.
+fn round_record(round: u64, exp: &experience::Experience, kl_coef: f64, l: &LearnStats, dist: &Dist) -> Result<Value> {
+    let scores = Vec::<f64>::try_from(exp.scores.to_kind(Kind::Double).to_device(Device::Cpu))?;
+    let row_kl = exp.mean_kl() * scores.len() as f64;
+    let local = [scores.len() as f64, scores.iter().sum(), scores.iter().map(|s| s * s).sum(), row_kl,
+        l.policy_loss, l.value_loss, l.clip_fraction, l.entropy, l.ptx_loss.unwrap_or(0.0)];
+    let [n, sum, sum_sq, kl, policy, value, clip, entropy, ptx] = <[f64; 9]>::try_from(dist.sum(&local)?).expect("nine sums");
+    let ranks = dist.world() as f64;
+    let mean = sum / n;
+    let std = ((sum_sq - n * mean * mean) / (n - 1.0).max(1.0)).max(0.0).sqrt();
+    let mut r = json!({"step": round, "reward_mean": mean, "reward_std": std, "kl": kl / n, "kl_coef": kl_coef,
+        "entropy": entropy / ranks, "policy_loss": policy / ranks, "value_loss": value / ranks, "clip_fraction": clip / ranks});
+    if l.ptx_loss.is_some() {
+        r["ptx_loss"] = json!(ptx / ranks);
     }
-    r
+    Ok(r)
 }
 
-/// Runs PPO: each round samples `rolloutBatchSize` prompts; rounds continue for `epochs` passes
-/// over the prompts or until `maxSteps` rounds. Every round is recorded in `progress`; a restart
+/// Runs PPO: each round samples `rolloutBatchSize` prompts (with several ranks each rank makes
+/// and learns from its share); rounds continue for `epochs` passes over the prompts or until
+/// `maxSteps` rounds. Every round is recorded in `progress`; a restart
 /// resumes from the newest checkpoint (weights, optimizer moments, RNG, KL controller).
 pub fn train(m: &Models<'_>, data: &Data<'_>, cfg: &ResolvedTraining, ppo: &ResolvedPpo, device: Device, progress: &mut Progress) -> Result<Vec<Value>> {
     let prompts = prompts_of(data.prompts)?;
     let ptx = super::sft::pairs(data.ptx)?;
-    let mut actor_opt = Optimizer::new(m.actor_vs, cfg)?;
+    let (rank, world) = (progress.dist().rank(), progress.dist().world());
+    let mut actor_opt = Optimizer::new(m.actor_vs, cfg, progress.dist())?;
     let critic_cfg = ResolvedTraining { learning_rate: ppo.critic_learning_rate, ..cfg.clone() };
-    let mut critic_opt = Optimizer::new(m.critic_vs, &critic_cfg)?;
+    let mut critic_opt = Optimizer::new(m.critic_vs, &critic_cfg, progress.dist())?;
     let rollout = ppo.rollout_batch_size as usize;
+    if !rollout.is_multiple_of(world) {
+        return Err(Error::invalid("<ppo.rolloutBatchSize>", format!("{rollout} prompts do not split evenly over {world} ranks")));
+    }
+    let per_rank = rollout / world;
     let rounds_per_epoch = (prompts.len() / rollout).max(1) as u64;
     let total = cfg.max_steps.unwrap_or(u64::MAX).min(rounds_per_epoch * u64::from(cfg.epochs));
     let mut kl_ctl = KlController::new(ppo.kl_coef, ppo.target_kl, 10_000);
@@ -107,9 +121,11 @@ pub fn train(m: &Models<'_>, data: &Data<'_>, cfg: &ResolvedTraining, ppo: &Reso
     for round in first..=total {
         let clock = PhaseClock::start();
         let picked: Vec<&str> = (0..rollout).map(|_| prompts[rng.below(prompts.len() as u64) as usize]).collect();
-        let sampling = Sampling { tok: data.tok, generation: &ppo.generation, max_length: cfg.max_length, seed: (cfg.seed as i64).wrapping_add(round as i64) };
-        let exp = make_experience(m, &picked, &sampling, ppo, kl_ctl.value(), device)?;
-        let positions = exp.positions() as f64;
+        let mine = &picked[rank * per_rank..(rank + 1) * per_rank];
+        let seed = (cfg.seed as i64).wrapping_add(round as i64).wrapping_add((rank as i64) << 32);
+        let sampling = Sampling { tok: data.tok, generation: &ppo.generation, max_length: cfg.max_length, seed };
+        let exp = make_experience(m, mine, &sampling, ppo, kl_ctl.value(), device)?;
+        let positions = exp.positions() as f64 * world as f64;
         let exp_flops = experience_flops(m, positions);
         let experience_phase = clock.rates(rollout as f64, positions, exp_flops);
         let learn_clock = PhaseClock::start();
@@ -123,24 +139,24 @@ pub fn train(m: &Models<'_>, data: &Data<'_>, cfg: &ResolvedTraining, ppo: &Reso
             });
             Ok(Some(pad(&rows.collect::<Result<Vec<_>>>()?, i64::from(data.tok.pad_token_id), device)))
         };
-        let stats = learn(m, &exp, (&mut actor_opt, &mut critic_opt), ppo, micro, &mut ptx_batch)?;
+        let stats = learn(m, &exp, (&mut actor_opt, &mut critic_opt), ppo, micro, 1.0 / world as f64, &mut ptx_batch)?;
         let learned = f64::from(ppo.ppo_epochs) * rollout as f64;
         let learn_flops = learn_flops(m, positions, ppo.ppo_epochs, stats.ptx_tokens as f64);
-        let phases = json!({
+        let mut record = round_record(round, &exp, kl_ctl.value(), &stats, progress.dist())?;
+        record["phases"] = json!({
             "experience": experience_phase,
             "learn": learn_clock.rates(learned, learned / rollout as f64 * positions, learn_flops),
             "train": clock.rates(rollout as f64, positions, exp_flops + learn_flops),
         });
-        let record = round_record(round, &exp, kl_ctl.value(), &stats, phases);
-        kl_ctl.update(exp.mean_kl(), rollout as u64);
+        kl_ctl.update(record["kl"].as_f64().unwrap_or_default(), rollout as u64);
         progress.record(record.clone());
         records.push(record);
         progress.step_done(round, round == total, || {
             let mut tensors = Vec::new();
-            actor_opt.export("actor", &mut tensors);
-            critic_opt.export("critic", &mut tensors);
+            actor_opt.export("actor", &mut tensors)?;
+            critic_opt.export("critic", &mut tensors)?;
             let state = json!({"round": round, "rng": rng.0, "kl_coef": kl_ctl.value(), "actor_steps": actor_opt.steps(), "critic_steps": critic_opt.steps()});
-            Snapshot { step: round, tensors, state }
+            Ok(Snapshot { step: round, tensors, state })
         })?;
     }
     Ok(records)

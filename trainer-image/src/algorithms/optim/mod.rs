@@ -1,0 +1,125 @@
+//! The optimizer side every algorithm shares: AdamW with linear warm-up and gradient clipping,
+//! and the order in which examples are visited.
+//!
+//! [`Optimizer`] is the one place a training step touches the weights: it owns the trainable
+//! variables (LoRA decides which they are) and hands each step to a [`Strategy`]
+//! (strategy.rs): one process, `ddp`, `zero1` or `zero2`. The AdamW state is ours rather than
+//! libtorch's so that checkpoints carry it and ZeRO can shard it (tch exposes neither).
+pub mod adamw;
+pub mod strategy;
+
+use std::collections::HashMap;
+
+use tch::{Tensor, nn};
+
+use crate::distributed::Dist;
+use crate::error::{Error, Result};
+use crate::rng::SplitMix64;
+use rlhf_spec::{ResolvedTraining, Strategy as StrategyKind};
+use strategy::{Replicated, Sharded, StepSettings, Strategy};
+
+pub struct Optimizer {
+    params: Vec<(String, Tensor)>,
+    strategy: Box<dyn Strategy>,
+    lr: f64,
+    weight_decay: f64,
+    warmup: u32,
+    max_grad_norm: f64,
+    step: u64,
+}
+
+impl Optimizer {
+    /// AdamW over the trainable variables of `vs`, in name order, shared among `dist`'s ranks
+    /// by its strategy. Ranks start from rank 0's weights.
+    pub fn new(vs: &nn::VarStore, cfg: &ResolvedTraining, dist: &Dist) -> Result<Self> {
+        let mut params: Vec<(String, Tensor)> = vs.variables().into_iter().filter(|(_, t)| t.requires_grad()).collect();
+        params.sort_by(|a, b| a.0.cmp(&b.0));
+        if params.is_empty() {
+            return Err(Error::invalid("<model>", "no trainable weights"));
+        }
+        tch::no_grad(|| params.iter().try_for_each(|(_, v)| dist.broadcast(v)))?;
+        let strategy: Box<dyn Strategy> = match (&dist.group, dist.strategy) {
+            (None, _) => Box::new(Replicated::new(&params, None)),
+            (Some(g), StrategyKind::Ddp) => Box::new(Replicated::new(&params, Some(g.clone()))),
+            (Some(g), StrategyKind::Zero1) => Box::new(Sharded::new(&params, g.clone(), false)),
+            (Some(g), StrategyKind::Zero2) => Box::new(Sharded::new(&params, g.clone(), true)),
+        };
+        Ok(Self { params, strategy, lr: cfg.learning_rate, weight_decay: cfg.weight_decay, warmup: cfg.warmup_steps, max_grad_norm: cfg.max_grad_norm, step: 0 })
+    }
+
+    /// Optimizer steps taken so far.
+    pub fn steps(&self) -> u64 {
+        self.step
+    }
+
+    /// Bytes of optimizer state this rank holds.
+    pub fn state_bytes(&self) -> i64 {
+        self.strategy.state_bytes()
+    }
+
+    /// The learning rate of step `step` (1-based): linear warm-up, then constant.
+    fn lr_at(&self, step: u64) -> f64 {
+        let scale = if self.warmup == 0 { 1.0 } else { (step as f64 / f64::from(self.warmup)).min(1.0) };
+        self.lr * scale
+    }
+
+    /// Applies the accumulated gradients (combined over ranks, clipped), clears them; returns
+    /// the step number (1-based).
+    pub fn step(&mut self) -> Result<u64> {
+        self.step += 1;
+        let settings = StepSettings { lr: self.lr_at(self.step), weight_decay: self.weight_decay, max_grad_norm: self.max_grad_norm, t: self.step };
+        self.strategy.step(&self.params, &settings)?;
+        Ok(self.step)
+    }
+
+    /// Weights and AdamW moments, named `<prefix>.<kind>.<variable>`, for a checkpoint (every
+    /// rank must call it: under ZeRO the moments are gathered).
+    pub fn export(&self, prefix: &str, out: &mut Vec<(String, Tensor)>) -> Result<()> {
+        for (name, value) in &self.params {
+            out.push((format!("{prefix}.weight.{name}"), strategy::cpu_copy(value)));
+        }
+        self.strategy.export_moments(&self.params, prefix, out)
+    }
+
+    /// Restores what [`export`](Self::export) wrote, and the step counter.
+    pub fn import(&mut self, prefix: &str, tensors: &HashMap<String, Tensor>, step: u64) -> Result<()> {
+        tch::no_grad(|| {
+            for (name, value) in &self.params {
+                let key = format!("{prefix}.weight.{name}");
+                let saved = tensors.get(&key).ok_or_else(|| Error::invalid("<checkpoint>", format!("{key} is missing")))?;
+                if saved.size() != value.size() {
+                    return Err(Error::invalid("<checkpoint>", format!("{key} has shape {:?}, the model has {:?}", saved.size(), value.size())));
+                }
+                value.shallow_clone().copy_(saved);
+            }
+            Ok(())
+        })?;
+        self.strategy.import_moments(&self.params, prefix, tensors)?;
+        self.step = step;
+        Ok(())
+    }
+}
+
+/// Example indices per optimizer step, each split into micro-batches: every epoch visits all
+/// examples in a seeded order; a short last batch is dropped; stops at maxSteps.
+pub fn batches(n: usize, cfg: &ResolvedTraining) -> Vec<Vec<Vec<usize>>> {
+    let (batch, micro) = (cfg.batch_size as usize, cfg.micro_batch_size as usize);
+    let mut steps = Vec::new();
+    let mut rng = SplitMix64(cfg.seed);
+    for _ in 0..cfg.epochs {
+        let mut order: Vec<usize> = (0..n).collect();
+        for i in (1..n).rev() {
+            order.swap(i, rng.below(i as u64 + 1) as usize); // Fisher-Yates
+        }
+        for chunk in order.chunks_exact(batch) {
+            steps.push(chunk.chunks(micro).map(<[usize]>::to_vec).collect());
+            if cfg.max_steps.is_some_and(|m| steps.len() as u64 >= m) {
+                return steps;
+            }
+        }
+    }
+    steps
+}
+
+#[cfg(test)]
+mod tests;

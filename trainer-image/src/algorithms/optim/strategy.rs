@@ -1,0 +1,269 @@
+//! How an optimizer step is shared among ranks, behind one trait: [`Replicated`] (one process,
+//! or `ddp`: every rank keeps all state, gradients are summed bucket by bucket) and [`Sharded`]
+//! (`zero1`: gradients summed, each rank keeps and updates only its shard of the AdamW state and
+//! weights, then all ranks gather the weights; `zero2`: gradients reduce-scattered, so each rank
+//! only ever receives its shard). Every strategy leaves the weights identical on all ranks, and
+//! checkpoints hold the full state in one format whatever the strategy or world size.
+use std::collections::HashMap;
+use std::rc::Rc;
+
+use tch::{Kind, Tensor};
+
+use super::adamw;
+use crate::distributed::ProcessGroup;
+use crate::error::{Error, Result};
+
+/// The trainable variables, by name, in a fixed order (equal on every rank).
+pub type Params = [(String, Tensor)];
+
+/// Learning rate, decay and clipping of one step; `t` is the step number (1-based).
+pub struct StepSettings {
+    pub lr: f64,
+    pub weight_decay: f64,
+    pub max_grad_norm: f64,
+    pub t: u64,
+}
+
+pub trait Strategy {
+    /// One step from this rank's local gradients (already divided so their sum over ranks is
+    /// the global mean): combine them, clip by the global norm, apply AdamW, clear them.
+    fn step(&mut self, params: &Params, s: &StepSettings) -> Result<()>;
+    /// The full AdamW moments as `<prefix>.exp_avg.<name>` / `<prefix>.exp_avg_sq.<name>`
+    /// (a collective under sharding: every rank must call it).
+    fn export_moments(&self, params: &Params, prefix: &str, out: &mut Vec<(String, Tensor)>) -> Result<()>;
+    fn import_moments(&mut self, params: &Params, prefix: &str, tensors: &HashMap<String, Tensor>) -> Result<()>;
+    /// Bytes of optimizer state this rank holds.
+    fn state_bytes(&self) -> i64;
+}
+
+/// A variable's gradient, or zeros where autograd left none.
+fn grad_or_zeros(value: &Tensor) -> Tensor {
+    let g = value.grad();
+    if g.defined() { g } else { value.zeros_like() }
+}
+
+/// All gradients as one flat fp32 vector of `len` elements (zero-padded).
+fn flat_grads(params: &Params, len: i64) -> Tensor {
+    let flat = Tensor::cat(&params.iter().map(|(_, v)| grad_or_zeros(v).flatten(0, -1)).collect::<Vec<_>>(), 0);
+    pad_to(&flat, len)
+}
+
+fn flat_values(params: &Params, len: i64) -> Tensor {
+    let flat = Tensor::cat(&params.iter().map(|(_, v)| v.detach().flatten(0, -1)).collect::<Vec<_>>(), 0);
+    pad_to(&flat, len)
+}
+
+fn pad_to(flat: &Tensor, len: i64) -> Tensor {
+    let n = flat.numel() as i64;
+    if n == len { flat.contiguous() } else { Tensor::cat(&[flat.shallow_clone(), flat.new_zeros([len - n], (flat.kind(), flat.device()))], 0) }
+}
+
+/// Splits a flat vector back into tensors shaped like `params`.
+fn unflatten(flat: &Tensor, params: &Params) -> Vec<Tensor> {
+    let mut offset = 0;
+    params
+        .iter()
+        .map(|(_, v)| {
+            let n = v.numel() as i64;
+            let part = flat.narrow(0, offset, n).view_as(v);
+            offset += n;
+            part
+        })
+        .collect()
+}
+
+fn clear_grads(params: &Params) {
+    for (_, v) in params {
+        let mut g = v.grad();
+        if g.defined() {
+            let _ = g.zero_();
+        }
+    }
+}
+
+fn total_numel(params: &Params) -> i64 {
+    params.iter().map(|(_, v)| v.numel() as i64).sum()
+}
+
+fn moment(tensors: &HashMap<String, Tensor>, key: String, like: &Tensor) -> Result<Tensor> {
+    let t = tensors.get(&key).ok_or_else(|| Error::invalid("<checkpoint>", format!("{key} is missing")))?;
+    if t.size() != like.size() {
+        return Err(Error::invalid("<checkpoint>", format!("{key} has shape {:?}, the model has {:?}", t.size(), like.size())));
+    }
+    let mut owned = like.zeros_like(); // a copy: the saved tensors must not alias live state
+    tch::no_grad(|| owned.copy_(t));
+    Ok(owned)
+}
+
+/// A CPU copy that shares no storage with `t` (checkpoints must not alias live state).
+pub fn cpu_copy(t: &Tensor) -> Tensor {
+    let cpu = t.detach().to_device(tch::Device::Cpu);
+    if t.device() == tch::Device::Cpu { cpu.copy() } else { cpu }
+}
+
+/// Elements per all-reduce in `ddp` (about 25 MB of fp32, like PyTorch DDP's buckets).
+const BUCKET_ELEMENTS: i64 = 25 * 1024 * 1024 / 4;
+
+/// Every rank keeps the full state; with a group (`ddp`), gradients are summed first.
+pub struct Replicated {
+    group: Option<Rc<ProcessGroup>>,
+    moments: Vec<(Tensor, Tensor)>,
+}
+
+impl Replicated {
+    pub fn new(params: &Params, group: Option<Rc<ProcessGroup>>) -> Self {
+        Self { group, moments: params.iter().map(|(_, v)| (v.zeros_like(), v.zeros_like())).collect() }
+    }
+
+    /// Sums gradients over ranks in buckets of consecutive variables.
+    fn all_reduce_gradients(group: &ProcessGroup, params: &Params) -> Result<()> {
+        let mut start = 0;
+        while start < params.len() {
+            let mut end = start + 1;
+            let mut size = params[start].1.numel() as i64;
+            while end < params.len() && size + (params[end].1.numel() as i64) <= BUCKET_ELEMENTS {
+                size += params[end].1.numel() as i64;
+                end += 1;
+            }
+            let bucket = &params[start..end];
+            let flat = flat_grads(bucket, size);
+            group.all_reduce_sum(&flat)?;
+            tch::no_grad(|| {
+                for ((_, v), reduced) in bucket.iter().zip(unflatten(&flat, bucket)) {
+                    let mut g = v.grad();
+                    if g.defined() {
+                        g.copy_(&reduced);
+                    }
+                }
+            });
+            start = end;
+        }
+        Ok(())
+    }
+}
+
+impl Strategy for Replicated {
+    fn step(&mut self, params: &Params, s: &StepSettings) -> Result<()> {
+        if let Some(group) = &self.group {
+            Self::all_reduce_gradients(group, params)?;
+        }
+        let grads: Vec<Tensor> = params.iter().map(|(_, v)| v.grad()).collect();
+        let norm = grads.iter().filter(|g| g.defined()).map(|g| g.square().sum(Kind::Double).double_value(&[])).sum::<f64>().sqrt();
+        let coef = adamw::clip_coefficient(norm, s.max_grad_norm);
+        tch::no_grad(|| {
+            for (((_, value), grad), (m, v)) in params.iter().zip(&grads).zip(&mut self.moments) {
+                if grad.defined() {
+                    let mut value = value.shallow_clone();
+                    adamw::update(&mut value, &(grad * coef), m, v, s.lr, s.weight_decay, s.t);
+                }
+            }
+        });
+        clear_grads(params);
+        Ok(())
+    }
+
+    fn export_moments(&self, params: &Params, prefix: &str, out: &mut Vec<(String, Tensor)>) -> Result<()> {
+        for ((name, _), (m, v)) in params.iter().zip(&self.moments) {
+            out.push((format!("{prefix}.exp_avg.{name}"), cpu_copy(m)));
+            out.push((format!("{prefix}.exp_avg_sq.{name}"), cpu_copy(v)));
+        }
+        Ok(())
+    }
+
+    fn import_moments(&mut self, params: &Params, prefix: &str, tensors: &HashMap<String, Tensor>) -> Result<()> {
+        for ((name, value), (m, v)) in params.iter().zip(&mut self.moments) {
+            *m = moment(tensors, format!("{prefix}.exp_avg.{name}"), value)?;
+            *v = moment(tensors, format!("{prefix}.exp_avg_sq.{name}"), value)?;
+        }
+        Ok(())
+    }
+
+    fn state_bytes(&self) -> i64 {
+        self.moments.iter().map(|(m, v)| ((m.numel() + v.numel()) * 4) as i64).sum()
+    }
+}
+
+/// ZeRO: rank r owns elements [r * shard, (r + 1) * shard) of the flattened variables.
+pub struct Sharded {
+    group: Rc<ProcessGroup>,
+    /// zero2: reduce-scatter the gradients instead of summing them everywhere.
+    reduce_scatter: bool,
+    shard: i64,
+    exp_avg: Tensor,
+    exp_avg_sq: Tensor,
+}
+
+impl Sharded {
+    pub fn new(params: &Params, group: Rc<ProcessGroup>, reduce_scatter: bool) -> Self {
+        let world = group.world() as i64;
+        let shard = (total_numel(params) + world - 1) / world;
+        let like = &params[0].1;
+        let zeros = || Tensor::zeros([shard], (Kind::Float, like.device()));
+        Self { exp_avg: zeros(), exp_avg_sq: zeros(), group, reduce_scatter, shard }
+    }
+
+    fn padded(&self) -> i64 {
+        self.shard * self.group.world() as i64
+    }
+
+    fn mine(&self, flat: &Tensor) -> Tensor {
+        flat.narrow(0, self.group.rank() as i64 * self.shard, self.shard).contiguous()
+    }
+
+    /// The full flat vector gathered from every rank's shard.
+    fn gather(&self, shard: &Tensor) -> Result<Tensor> {
+        let full = Tensor::zeros([self.padded()], (shard.kind(), shard.device()));
+        self.group.all_gather(&full, shard)?;
+        Ok(full)
+    }
+}
+
+impl Strategy for Sharded {
+    fn step(&mut self, params: &Params, s: &StepSettings) -> Result<()> {
+        let flat = flat_grads(params, self.padded());
+        let grad = if self.reduce_scatter {
+            let out = Tensor::zeros([self.shard], (flat.kind(), flat.device()));
+            self.group.reduce_scatter_sum(&out, &flat)?;
+            out
+        } else {
+            self.group.all_reduce_sum(&flat)?;
+            self.mine(&flat)
+        };
+        let norm_sq = grad.square().sum(Kind::Float).reshape([1]);
+        self.group.all_reduce_sum(&norm_sq)?;
+        let coef = adamw::clip_coefficient(norm_sq.double_value(&[0]).sqrt(), s.max_grad_norm);
+        let mut value = self.mine(&flat_values(params, self.padded()));
+        tch::no_grad(|| adamw::update(&mut value, &(grad * coef), &mut self.exp_avg, &mut self.exp_avg_sq, s.lr, s.weight_decay, s.t));
+        let full = self.gather(&value)?;
+        tch::no_grad(|| {
+            for ((_, v), updated) in params.iter().zip(unflatten(&full, params)) {
+                v.shallow_clone().copy_(&updated);
+            }
+        });
+        clear_grads(params);
+        Ok(())
+    }
+
+    fn export_moments(&self, params: &Params, prefix: &str, out: &mut Vec<(String, Tensor)>) -> Result<()> {
+        for (kind, shard) in [("exp_avg", &self.exp_avg), ("exp_avg_sq", &self.exp_avg_sq)] {
+            let full = self.gather(shard)?;
+            for ((name, _), t) in params.iter().zip(unflatten(&full, params)) {
+                out.push((format!("{prefix}.{kind}.{name}"), cpu_copy(&t)));
+            }
+        }
+        Ok(())
+    }
+
+    fn import_moments(&mut self, params: &Params, prefix: &str, tensors: &HashMap<String, Tensor>) -> Result<()> {
+        for (kind, target) in [("exp_avg", &mut self.exp_avg), ("exp_avg_sq", &mut self.exp_avg_sq)] {
+            let parts = params.iter().map(|(name, v)| Ok(moment(tensors, format!("{prefix}.{kind}.{name}"), v)?.flatten(0, -1))).collect::<Result<Vec<_>>>()?;
+            let flat = pad_to(&Tensor::cat(&parts, 0), self.shard * self.group.world() as i64);
+            *target = flat.narrow(0, self.group.rank() as i64 * self.shard, self.shard).contiguous();
+        }
+        Ok(())
+    }
+
+    fn state_bytes(&self) -> i64 {
+        ((self.exp_avg.numel() + self.exp_avg_sq.numel()) * 4) as i64
+    }
+}

@@ -1,0 +1,107 @@
+//! Multi-process training on CPU (Gloo over loopback, through `rlhf-trainer local`): two ranks
+//! under ddp, zero1 and zero2 end with the same weights as one rank on the same global batch,
+//! ZeRO holds about half the optimizer state per rank, gradient accumulation equals a bigger
+//! micro-batch, and the launcher passes a worker's failure on.
+mod common;
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use common::{scratch, tiny_job};
+use tch::Tensor;
+
+/// An SFT and an RM stage of 4 steps with global batch 8 and `parallelism`, micro-batches of
+/// `micro` (RM: a pairwise mean, so accumulation is exactly a bigger batch).
+fn job(parallelism: &str, micro: u32) -> String {
+    let stages = format!(
+        "\n    - {{name: sft, kind: sft, dataset: {{synthetic: {{task: copy, samples: 64}}}}, training: {{batchSize: 8, microBatchSize: {micro}, maxLength: 32, maxSteps: 4, weightDecay: 0.01}}}}\
+         \n    - {{name: rm, kind: rm, dataset: {{synthetic: {{task: copy, samples: 64}}}}, training: {{batchSize: 8, microBatchSize: {micro}, maxLength: 32, maxSteps: 4}}}}\n"
+    );
+    tiny_job("par", &stages).replace("  stages:", &format!("  parallelism: {parallelism}\n  stages:"))
+}
+
+fn run(dir: &Path, name: &str, manifest: &str) -> PathBuf {
+    let path = dir.join(format!("{name}.yaml"));
+    std::fs::write(&path, manifest).unwrap();
+    let out = dir.join(name);
+    let result = Command::new(env!("CARGO_BIN_EXE_rlhf-trainer")).args(["local", path.to_str().unwrap(), "--output", out.to_str().unwrap()]).output().unwrap();
+    assert!(result.status.success(), "{name}: {}{}", String::from_utf8_lossy(&result.stdout), String::from_utf8_lossy(&result.stderr));
+    out
+}
+
+fn weights(run: &Path, stage: &str) -> HashMap<String, Tensor> {
+    Tensor::read_safetensors(run.join(stage).join("model/model.safetensors")).unwrap().into_iter().collect()
+}
+
+fn max_difference(a: &HashMap<String, Tensor>, b: &HashMap<String, Tensor>) -> f64 {
+    assert_eq!(a.len(), b.len());
+    a.iter().map(|(k, t)| (t - &b[k]).abs().max().double_value(&[])).fold(0.0, f64::max)
+}
+
+/// The optimizer state bytes rank 0 reported at the last step of a stage.
+fn state_bytes(run: &Path, stage: &str) -> f64 {
+    let log = std::fs::read_to_string(run.join(stage).join("metrics.jsonl")).unwrap();
+    log.lines().filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok()?["optimizer_state_bytes"].as_f64()).last().unwrap()
+}
+
+#[test]
+fn two_ranks_match_one_rank_under_every_strategy() {
+    let dir = scratch("parallel");
+    let single = run(&dir, "single", &job("{nodes: 1, gpusPerNode: 1}", 4));
+    let single_sft = weights(&single, "sft");
+    let single_bytes = state_bytes(&single, "sft");
+    for strategy in ["ddp", "zero1", "zero2"] {
+        let two = run(&dir, strategy, &job(&format!("{{nodes: 1, gpusPerNode: 2, strategy: {strategy}}}"), 4));
+        let diff = max_difference(&single_sft, &weights(&two, "sft"));
+        let ratio = state_bytes(&two, "sft") / single_bytes;
+        println!("{strategy}: 2 ranks vs 1, max weight difference after 4 steps {diff:.2e}; rank 0 optimizer state {ratio:.3} of one rank's");
+        assert!(diff < 1e-5, "{strategy}: weights differ by {diff}");
+        if strategy == "ddp" {
+            assert_eq!(ratio, 1.0, "ddp replicates the state");
+        } else {
+            assert!((ratio - 0.5).abs() < 0.01, "{strategy}: state per rank should be about half: {ratio}");
+        }
+    }
+    // Accumulation: 2 micro-batches of 4 = 1 micro-batch of 8 (RM's loss is a mean over pairs).
+    let big_micro = run(&dir, "micro8", &job("{nodes: 1, gpusPerNode: 1}", 8));
+    let diff = max_difference(&weights(&single, "rm"), &weights(&big_micro, "rm"));
+    println!("accumulation: 2 x 4 vs 1 x 8, max weight difference {diff:.2e}");
+    assert!(diff < 1e-5, "gradient accumulation differs from the bigger batch by {diff}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn the_launcher_exits_with_a_failed_workers_code() {
+    let dir = scratch("launcher");
+    let manifest = job("{nodes: 1, gpusPerNode: 2}", 4).replace("{synthetic: {task: copy, samples: 64}}", "{path: missing.jsonl}");
+    let path = dir.join("job.yaml");
+    std::fs::write(&path, manifest).unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_rlhf-trainer")).args(["local", path.to_str().unwrap(), "--output", dir.join("out").to_str().unwrap()]).output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "bad input in a worker is permanent for the whole stage: {stderr}");
+    assert!(stderr.contains("missing.jsonl") && stderr.contains("failed with exit code 2"), "{stderr}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn ppo_runs_on_two_ranks_with_zero2() {
+    let dir = scratch("parallel-ppo");
+    let stages = "
+    - {name: rm, kind: rm, dataset: {synthetic: {task: copy, samples: 16}}, training: {batchSize: 8, microBatchSize: 4, maxLength: 32, maxSteps: 1}}
+    - name: ppo
+      kind: ppo
+      dependsOn: [rm]
+      dataset: {synthetic: {task: copy, samples: 32}}
+      models: {rewardModel: {stage: rm}}
+      training: {batchSize: 8, microBatchSize: 2, maxSteps: 2, maxLength: 32, checkpointEvery: 1}
+      ppo: {rolloutBatchSize: 8, generation: {maxNewTokens: 6}}
+";
+    let manifest = tiny_job("ppo2", stages).replace("  stages:", "  parallelism: {nodes: 1, gpusPerNode: 2, strategy: zero2}\n  stages:");
+    let out = run(&dir, "ppo", &manifest);
+    let log = std::fs::read_to_string(out.join("ppo/metrics.jsonl")).unwrap();
+    let steps: Vec<u64> = log.lines().filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok()).filter(|r| r.get("phases").is_some()).map(|r| r["step"].as_u64().unwrap()).collect();
+    assert_eq!(steps, vec![1, 2], "one record per round, from rank 0 only");
+    assert!(out.join("ppo/model/model.safetensors").exists() && out.join("ppo/critic/model.safetensors").exists());
+    let _ = std::fs::remove_dir_all(&dir);
+}
