@@ -42,7 +42,7 @@ fn max_difference(a: &HashMap<String, Tensor>, b: &HashMap<String, Tensor>) -> f
 /// The optimizer state bytes rank 0 reported at the last step of a stage.
 fn state_bytes(run: &Path, stage: &str) -> f64 {
     let log = std::fs::read_to_string(run.join(stage).join("metrics.jsonl")).unwrap();
-    log.lines().filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok()?["optimizer_state_bytes"].as_f64()).last().unwrap()
+    log.lines().filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok()?["optimizer_state_bytes"].as_f64()).next_back().unwrap()
 }
 
 #[test]
