@@ -14,8 +14,9 @@ use crate::data::{self, Example};
 use crate::distributed::Dist;
 use crate::error::{Error, Result};
 use crate::metrics::TrainerMetrics;
-use crate::models::heads::ScalarHead;
-use crate::models::{CausalLm, load_causal_lm, random_causal_lm};
+use crate::models::heads::{SCORE, ScalarHead};
+use crate::models::lora::{self, WithoutAdapters};
+use crate::models::{CausalLm, load_causal_lm, parameter_count, random_causal_lm};
 use crate::progress::Progress;
 use crate::tokenizer::Tokenizer;
 
@@ -66,6 +67,41 @@ fn frozen<T>(loaded: (nn::VarStore, T)) -> (nn::VarStore, T) {
     let (mut vs, model) = loaded;
     vs.freeze();
     (vs, model)
+}
+
+/// Adds the stage's LoRA adapters (if any) to a model about to train, freezing the rest except
+/// the variables starting with `keep_trainable`.
+fn with_lora(cfg: &TrainerConfig, lm: &dyn CausalLm, vs: &nn::VarStore, keep_trainable: &[&str]) -> Result<()> {
+    if let Some(l) = &cfg.stage.parallelism.lora {
+        let n = lora::attach(lm, vs, l, keep_trainable)?;
+        let trainable: i64 = vs.variables().values().filter(|t| t.requires_grad()).map(|t| t.numel() as i64).sum();
+        println!("{}: LoRA rank {} on {n} projections; {trainable} of {} weights train", cfg.stage.name, l.rank, parameter_count(vs));
+    }
+    Ok(())
+}
+
+/// The reference model of a stage: under LoRA, when it is the trained model's own starting point,
+/// that model with its adapters off (no second copy); otherwise loaded and frozen.
+fn load_reference(cfg: &TrainerConfig, device: Device) -> Result<Option<(nn::VarStore, Box<dyn CausalLm>)>> {
+    let s = &cfg.stage;
+    let source = s.models.reference.clone().unwrap_or_else(|| s.models.init.clone());
+    if s.parallelism.lora.is_some() && source == s.models.init {
+        println!("{}: reference = the trained model with its adapters off (no second copy)", s.name);
+        return Ok(None);
+    }
+    Ok(Some(frozen(load_lm(cfg, &source, device)?)))
+}
+
+/// The reference to use: the loaded one, else the trained model's base (`trained_vs` its weights).
+fn reference_view<'a>(
+    loaded: &'a Option<(nn::VarStore, Box<dyn CausalLm>)>,
+    base: &'a WithoutAdapters<'a>,
+    trained_vs: &'a nn::VarStore,
+) -> (&'a dyn CausalLm, &'a nn::VarStore) {
+    match loaded {
+        Some((vs, m)) => (m.as_ref(), vs),
+        None => (base, trained_vs),
+    }
 }
 
 fn check_tokenizer(tok: &Tokenizer, lm: &dyn CausalLm, origin: &Path) -> Result<()> {
@@ -131,6 +167,7 @@ fn run_sft(r: &mut StageRun<'_>) -> Result<()> {
     let t = &r.cfg.stage.training;
     let (vs, lm) = load_lm(r.cfg, &r.cfg.stage.models.init, r.device)?;
     check_tokenizer(&r.tok, lm.as_ref(), r.out())?;
+    with_lora(r.cfg, lm.as_ref(), &vs, &[])?;
     let eval = |r: &StageRun<'_>| sft::held_out_loss(lm.as_ref(), &r.tok, &r.held_out, t.max_length, t.micro_batch_size as usize, r.device);
     if r.evaluate_at_start() {
         let loss = eval(r)?;
@@ -149,6 +186,7 @@ fn run_rm(r: &mut StageRun<'_>) -> Result<()> {
     let t = &r.cfg.stage.training;
     let (vs, head) = load_head(r.cfg, &r.cfg.stage.models.init, r.device)?;
     check_tokenizer(&r.tok, head.lm.as_ref(), r.out())?;
+    with_lora(r.cfg, head.lm.as_ref(), &vs, &[SCORE])?;
     let eval = |r: &StageRun<'_>| rm::accuracy(&head, &r.tok, &r.held_out, t.max_length, t.micro_batch_size as usize, r.device);
     if r.evaluate_at_start() {
         let accuracy = eval(r)?;
@@ -168,17 +206,19 @@ fn run_dpo(r: &mut StageRun<'_>) -> Result<()> {
     let params = s.dpo.clone().ok_or_else(|| Error::invalid("<config>", "a dpo stage without dpo settings"))?;
     let (vs, policy) = load_lm(r.cfg, &s.models.init, r.device)?;
     check_tokenizer(&r.tok, policy.as_ref(), r.out())?;
-    let reference_source = s.models.reference.clone().unwrap_or_else(|| s.models.init.clone());
-    let (ref_vs, reference) = frozen(load_lm(r.cfg, &reference_source, r.device)?);
+    with_lora(r.cfg, policy.as_ref(), &vs, &[])?;
+    let loaded_reference = load_reference(r.cfg, r.device)?;
+    let base = WithoutAdapters(policy.as_ref());
+    let (reference, ref_vs) = reference_view(&loaded_reference, &base, &vs);
     let eval = |r: &StageRun<'_>| -> Result<Value> {
-        let (margin, win_rate) = dpo::margin(policy.as_ref(), reference.as_ref(), &r.tok, &r.held_out, s.training.max_length, params.beta, r.device)?;
+        let (margin, win_rate) = dpo::margin(policy.as_ref(), reference, &r.tok, &r.held_out, s.training.max_length, params.beta, r.device)?;
         Ok(json!({"margin": margin, "win_rate": win_rate}))
     };
     if r.evaluate_at_start() {
         let values = eval(r)?;
         r.evaluate(0, values);
     }
-    dpo::train(policy.as_ref(), &vs, (reference.as_ref(), &ref_vs), &r.tok, &r.train, &s.training, &params, r.device, &mut r.progress)?;
+    dpo::train(policy.as_ref(), &vs, (reference, ref_vs), &r.tok, &r.train, &s.training, &params, r.device, &mut r.progress)?;
     if !r.leader() {
         return Ok(());
     }
@@ -193,17 +233,20 @@ fn run_ppo(r: &mut StageRun<'_>) -> Result<()> {
     let missing = |role: &str| Error::invalid("<config>", format!("a ppo stage without a {role} source"));
     let (actor_vs, actor) = load_lm(r.cfg, &s.models.init, r.device)?;
     check_tokenizer(&r.tok, actor.as_ref(), r.out())?;
-    let reference_source = s.models.reference.clone().unwrap_or_else(|| s.models.init.clone());
-    let (reference_vs, reference) = frozen(load_lm(r.cfg, &reference_source, r.device)?);
+    with_lora(r.cfg, actor.as_ref(), &actor_vs, &[])?;
+    let loaded_reference = load_reference(r.cfg, r.device)?;
+    let base = WithoutAdapters(actor.as_ref());
+    let (reference, reference_vs) = reference_view(&loaded_reference, &base, &actor_vs);
     let (reward_vs, reward) = frozen(load_head(r.cfg, s.models.reward_model.as_ref().ok_or_else(|| missing("reward model"))?, r.device)?);
     let (critic_vs, critic) = load_head(r.cfg, s.models.critic.as_ref().ok_or_else(|| missing("critic"))?, r.device)?;
+    with_lora(r.cfg, critic.lm.as_ref(), &critic_vs, &[SCORE])?;
     let models = ppo::Models {
         actor: actor.as_ref(),
         actor_vs: &actor_vs,
         critic: &critic,
         critic_vs: &critic_vs,
-        reference: reference.as_ref(),
-        reference_vs: &reference_vs,
+        reference,
+        reference_vs,
         reward: &reward,
         reward_vs: &reward_vs,
     };

@@ -8,6 +8,7 @@ use serde::Deserialize;
 use tch::nn::{self, Init, Module};
 use tch::{Device, Tensor};
 
+use super::projection::{Layout, Projection};
 use super::{CausalLm, KvCache, common, hf};
 use crate::error::{Error, Result};
 
@@ -86,31 +87,14 @@ impl Gpt2Config {
 }
 
 /// HF's Conv1D: y = x W + b with W stored [in, out].
-#[derive(Debug)]
-struct Conv1D {
-    weight: Tensor,
-    bias: Tensor,
-}
-
-impl Conv1D {
-    fn new(p: nn::Path, d_in: i64, d_out: i64, std: f64) -> Self {
-        Self {
-            weight: p.var("weight", &[d_in, d_out], Init::Randn { mean: 0.0, stdev: std }),
-            bias: p.var("bias", &[d_out], Init::Const(0.0)),
-        }
-    }
-}
-
-impl Module for Conv1D {
-    fn forward(&self, x: &Tensor) -> Tensor {
-        x.matmul(&self.weight) + &self.bias
-    }
+fn conv1d(p: nn::Path, d_in: i64, d_out: i64, std: f64) -> Projection {
+    Projection::new(p, d_in, d_out, Layout::InOut, true, Init::Randn { mean: 0.0, stdev: std })
 }
 
 #[derive(Debug)]
 struct Attention {
-    c_attn: Conv1D,
-    c_proj: Conv1D,
+    c_attn: Projection,
+    c_proj: Projection,
     n_head: i64,
 }
 
@@ -129,8 +113,8 @@ impl Attention {
 
 #[derive(Debug)]
 struct Mlp {
-    c_fc: Conv1D,
-    c_proj: Conv1D,
+    c_fc: Projection,
+    c_proj: Projection,
 }
 
 impl Module for Mlp {
@@ -158,14 +142,14 @@ impl Block {
         Self {
             ln_1: ln("ln_1"),
             attn: Attention {
-                c_attn: Conv1D::new(&a / "c_attn", cfg.n_embd, 3 * cfg.n_embd, std),
-                c_proj: Conv1D::new(&a / "c_proj", cfg.n_embd, cfg.n_embd, proj_std),
+                c_attn: conv1d(&a / "c_attn", cfg.n_embd, 3 * cfg.n_embd, std),
+                c_proj: conv1d(&a / "c_proj", cfg.n_embd, cfg.n_embd, proj_std),
                 n_head: cfg.n_head,
             },
             ln_2: ln("ln_2"),
             mlp: Mlp {
-                c_fc: Conv1D::new(&m / "c_fc", cfg.n_embd, cfg.inner(), std),
-                c_proj: Conv1D::new(&m / "c_proj", cfg.inner(), cfg.n_embd, proj_std),
+                c_fc: conv1d(&m / "c_fc", cfg.n_embd, cfg.inner(), std),
+                c_proj: conv1d(&m / "c_proj", cfg.inner(), cfg.n_embd, proj_std),
             },
         }
     }
@@ -232,6 +216,10 @@ impl CausalLm for Gpt2 {
     /// Tied to the token embedding.
     fn lm_head(&self, hidden: &Tensor) -> Tensor {
         hidden.matmul(&self.wte.tr())
+    }
+
+    fn projections(&self) -> Vec<&Projection> {
+        self.blocks.iter().flat_map(|b| [&b.attn.c_attn, &b.attn.c_proj, &b.mlp.c_fc, &b.mlp.c_proj]).collect()
     }
 }
 

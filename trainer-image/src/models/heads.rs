@@ -60,6 +60,6 @@ impl ScalarHead {
         config["id2label"] = serde_json::json!({"0": "LABEL_0"});
         config["label2id"] = serde_json::json!({"LABEL_0": 0});
         config["pad_token_id"] = pad_token_id.into();
-        hf::write_folder(dir, &config, &super::common::named_tensors(vs))
+        hf::write_folder(dir, &config, &super::lora::merged_tensors(vs, &self.lm.projections()))
     }
 }

@@ -8,6 +8,7 @@ use serde::Deserialize;
 use tch::nn::{self, Init, Module};
 use tch::{Device, Kind, Tensor};
 
+use super::projection::{Layout, Projection};
 use super::{CausalLm, KvCache, common, hf};
 use crate::error::{Error, Result};
 
@@ -139,17 +140,16 @@ fn rotate_half(x: &Tensor) -> Tensor {
     Tensor::cat(&[-x.narrow(-1, half, half), x.narrow(-1, 0, half)], -1)
 }
 
-fn linear(p: nn::Path, d_in: i64, d_out: i64, bias: bool) -> nn::Linear {
-    let cfg = nn::LinearConfig { ws_init: Init::Randn { mean: 0.0, stdev: 0.02 }, bs_init: Some(Init::Const(0.0)), bias };
-    nn::linear(p, d_in, d_out, cfg)
+fn linear(p: nn::Path, d_in: i64, d_out: i64, bias: bool) -> Projection {
+    Projection::new(p, d_in, d_out, Layout::OutIn, bias, Init::Randn { mean: 0.0, stdev: 0.02 })
 }
 
 #[derive(Debug)]
 struct Attention {
-    q_proj: nn::Linear,
-    k_proj: nn::Linear,
-    v_proj: nn::Linear,
-    o_proj: nn::Linear,
+    q_proj: Projection,
+    k_proj: Projection,
+    v_proj: Projection,
+    o_proj: Projection,
     heads: i64,
     kv_heads: i64,
     head_dim: i64,
@@ -188,9 +188,9 @@ impl Attention {
 /// SwiGLU: down(silu(gate(x)) * up(x)).
 #[derive(Debug)]
 struct Mlp {
-    gate_proj: nn::Linear,
-    up_proj: nn::Linear,
-    down_proj: nn::Linear,
+    gate_proj: Projection,
+    up_proj: Projection,
+    down_proj: Projection,
 }
 
 impl Module for Mlp {
@@ -290,5 +290,12 @@ impl CausalLm for Llama {
 
     fn lm_head(&self, hidden: &Tensor) -> Tensor {
         hidden.matmul(&self.lm_head.as_ref().unwrap_or(&self.embed_tokens).tr())
+    }
+
+    fn projections(&self) -> Vec<&Projection> {
+        self.layers
+            .iter()
+            .flat_map(|l| [&l.self_attn.q_proj, &l.self_attn.k_proj, &l.self_attn.v_proj, &l.self_attn.o_proj, &l.mlp.gate_proj, &l.mlp.up_proj, &l.mlp.down_proj])
+            .collect()
     }
 }

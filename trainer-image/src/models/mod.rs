@@ -4,6 +4,8 @@ pub mod gpt2;
 pub mod heads;
 pub mod hf;
 pub mod llama;
+pub mod lora;
+pub mod projection;
 
 use std::path::Path;
 
@@ -25,10 +27,20 @@ pub trait CausalLm: std::fmt::Debug {
     fn hf_config(&self) -> serde_json::Value;
     /// Width of the hidden states (what value and reward heads read).
     fn hidden_size(&self) -> i64;
+    /// The blocks' linear projections (where LoRA adapters go).
+    fn projections(&self) -> Vec<&projection::Projection>;
 
-    /// Writes `vs` (this model's variables) as a Hugging Face folder.
+    /// Writes `vs` (this model's variables) as a plain Hugging Face folder: LoRA adapters are
+    /// merged into their weights.
     fn save(&self, vs: &nn::VarStore, dir: &Path) -> Result<()> {
-        hf::write_folder(dir, &self.hf_config(), &common::named_tensors(vs))
+        hf::write_folder(dir, &self.hf_config(), &lora::merged_tensors(vs, &self.projections()))
+    }
+
+    /// Switches every LoRA adapter on or off (off: the base model, e.g. PPO's reference).
+    fn set_adapters(&self, on: bool) {
+        for p in self.projections() {
+            p.set_adapter_enabled(on);
+        }
     }
 
     /// Final hidden states (B, T, C) of a whole sequence (heads for values and rewards read these).
