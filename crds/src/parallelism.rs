@@ -33,9 +33,11 @@ pub enum Offload {
 #[derive(Deserialize, Serialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema, Default)]
 #[serde(rename_all = "lowercase")]
 pub enum Precision {
+    /// bf16 on GPUs, fp32 on CPUs (whose bf16 arithmetic is emulated and slow).
+    #[default]
+    Auto,
     Fp32,
     /// bf16 weights and activations with fp32 master weights.
-    #[default]
     Bf16,
     /// fp16 with dynamic loss scaling.
     Fp16,

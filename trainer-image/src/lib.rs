@@ -11,6 +11,7 @@ pub mod generation;
 pub mod inspect;
 pub mod local;
 pub mod metrics;
+pub mod precision;
 pub mod models;
 pub mod progress;
 pub mod rng;

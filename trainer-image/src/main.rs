@@ -6,7 +6,7 @@ use clap::{Parser, Subcommand};
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use rlhf_spec::TrainerConfig;
+use rlhf_spec::{Offload, TrainerConfig};
 use rlhf_trainer::error::{Error, Result};
 use rlhf_trainer::local::RunFolder;
 use rlhf_trainer::metrics::{TrainerMetrics, serve};
@@ -92,7 +92,9 @@ fn execute(command: Command) -> Result<u8> {
                 println!("{}", config::summary(&cfg));
             }
             let metrics = start_metrics(&cfg, &topology)?;
-            let dist = Dist::connect(topology, cfg.stage.parallelism.strategy, distributed::TIMEOUT)?;
+            let p = &cfg.stage.parallelism;
+            let offload_optimizer = matches!(p.offload, Offload::Optimizer | Offload::All);
+            let dist = Dist::connect(topology, p.strategy, offload_optimizer, distributed::TIMEOUT)?;
             stage::run(&cfg, device, Some(metrics), dist).map(|()| 0)
         }
         Command::Local { manifest, output, resume } => {

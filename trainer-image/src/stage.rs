@@ -17,6 +17,7 @@ use crate::metrics::TrainerMetrics;
 use crate::models::heads::{SCORE, ScalarHead};
 use crate::models::lora::{self, WithoutAdapters};
 use crate::models::{CausalLm, load_causal_lm, parameter_count, random_causal_lm};
+use crate::precision;
 use crate::progress::Progress;
 use crate::tokenizer::Tokenizer;
 
@@ -38,28 +39,37 @@ fn weights_dir(cfg: &TrainerConfig, source: &WeightsSource) -> Result<Option<Pat
     })
 }
 
+/// Casts a freshly built model's weights to the stage's compute dtype (`parallelism.precision`).
+fn in_compute_dtype<T>(cfg: &TrainerConfig, device: Device, loaded: (nn::VarStore, T)) -> Result<(nn::VarStore, T)> {
+    let (mut vs, model) = loaded;
+    vs.set_kind(precision::compute_kind(cfg.stage.parallelism.precision, device)?);
+    Ok((vs, model))
+}
+
 fn load_lm(cfg: &TrainerConfig, source: &WeightsSource, device: Device) -> Result<(nn::VarStore, Box<dyn CausalLm>)> {
-    match (weights_dir(cfg, source)?, &cfg.model.weights) {
-        (Some(dir), _) => load_causal_lm(&dir, device),
+    let loaded = match (weights_dir(cfg, source)?, &cfg.model.weights) {
+        (Some(dir), _) => load_causal_lm(&dir, device)?,
         (None, BaseWeights::Random(arch)) => {
             tch::manual_seed(cfg.stage.training.seed as i64);
             let vs = nn::VarStore::new(device);
             let lm = random_causal_lm(cfg.model.family, arch, &vs)?;
-            Ok((vs, lm))
+            (vs, lm)
         }
         (None, BaseWeights::Path(_)) => unreachable!("a base path always has a folder"),
-    }
+    };
+    in_compute_dtype(cfg, device, loaded)
 }
 
 fn load_head(cfg: &TrainerConfig, source: &WeightsSource, device: Device) -> Result<(nn::VarStore, ScalarHead)> {
-    match weights_dir(cfg, source)? {
-        Some(dir) => ScalarHead::load(&dir, device),
+    let loaded = match weights_dir(cfg, source)? {
+        Some(dir) => ScalarHead::load(&dir, device)?,
         None => {
             let (vs, lm) = load_lm(cfg, source, device)?;
             let head = ScalarHead::attach(&vs, lm);
-            Ok((vs, head))
+            (vs, head)
         }
-    }
+    };
+    in_compute_dtype(cfg, device, loaded)
 }
 
 /// The frozen role of a source (reference, reward model).

@@ -105,3 +105,32 @@ fn ppo_runs_on_two_ranks_with_zero2() {
     assert!(out.join("ppo/model/model.safetensors").exists() && out.join("ppo/critic/model.safetensors").exists());
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// The SFT losses rank 0 logged, step by step.
+fn losses(run: &Path) -> Vec<f64> {
+    let log = std::fs::read_to_string(run.join("sft/metrics.jsonl")).unwrap();
+    log.lines().filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok()).filter(|r| r.get("phases").is_some()).map(|r| r["loss"].as_f64().unwrap()).collect()
+}
+
+#[test]
+fn offloading_the_optimizer_and_bf16_keep_training_the_same() {
+    let dir = scratch("parallel-offload");
+    let single = run(&dir, "single", &job("{nodes: 1, gpusPerNode: 1}", 4));
+    for (name, parallelism) in [("offload", "{nodes: 1, gpusPerNode: 1, offload: optimizer}"), ("zero2-offload", "{nodes: 1, gpusPerNode: 2, strategy: zero2, offload: all}")] {
+        let other = run(&dir, name, &job(parallelism, 4));
+        let diff = max_difference(&weights(&single, "sft"), &weights(&other, "sft"));
+        println!("{name}: max weight difference to the plain run after 4 steps {diff:.2e}");
+        assert!(diff < 1e-5, "{name}: weights differ by {diff}");
+    }
+    // bf16 weights and activations, fp32 master weights: the same losses to bf16's precision.
+    let bf16 = run(&dir, "bf16", &job("{nodes: 1, gpusPerNode: 1, precision: bf16}", 4));
+    let (fp32_losses, bf16_losses) = (losses(&single), losses(&bf16));
+    println!("fp32 losses {fp32_losses:.4?}\nbf16 losses {bf16_losses:.4?}");
+    for (a, b) in fp32_losses.iter().zip(&bf16_losses) {
+        assert!((a - b).abs() / a < 0.01, "bf16 loss {b} strays from fp32 {a}");
+    }
+    let diff = max_difference(&weights(&single, "sft"), &weights(&bf16, "sft"));
+    assert!(diff > 0.0 && diff < 0.02, "bf16 weights should be near, not equal, to fp32's: {diff}");
+    assert!(state_bytes(&bf16, "sft") > 1.4 * state_bytes(&single, "sft"), "bf16 keeps fp32 master weights besides the moments");
+    let _ = std::fs::remove_dir_all(&dir);
+}

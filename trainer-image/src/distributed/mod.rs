@@ -25,21 +25,23 @@ pub struct Dist {
     /// None for a single process.
     pub group: Option<Rc<ProcessGroup>>,
     pub strategy: Strategy,
+    /// AdamW state and fp32 master weights live in CPU memory; the step runs there.
+    pub offload_optimizer: bool,
 }
 
 impl Dist {
     pub fn single() -> Self {
-        Self { topology: Topology::single(), group: None, strategy: Strategy::Ddp }
+        Self { topology: Topology::single(), group: None, strategy: Strategy::Ddp, offload_optimizer: false }
     }
 
     /// Joins the other ranks (nothing to join for world 1).
-    pub fn connect(topology: Topology, strategy: Strategy, timeout: Duration) -> Result<Self> {
+    pub fn connect(topology: Topology, strategy: Strategy, offload_optimizer: bool, timeout: Duration) -> Result<Self> {
         let group = if topology.world > 1 {
             Some(Rc::new(ProcessGroup::connect(&topology.master_addr, topology.master_port, topology.rank, topology.world, timeout)?))
         } else {
             None
         };
-        Ok(Self { topology, group, strategy })
+        Ok(Self { topology, group, strategy, offload_optimizer })
     }
 
     pub fn world(&self) -> usize {

@@ -57,7 +57,8 @@ pub fn positions_and_mask(t: i64, attention_mask: &Tensor) -> (Tensor, Tensor) {
 /// Masked scores get the most negative finite value (as HF does), so fully masked rows give no NaN.
 pub fn attend(q: &Tensor, k: &Tensor, v: &Tensor, mask: &Tensor) -> Tensor {
     let hs = q.size()[3];
-    let scores = q.matmul(&k.transpose(-2, -1)) / (hs as f64).sqrt(); // (B, nh, T, S)
+    // Scores and softmax in fp32 (masking with f32::MIN does not fit lower precisions).
+    let scores = (q.matmul(&k.transpose(-2, -1)) / (hs as f64).sqrt()).to_kind(Kind::Float); // (B, nh, T, S)
     let probs = scores.masked_fill(&mask.logical_not(), f32::MIN as f64).softmax(-1, Kind::Float).to_kind(q.kind());
     probs.matmul(v) // (B, nh, T, hs)
 }

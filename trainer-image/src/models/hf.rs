@@ -55,8 +55,9 @@ fn weight_files(dir: &Path) -> Result<Vec<PathBuf>> {
 pub fn write_folder(dir: &Path, config: &serde_json::Value, tensors: &[(String, Tensor)]) -> Result<()> {
     std::fs::create_dir_all(dir).map_err(|source| Error::Write { path: dir.into(), source })?;
     let weights_tmp = dir.join(format!("{WEIGHTS_FILE}.tmp"));
+    // fp32 on disk whatever the training precision (config.json says float32).
     let contiguous: Vec<(String, Tensor)> =
-        tensors.iter().map(|(n, t)| (n.clone(), t.to_device(tch::Device::Cpu).contiguous())).collect();
+        tensors.iter().map(|(n, t)| (n.clone(), t.to_device(tch::Device::Cpu).to_kind(tch::Kind::Float).contiguous())).collect();
     Tensor::write_safetensors(&contiguous, &weights_tmp)?;
     let config_tmp = dir.join(format!("{CONFIG_FILE}.tmp"));
     let text = serde_json::to_string_pretty(config).expect("a JSON value serializes");

@@ -56,9 +56,9 @@ pub trait CausalLm: std::fmt::Debug {
         self.forward(input_ids, mask, &mut KvCache::default())
     }
 
-    /// Next-token logits (B, T, V) of a whole sequence.
+    /// Next-token logits (B, T, V) of a whole sequence, in fp32 whatever the weights' dtype.
     fn logits(&self, input_ids: &Tensor, attention_mask: Option<&Tensor>) -> Tensor {
-        self.lm_head(&self.hidden_states(input_ids, attention_mask))
+        self.lm_head(&self.hidden_states(input_ids, attention_mask)).to_kind(tch::Kind::Float)
     }
 }
 

@@ -96,8 +96,11 @@ impl Projection {
         let p = parts.fold(first, |p, c| p.sub(c));
         let (d_in, d_out) = self.dims();
         let bound = 1.0 / (d_in as f64).sqrt();
-        let a = p.sub("lora_A").var("weight", &[r, d_in], Init::Uniform { lo: -bound, up: bound });
-        let b = p.sub("lora_B").var("weight", &[d_out, r], Init::Const(0.0));
+        let mut a = p.sub("lora_A").var("weight", &[r, d_in], Init::Uniform { lo: -bound, up: bound });
+        let mut b = p.sub("lora_B").var("weight", &[d_out, r], Init::Const(0.0));
+        for t in [&mut a, &mut b] {
+            t.set_data(&t.to_kind(self.weight.kind())); // in place: the VarStore keeps tracking it
+        }
         let _ = self.adapter.set(Adapter { a, b, scale: alpha / r as f64, dropout, enabled: Cell::new(true) });
     }
 

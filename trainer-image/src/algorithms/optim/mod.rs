@@ -39,10 +39,10 @@ impl Optimizer {
         }
         tch::no_grad(|| params.iter().try_for_each(|(_, v)| dist.broadcast(v)))?;
         let strategy: Box<dyn Strategy> = match (&dist.group, dist.strategy) {
-            (None, _) => Box::new(Replicated::new(&params, None)),
-            (Some(g), StrategyKind::Ddp) => Box::new(Replicated::new(&params, Some(g.clone()))),
-            (Some(g), StrategyKind::Zero1) => Box::new(Sharded::new(&params, g.clone(), false)),
-            (Some(g), StrategyKind::Zero2) => Box::new(Sharded::new(&params, g.clone(), true)),
+            (None, _) => Box::new(Replicated::new(&params, None, dist.offload_optimizer)),
+            (Some(g), StrategyKind::Ddp) => Box::new(Replicated::new(&params, Some(g.clone()), dist.offload_optimizer)),
+            (Some(g), StrategyKind::Zero1) => Box::new(Sharded::new(&params, g.clone(), false, dist.offload_optimizer)),
+            (Some(g), StrategyKind::Zero2) => Box::new(Sharded::new(&params, g.clone(), true, dist.offload_optimizer)),
         };
         Ok(Self { params, strategy, lr: cfg.learning_rate, weight_decay: cfg.weight_decay, warmup: cfg.warmup_steps, max_grad_norm: cfg.max_grad_norm, step: 0 })
     }
@@ -75,10 +75,7 @@ impl Optimizer {
     /// Weights and AdamW moments, named `<prefix>.<kind>.<variable>`, for a checkpoint (every
     /// rank must call it: under ZeRO the moments are gathered).
     pub fn export(&self, prefix: &str, out: &mut Vec<(String, Tensor)>) -> Result<()> {
-        for (name, value) in &self.params {
-            out.push((format!("{prefix}.weight.{name}"), strategy::cpu_copy(value)));
-        }
-        self.strategy.export_moments(&self.params, prefix, out)
+        self.strategy.export_state(&self.params, prefix, out)
     }
 
     /// Restores what [`export`](Self::export) wrote, and the step counter.
@@ -94,7 +91,7 @@ impl Optimizer {
             }
             Ok(())
         })?;
-        self.strategy.import_moments(&self.params, prefix, tensors)?;
+        self.strategy.import_state(&self.params, prefix, tensors)?;
         self.step = step;
         Ok(())
     }

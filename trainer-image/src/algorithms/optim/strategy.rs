@@ -4,10 +4,14 @@
 //! weights, then all ranks gather the weights; `zero2`: gradients reduce-scattered, so each rank
 //! only ever receives its shard). Every strategy leaves the weights identical on all ranks, and
 //! checkpoints hold the full state in one format whatever the strategy or world size.
+//!
+//! The update always runs in fp32: with bf16 weights (or offload) a strategy keeps fp32 master
+//! weights, on the CPU when offloading (`offload: optimizer`), and copies the result back into
+//! the model's weights in their own dtype and device.
 use std::collections::HashMap;
 use std::rc::Rc;
 
-use tch::{Kind, Tensor};
+use tch::{Device, Kind, Tensor};
 
 use super::adamw;
 use crate::distributed::ProcessGroup;
@@ -28,10 +32,12 @@ pub trait Strategy {
     /// One step from this rank's local gradients (already divided so their sum over ranks is
     /// the global mean): combine them, clip by the global norm, apply AdamW, clear them.
     fn step(&mut self, params: &Params, s: &StepSettings) -> Result<()>;
-    /// The full AdamW moments as `<prefix>.exp_avg.<name>` / `<prefix>.exp_avg_sq.<name>`
-    /// (a collective under sharding: every rank must call it).
-    fn export_moments(&self, params: &Params, prefix: &str, out: &mut Vec<(String, Tensor)>) -> Result<()>;
-    fn import_moments(&mut self, params: &Params, prefix: &str, tensors: &HashMap<String, Tensor>) -> Result<()>;
+    /// The full state as `<prefix>.<kind>.<name>` with kinds `weight` (fp32 master weights when
+    /// kept, else the model's), `exp_avg`, `exp_avg_sq` (a collective under sharding: every
+    /// rank must call it).
+    fn export_state(&self, params: &Params, prefix: &str, out: &mut Vec<(String, Tensor)>) -> Result<()>;
+    /// Restores what export_state wrote (the model's weights are already restored).
+    fn import_state(&mut self, params: &Params, prefix: &str, tensors: &HashMap<String, Tensor>) -> Result<()>;
     /// Bytes of optimizer state this rank holds.
     fn state_bytes(&self) -> i64;
 }
@@ -87,11 +93,11 @@ fn total_numel(params: &Params) -> i64 {
 
 fn moment(tensors: &HashMap<String, Tensor>, key: String, like: &Tensor) -> Result<Tensor> {
     let t = tensors.get(&key).ok_or_else(|| Error::invalid("<checkpoint>", format!("{key} is missing")))?;
-    if t.size() != like.size() {
+    if t.numel() != like.numel() {
         return Err(Error::invalid("<checkpoint>", format!("{key} has shape {:?}, the model has {:?}", t.size(), like.size())));
     }
     let mut owned = like.zeros_like(); // a copy: the saved tensors must not alias live state
-    tch::no_grad(|| owned.copy_(t));
+    tch::no_grad(|| owned.copy_(&t.view_as(like)));
     Ok(owned)
 }
 
@@ -104,15 +110,32 @@ pub fn cpu_copy(t: &Tensor) -> Tensor {
 /// Elements per all-reduce in `ddp` (about 25 MB of fp32, like PyTorch DDP's buckets).
 const BUCKET_ELEMENTS: i64 = 25 * 1024 * 1024 / 4;
 
+/// Where the AdamW state lives: the CPU when offloading, else the weights' device.
+fn state_device(params: &Params, offload: bool) -> Device {
+    if offload { Device::Cpu } else { params[0].1.device() }
+}
+
+/// An fp32 copy of `v` on `device` that shares no storage with it.
+fn master_copy(v: &Tensor, device: Device) -> Tensor {
+    let copy = v.detach().to_device(device).to_kind(Kind::Float);
+    if copy.data_ptr() == v.data_ptr() { copy.copy() } else { copy }
+}
+
 /// Every rank keeps the full state; with a group (`ddp`), gradients are summed first.
 pub struct Replicated {
     group: Option<Rc<ProcessGroup>>,
     moments: Vec<(Tensor, Tensor)>,
+    /// fp32 master weights, when the model's weights are not fp32 or the state is offloaded.
+    master: Option<Vec<Tensor>>,
 }
 
 impl Replicated {
-    pub fn new(params: &Params, group: Option<Rc<ProcessGroup>>) -> Self {
-        Self { group, moments: params.iter().map(|(_, v)| (v.zeros_like(), v.zeros_like())).collect() }
+    pub fn new(params: &Params, group: Option<Rc<ProcessGroup>>, offload: bool) -> Self {
+        let device = state_device(params, offload);
+        let needs_master = offload || params.iter().any(|(_, v)| v.kind() != Kind::Float);
+        let master = needs_master.then(|| params.iter().map(|(_, v)| master_copy(v, device)).collect());
+        let zeros = |v: &Tensor| Tensor::zeros(v.size(), (Kind::Float, device));
+        Self { group, moments: params.iter().map(|(_, v)| (zeros(v), zeros(v))).collect(), master }
     }
 
     /// Sums gradients over ranks in buckets of consecutive variables.
@@ -151,10 +174,17 @@ impl Strategy for Replicated {
         let norm = grads.iter().filter(|g| g.defined()).map(|g| g.square().sum(Kind::Double).double_value(&[])).sum::<f64>().sqrt();
         let coef = adamw::clip_coefficient(norm, s.max_grad_norm);
         tch::no_grad(|| {
-            for (((_, value), grad), (m, v)) in params.iter().zip(&grads).zip(&mut self.moments) {
-                if grad.defined() {
-                    let mut value = value.shallow_clone();
-                    adamw::update(&mut value, &(grad * coef), m, v, s.lr, s.weight_decay, s.t);
+            for (i, (((_, value), grad), (m, v))) in params.iter().zip(&grads).zip(&mut self.moments).enumerate() {
+                if !grad.defined() {
+                    continue;
+                }
+                match &mut self.master {
+                    Some(master) => {
+                        let g = grad.to_device(m.device()).to_kind(Kind::Float) * coef;
+                        adamw::update(&mut master[i], &g, m, v, s.lr, s.weight_decay, s.t);
+                        value.shallow_clone().copy_(&master[i]);
+                    }
+                    None => adamw::update(&mut value.shallow_clone(), &(grad * coef), m, v, s.lr, s.weight_decay, s.t),
                 }
             }
         });
@@ -162,24 +192,30 @@ impl Strategy for Replicated {
         Ok(())
     }
 
-    fn export_moments(&self, params: &Params, prefix: &str, out: &mut Vec<(String, Tensor)>) -> Result<()> {
-        for ((name, _), (m, v)) in params.iter().zip(&self.moments) {
-            out.push((format!("{prefix}.exp_avg.{name}"), cpu_copy(m)));
-            out.push((format!("{prefix}.exp_avg_sq.{name}"), cpu_copy(v)));
+    fn export_state(&self, params: &Params, prefix: &str, out: &mut Vec<(String, Tensor)>) -> Result<()> {
+        for (i, ((name, value), (m, v))) in params.iter().zip(&self.moments).enumerate() {
+            let weight = self.master.as_ref().map_or(value, |master| &master[i]);
+            for (kind, t) in [("weight", weight), ("exp_avg", m), ("exp_avg_sq", v)] {
+                out.push((format!("{prefix}.{kind}.{name}"), cpu_copy(t)));
+            }
         }
         Ok(())
     }
 
-    fn import_moments(&mut self, params: &Params, prefix: &str, tensors: &HashMap<String, Tensor>) -> Result<()> {
-        for ((name, value), (m, v)) in params.iter().zip(&mut self.moments) {
-            *m = moment(tensors, format!("{prefix}.exp_avg.{name}"), value)?;
-            *v = moment(tensors, format!("{prefix}.exp_avg_sq.{name}"), value)?;
+    fn import_state(&mut self, params: &Params, prefix: &str, tensors: &HashMap<String, Tensor>) -> Result<()> {
+        for (i, ((name, _), (m, v))) in params.iter().zip(&mut self.moments).enumerate() {
+            *m = moment(tensors, format!("{prefix}.exp_avg.{name}"), m)?;
+            *v = moment(tensors, format!("{prefix}.exp_avg_sq.{name}"), v)?;
+            if let Some(master) = &mut self.master {
+                master[i] = moment(tensors, format!("{prefix}.weight.{name}"), &master[i])?;
+            }
         }
         Ok(())
     }
 
     fn state_bytes(&self) -> i64 {
-        self.moments.iter().map(|(m, v)| ((m.numel() + v.numel()) * 4) as i64).sum()
+        let master: usize = self.master.iter().flatten().map(Tensor::numel).sum();
+        self.moments.iter().map(|(m, v)| ((m.numel() + v.numel()) * 4) as i64).sum::<i64>() + (master * 4) as i64
     }
 }
 
@@ -189,17 +225,31 @@ pub struct Sharded {
     /// zero2: reduce-scatter the gradients instead of summing them everywhere.
     reduce_scatter: bool,
     shard: i64,
+    /// This rank's fp32 master weights, when the model's are not fp32 or the state is offloaded
+    /// (otherwise the shard is read from the weights at each step).
+    master: Option<Tensor>,
+    /// This rank's moments (on the CPU when offloading).
     exp_avg: Tensor,
     exp_avg_sq: Tensor,
 }
 
 impl Sharded {
-    pub fn new(params: &Params, group: Rc<ProcessGroup>, reduce_scatter: bool) -> Self {
+    pub fn new(params: &Params, group: Rc<ProcessGroup>, reduce_scatter: bool, offload: bool) -> Self {
         let world = group.world() as i64;
         let shard = (total_numel(params) + world - 1) / world;
-        let like = &params[0].1;
-        let zeros = || Tensor::zeros([shard], (Kind::Float, like.device()));
-        Self { exp_avg: zeros(), exp_avg_sq: zeros(), group, reduce_scatter, shard }
+        let device = state_device(params, offload);
+        let zeros = || Tensor::zeros([shard], (Kind::Float, device));
+        let needs_master = offload || params.iter().any(|(_, v)| v.kind() != Kind::Float);
+        let mut me = Self { exp_avg: zeros(), exp_avg_sq: zeros(), master: None, group, reduce_scatter, shard };
+        if needs_master {
+            me.master = Some(me.weights_shard(params).to_device(device));
+        }
+        me
+    }
+
+    /// This rank's shard of the model's current weights, in fp32.
+    fn weights_shard(&self, params: &Params) -> Tensor {
+        self.mine(&flat_values(params, self.padded()).to_kind(Kind::Float))
     }
 
     fn padded(&self) -> i64 {
@@ -220,7 +270,7 @@ impl Sharded {
 
 impl Strategy for Sharded {
     fn step(&mut self, params: &Params, s: &StepSettings) -> Result<()> {
-        let flat = flat_grads(params, self.padded());
+        let flat = flat_grads(params, self.padded()).to_kind(Kind::Float); // reduce in fp32
         let grad = if self.reduce_scatter {
             let out = Tensor::zeros([self.shard], (flat.kind(), flat.device()));
             self.group.reduce_scatter_sum(&out, &flat)?;
@@ -229,10 +279,14 @@ impl Strategy for Sharded {
             self.group.all_reduce_sum(&flat)?;
             self.mine(&flat)
         };
+        let grad = grad.to_device(self.exp_avg.device());
         let norm_sq = grad.square().sum(Kind::Float).reshape([1]);
         self.group.all_reduce_sum(&norm_sq)?;
         let coef = adamw::clip_coefficient(norm_sq.double_value(&[0]).sqrt(), s.max_grad_norm);
-        let mut value = self.mine(&flat_values(params, self.padded()));
+        let mut value = match &self.master {
+            Some(master) => master.shallow_clone(),
+            None => self.weights_shard(params),
+        };
         tch::no_grad(|| adamw::update(&mut value, &(grad * coef), &mut self.exp_avg, &mut self.exp_avg_sq, s.lr, s.weight_decay, s.t));
         let full = self.gather(&value)?;
         tch::no_grad(|| {
@@ -244,8 +298,12 @@ impl Strategy for Sharded {
         Ok(())
     }
 
-    fn export_moments(&self, params: &Params, prefix: &str, out: &mut Vec<(String, Tensor)>) -> Result<()> {
-        for (kind, shard) in [("exp_avg", &self.exp_avg), ("exp_avg_sq", &self.exp_avg_sq)] {
+    fn export_state(&self, params: &Params, prefix: &str, out: &mut Vec<(String, Tensor)>) -> Result<()> {
+        let weights = match &self.master {
+            Some(master) => master.shallow_clone(),
+            None => self.weights_shard(params),
+        };
+        for (kind, shard) in [("weight", &weights), ("exp_avg", &self.exp_avg), ("exp_avg_sq", &self.exp_avg_sq)] {
             let full = self.gather(shard)?;
             for ((name, _), t) in params.iter().zip(unflatten(&full, params)) {
                 out.push((format!("{prefix}.{kind}.{name}"), cpu_copy(&t)));
@@ -254,16 +312,27 @@ impl Strategy for Sharded {
         Ok(())
     }
 
-    fn import_moments(&mut self, params: &Params, prefix: &str, tensors: &HashMap<String, Tensor>) -> Result<()> {
-        for (kind, target) in [("exp_avg", &mut self.exp_avg), ("exp_avg_sq", &mut self.exp_avg_sq)] {
-            let parts = params.iter().map(|(name, v)| Ok(moment(tensors, format!("{prefix}.{kind}.{name}"), v)?.flatten(0, -1))).collect::<Result<Vec<_>>>()?;
-            let flat = pad_to(&Tensor::cat(&parts, 0), self.shard * self.group.world() as i64);
-            *target = flat.narrow(0, self.group.rank() as i64 * self.shard, self.shard).contiguous();
+    fn import_state(&mut self, params: &Params, prefix: &str, tensors: &HashMap<String, Tensor>) -> Result<()> {
+        let (rank, shard, padded) = (self.group.rank() as i64, self.shard, self.padded());
+        let mine = |kind: &str, device: Device| -> Result<Tensor> {
+            let parts = params
+                .iter()
+                .map(|(name, v)| Ok(moment(tensors, format!("{prefix}.{kind}.{name}"), &v.to_kind(Kind::Float))?.flatten(0, -1)))
+                .collect::<Result<Vec<_>>>()?;
+            let flat = pad_to(&Tensor::cat(&parts, 0), padded);
+            Ok(flat.narrow(0, rank * shard, shard).to_device(device).contiguous())
+        };
+        let device = self.exp_avg.device();
+        self.exp_avg = mine("exp_avg", device)?;
+        self.exp_avg_sq = mine("exp_avg_sq", device)?;
+        if self.master.is_some() {
+            self.master = Some(mine("weight", device)?);
         }
         Ok(())
     }
 
     fn state_bytes(&self) -> i64 {
-        ((self.exp_avg.numel() + self.exp_avg_sq.numel()) * 4) as i64
+        let master = self.master.as_ref().map_or(0, Tensor::numel);
+        ((self.exp_avg.numel() + self.exp_avg_sq.numel() + master) * 4) as i64
     }
 }
