@@ -79,10 +79,16 @@ fn frozen<T>(loaded: (nn::VarStore, T)) -> (nn::VarStore, T) {
     (vs, model)
 }
 
-/// Adds the stage's LoRA adapters (if any) to a model about to train, freezing the rest except
-/// the variables starting with `keep_trainable`.
-fn with_lora(cfg: &TrainerConfig, lm: &dyn CausalLm, vs: &nn::VarStore, keep_trainable: &[&str]) -> Result<()> {
-    if let Some(l) = &cfg.stage.parallelism.lora {
+/// Prepares a model about to train: activation checkpointing when asked for, and the stage's
+/// LoRA adapters (if any), freezing the rest except the variables starting with `keep_trainable`.
+fn prepare_trainable(cfg: &TrainerConfig, lm: &dyn CausalLm, vs: &nn::VarStore, keep_trainable: &[&str]) -> Result<()> {
+    let p = &cfg.stage.parallelism;
+    if p.gradient_checkpointing && p.lora.as_ref().is_some_and(|l| l.dropout > 0.0) {
+        // Recomputed blocks would draw new dropout masks.
+        return Err(Error::invalid("<parallelism.gradientCheckpointing>", "cannot be combined with LoRA dropout > 0 yet; set lora.dropout to 0"));
+    }
+    lm.set_checkpointing(p.gradient_checkpointing);
+    if let Some(l) = &p.lora {
         let n = lora::attach(lm, vs, l, keep_trainable)?;
         let trainable: i64 = vs.variables().values().filter(|t| t.requires_grad()).map(|t| t.numel() as i64).sum();
         println!("{}: LoRA rank {} on {n} projections; {trainable} of {} weights train", cfg.stage.name, l.rank, parameter_count(vs));
@@ -177,7 +183,7 @@ fn run_sft(r: &mut StageRun<'_>) -> Result<()> {
     let t = &r.cfg.stage.training;
     let (vs, lm) = load_lm(r.cfg, &r.cfg.stage.models.init, r.device)?;
     check_tokenizer(&r.tok, lm.as_ref(), r.out())?;
-    with_lora(r.cfg, lm.as_ref(), &vs, &[])?;
+    prepare_trainable(r.cfg, lm.as_ref(), &vs, &[])?;
     let eval = |r: &StageRun<'_>| sft::held_out_loss(lm.as_ref(), &r.tok, &r.held_out, t.max_length, t.micro_batch_size as usize, r.device);
     if r.evaluate_at_start() {
         let loss = eval(r)?;
@@ -196,7 +202,7 @@ fn run_rm(r: &mut StageRun<'_>) -> Result<()> {
     let t = &r.cfg.stage.training;
     let (vs, head) = load_head(r.cfg, &r.cfg.stage.models.init, r.device)?;
     check_tokenizer(&r.tok, head.lm.as_ref(), r.out())?;
-    with_lora(r.cfg, head.lm.as_ref(), &vs, &[SCORE])?;
+    prepare_trainable(r.cfg, head.lm.as_ref(), &vs, &[SCORE])?;
     let eval = |r: &StageRun<'_>| rm::accuracy(&head, &r.tok, &r.held_out, t.max_length, t.micro_batch_size as usize, r.device);
     if r.evaluate_at_start() {
         let accuracy = eval(r)?;
@@ -216,7 +222,7 @@ fn run_dpo(r: &mut StageRun<'_>) -> Result<()> {
     let params = s.dpo.clone().ok_or_else(|| Error::invalid("<config>", "a dpo stage without dpo settings"))?;
     let (vs, policy) = load_lm(r.cfg, &s.models.init, r.device)?;
     check_tokenizer(&r.tok, policy.as_ref(), r.out())?;
-    with_lora(r.cfg, policy.as_ref(), &vs, &[])?;
+    prepare_trainable(r.cfg, policy.as_ref(), &vs, &[])?;
     let loaded_reference = load_reference(r.cfg, r.device)?;
     let base = WithoutAdapters(policy.as_ref());
     let (reference, ref_vs) = reference_view(&loaded_reference, &base, &vs);
@@ -243,13 +249,13 @@ fn run_ppo(r: &mut StageRun<'_>) -> Result<()> {
     let missing = |role: &str| Error::invalid("<config>", format!("a ppo stage without a {role} source"));
     let (actor_vs, actor) = load_lm(r.cfg, &s.models.init, r.device)?;
     check_tokenizer(&r.tok, actor.as_ref(), r.out())?;
-    with_lora(r.cfg, actor.as_ref(), &actor_vs, &[])?;
+    prepare_trainable(r.cfg, actor.as_ref(), &actor_vs, &[])?;
     let loaded_reference = load_reference(r.cfg, r.device)?;
     let base = WithoutAdapters(actor.as_ref());
     let (reference, reference_vs) = reference_view(&loaded_reference, &base, &actor_vs);
     let (reward_vs, reward) = frozen(load_head(r.cfg, s.models.reward_model.as_ref().ok_or_else(|| missing("reward model"))?, r.device)?);
     let (critic_vs, critic) = load_head(r.cfg, s.models.critic.as_ref().ok_or_else(|| missing("critic"))?, r.device)?;
-    with_lora(r.cfg, critic.lm.as_ref(), &critic_vs, &[SCORE])?;
+    prepare_trainable(r.cfg, critic.lm.as_ref(), &critic_vs, &[SCORE])?;
     let models = ppo::Models {
         actor: actor.as_ref(),
         actor_vs: &actor_vs,

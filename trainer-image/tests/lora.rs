@@ -1,6 +1,7 @@
 //! LoRA: adapters start as a no-op, only they train, switching them off gives the base model
 //! back (PPO's and DPO's reference), a saved folder is the plain model with the adapters merged,
-//! and a LoRA stage checkpoints only the adapters.
+//! and a LoRA stage (here with zero2, offload and activation checkpointing too) checkpoints only
+//! the adapters.
 mod common;
 
 use std::process::Command;
@@ -69,7 +70,7 @@ fn adapters_train_alone_switch_off_and_merge_on_save() {
 }
 
 #[test]
-fn a_lora_stage_checkpoints_only_adapters_and_ppo_reuses_the_base_as_reference() {
+fn lora_composes_with_zero2_offload_and_checkpointing_and_ppo_reuses_the_base() {
     let dir = scratch("lora-stage");
     let stages = "
     - {name: sft, kind: sft, dataset: {synthetic: {task: copy, samples: 32}}, training: {batchSize: 8, microBatchSize: 4, maxLength: 32, maxSteps: 2}}
@@ -82,7 +83,7 @@ fn a_lora_stage_checkpoints_only_adapters_and_ppo_reuses_the_base_as_reference()
       training: {batchSize: 8, microBatchSize: 2, maxSteps: 2, maxLength: 32}
       ppo: {rolloutBatchSize: 8, generation: {maxNewTokens: 6}}
 ";
-    let manifest = tiny_job("lora", stages).replace("  stages:", "  parallelism: {nodes: 1, gpusPerNode: 2, strategy: zero2, lora: {rank: 4}}\n  stages:");
+    let manifest = tiny_job("lora", stages).replace("  stages:", "  parallelism: {nodes: 1, gpusPerNode: 2, strategy: zero2, offload: all, gradientCheckpointing: true, lora: {rank: 4}}\n  stages:");
     let path = dir.join("job.yaml");
     std::fs::write(&path, manifest).unwrap();
     let out = Command::new(env!("CARGO_BIN_EXE_rlhf-trainer")).args(["local", path.to_str().unwrap(), "--output", dir.join("run").to_str().unwrap()]).output().unwrap();

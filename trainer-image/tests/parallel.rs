@@ -113,10 +113,14 @@ fn losses(run: &Path) -> Vec<f64> {
 }
 
 #[test]
-fn offloading_the_optimizer_and_bf16_keep_training_the_same() {
+fn offload_checkpointing_and_bf16_keep_training_the_same() {
     let dir = scratch("parallel-offload");
     let single = run(&dir, "single", &job("{nodes: 1, gpusPerNode: 1}", 4));
-    for (name, parallelism) in [("offload", "{nodes: 1, gpusPerNode: 1, offload: optimizer}"), ("zero2-offload", "{nodes: 1, gpusPerNode: 2, strategy: zero2, offload: all}")] {
+    for (name, parallelism) in [
+        ("offload", "{nodes: 1, gpusPerNode: 1, offload: optimizer}"),
+        ("checkpointing", "{nodes: 1, gpusPerNode: 1, gradientCheckpointing: true}"),
+        ("zero2-offload-checkpointing", "{nodes: 1, gpusPerNode: 2, strategy: zero2, offload: all, gradientCheckpointing: true}"),
+    ] {
         let other = run(&dir, name, &job(parallelism, 4));
         let diff = max_difference(&weights(&single, "sft"), &weights(&other, "sft"));
         println!("{name}: max weight difference to the plain run after 4 steps {diff:.2e}");

@@ -49,7 +49,7 @@ pub fn train(
     let triples = preference_triples(examples)?;
     let (reference, reference_vs) = reference;
     let flops_per_token = 6.0 * parameter_count(vs) as f64 + 2.0 * parameter_count(reference_vs) as f64;
-    supervised::run(vs, cfg, triples.len(), None, flops_per_token, progress, |micro| {
+    supervised::run(&[policy], vs, cfg, triples.len(), None, flops_per_token, progress, |micro| {
         let b = micro_pair_batch(tok, &triples, micro, cfg.max_length, device)?;
         let (rc, rr) = tch::no_grad(|| halves(&sequence_logprobs(reference, &b)));
         let (pc, pr) = halves(&sequence_logprobs(policy, &b));

@@ -20,6 +20,14 @@ pub fn continuation_logprobs(model: &dyn CausalLm, ids: &Tensor, attention_mask:
     (losses::token_logprobs(&logits, &ids.narrow(1, start, n)), logits)
 }
 
+/// `loss.backward()`, then the rest of the backward pass of `models`' checkpointed forwards.
+pub fn backward(loss: &Tensor, models: &[&dyn CausalLm]) {
+    loss.backward();
+    for m in models {
+        m.finish_backward();
+    }
+}
+
 /// (first, second) halves of a batch's per-row values: pair batches hold chosen rows, then rejected.
 pub fn halves(x: &Tensor) -> (Tensor, Tensor) {
     let half = x.size()[0] / 2;

@@ -47,7 +47,7 @@ fn scores(rm: &ScalarHead, batch: &SequenceBatch) -> (Tensor, Tensor) {
 pub fn train(rm: &ScalarHead, vs: &nn::VarStore, tok: &Tokenizer, examples: &[Example], cfg: &ResolvedTraining, device: Device, progress: &mut Progress) -> Result<Vec<f64>> {
     let triples = preference_triples(examples)?;
     let flops_per_token = 6.0 * parameter_count(vs) as f64;
-    supervised::run(vs, cfg, triples.len(), Some("rm_accuracy"), flops_per_token, progress, |micro| {
+    supervised::run(&[rm.lm.as_ref()], vs, cfg, triples.len(), Some("rm_accuracy"), flops_per_token, progress, |micro| {
         let b = micro_pair_batch(tok, &triples, micro, cfg.max_length, device)?;
         let (chosen, rejected) = scores(rm, &b);
         let (loss, accuracy) = pairwise_rm_loss(&chosen, &rejected);

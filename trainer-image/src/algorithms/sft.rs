@@ -32,7 +32,7 @@ fn batch_of(tok: &Tokenizer, pairs: &[(&str, &str)], max_length: u32, device: De
 pub fn train(model: &dyn CausalLm, vs: &nn::VarStore, tok: &Tokenizer, examples: &[Example], cfg: &ResolvedTraining, device: Device, progress: &mut Progress) -> Result<Vec<f64>> {
     let pairs = pairs(examples)?;
     let flops_per_token = 6.0 * parameter_count(vs) as f64;
-    supervised::run(vs, cfg, pairs.len(), None, flops_per_token, progress, |micro| {
+    supervised::run(&[model], vs, cfg, pairs.len(), None, flops_per_token, progress, |micro| {
         let picked: Vec<_> = micro.iter().map(|&i| pairs[i]).collect();
         let b = batch_of(tok, &picked, cfg.max_length, device)?;
         let logits = model.logits(&b.input_ids, Some(&b.attention_mask));

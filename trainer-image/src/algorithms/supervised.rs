@@ -7,7 +7,9 @@
 use serde_json::json;
 use tch::{Tensor, nn};
 
+use super::backward;
 use super::optim::{Optimizer, batches};
+use crate::models::CausalLm;
 use crate::checkpoint::Snapshot;
 use crate::error::Result;
 use crate::progress::{PhaseClock, Progress};
@@ -25,10 +27,13 @@ pub struct Micro {
 /// The training model's prefix in checkpoints.
 const MODEL: &str = "model";
 
-/// Runs the loop. `metric` names the micro-batches' metric in the records (None: not logged);
+/// Runs the loop over the trained `models` (their checkpointed forwards are completed after each
+/// backward). `metric` names the micro-batches' metric in the records (None: not logged);
 /// `flops_per_token` is the forward-and-backward cost of one position (README: FLOP formula).
 /// Returns the losses of the steps run by this call.
+#[allow(clippy::too_many_arguments)] // each is a distinct input of the loop
 pub fn run(
+    models: &[&dyn CausalLm],
     vs: &nn::VarStore,
     cfg: &ResolvedTraining,
     examples: usize,
@@ -51,7 +56,7 @@ pub fn run(
         let (mut loss_sum, mut metric_sum, mut tokens) = (0.0, 0.0, 0i64);
         for micro in step_batches.iter().skip(rank).step_by(world) {
             let out = micro_loss(micro)?;
-            (&out.loss / share).backward();
+            backward(&(&out.loss / share), models);
             loss_sum += out.loss.double_value(&[]) / share;
             metric_sum += out.metric / share;
             tokens += out.tokens;

@@ -9,6 +9,7 @@ use tch::nn::{self, Init, Module};
 use tch::{Device, Tensor};
 
 use super::projection::{Layout, Projection};
+use super::recompute::Recompute;
 use super::{CausalLm, KvCache, common, hf};
 use crate::error::{Error, Result};
 
@@ -168,6 +169,7 @@ pub struct Gpt2 {
     wpe: Tensor,
     blocks: Vec<Block>,
     ln_f: nn::LayerNorm,
+    recompute: Recompute,
 }
 
 impl Gpt2 {
@@ -180,7 +182,12 @@ impl Gpt2 {
         let wpe = (&t / "wpe").var("weight", &[config.n_positions, config.n_embd], emb);
         let blocks = (0..config.n_layer).map(|i| Block::new(&t / "h" / i, &config)).collect();
         let ln_f = nn::layer_norm(&t / "ln_f", vec![config.n_embd], nn::LayerNormConfig { eps: config.layer_norm_epsilon, ..Default::default() });
-        Ok(Self { config, wte, wpe, blocks, ln_f })
+        Ok(Self { config, wte, wpe, blocks, ln_f, recompute: Recompute::default() })
+    }
+
+    /// Token plus position embeddings.
+    fn embed(&self, input_ids: &Tensor, positions: &Tensor) -> Tensor {
+        common::embed(&self.wte, input_ids) + common::embed(&self.wpe, positions)
     }
 
     /// Loads a Hugging Face GPT-2 folder onto `device`.
@@ -206,7 +213,13 @@ impl CausalLm for Gpt2 {
     fn forward(&self, input_ids: &Tensor, attention_mask: &Tensor, cache: &mut KvCache) -> Tensor {
         let t = input_ids.size()[1];
         let (positions, mask) = common::positions_and_mask(t, attention_mask);
-        let mut x = common::embed(&self.wte, input_ids) + common::embed(&self.wpe, &positions);
+        if self.recompute.active(cache.len()) {
+            let x0 = tch::no_grad(|| self.embed(input_ids, &positions));
+            let block = |i: usize, x: &Tensor| self.blocks[i].forward(x, &mask, &mut KvCache::default(), i);
+            let last = self.recompute.forward(x0, self.blocks.len(), block, vec![input_ids.shallow_clone(), positions.shallow_clone(), mask.shallow_clone()]);
+            return self.ln_f.forward(&last);
+        }
+        let mut x = self.embed(input_ids, &positions);
         for (i, block) in self.blocks.iter().enumerate() {
             x = block.forward(&x, &mask, cache, i);
         }
@@ -220,6 +233,15 @@ impl CausalLm for Gpt2 {
 
     fn projections(&self) -> Vec<&Projection> {
         self.blocks.iter().flat_map(|b| [&b.attn.c_attn, &b.attn.c_proj, &b.mlp.c_fc, &b.mlp.c_proj]).collect()
+    }
+
+    fn set_checkpointing(&self, on: bool) {
+        self.recompute.set_enabled(on);
+    }
+
+    /// Context: [ids, positions, mask].
+    fn finish_backward(&self) {
+        self.recompute.backward(|i, x, c| self.blocks[i].forward(x, &c[2], &mut KvCache::default(), i), |c| self.embed(&c[0], &c[1]));
     }
 }
 

@@ -9,6 +9,7 @@ use tch::nn::{self, Init, Module};
 use tch::{Device, Kind, Tensor};
 
 use super::projection::{Layout, Projection};
+use super::recompute::Recompute;
 use super::{CausalLm, KvCache, common, hf};
 use crate::error::{Error, Result};
 
@@ -237,6 +238,7 @@ pub struct Llama {
     norm: RmsNorm,
     /// None when tied to `embed_tokens`.
     lm_head: Option<Tensor>,
+    recompute: Recompute,
 }
 
 impl Llama {
@@ -250,7 +252,7 @@ impl Llama {
         let norm = RmsNorm::new(&m / "norm", config.hidden_size, config.rms_norm_eps);
         let lm_head = (!config.tie_word_embeddings)
             .then(|| (vs.root() / "lm_head").var("weight", &[config.vocab_size, config.hidden_size], init));
-        Ok(Self { config, embed_tokens, layers, norm, lm_head })
+        Ok(Self { config, embed_tokens, layers, norm, lm_head, recompute: Recompute::default() })
     }
 
     /// Loads a Hugging Face Llama folder onto `device`.
@@ -280,8 +282,16 @@ impl CausalLm for Llama {
     fn forward(&self, input_ids: &Tensor, attention_mask: &Tensor, cache: &mut KvCache) -> Tensor {
         let t = input_ids.size()[1];
         let (positions, mask) = common::positions_and_mask(t, attention_mask);
+        let kind = self.embed_tokens.kind();
+        let rope = rotary(&positions, self.config.head_dim(), self.config.rope_theta, kind);
+        if self.recompute.active(cache.len()) {
+            let x0 = tch::no_grad(|| common::embed(&self.embed_tokens, input_ids));
+            let block = |i: usize, x: &Tensor| self.layers[i].forward(x, &rope, &mask, &mut KvCache::default(), i);
+            let context = vec![input_ids.shallow_clone(), mask.shallow_clone(), rope.0.shallow_clone(), rope.1.shallow_clone()];
+            let last = self.recompute.forward(x0, self.layers.len(), block, context);
+            return self.norm.forward(&last);
+        }
         let mut x = common::embed(&self.embed_tokens, input_ids);
-        let rope = rotary(&positions, self.config.head_dim(), self.config.rope_theta, x.kind());
         for (i, layer) in self.layers.iter().enumerate() {
             x = layer.forward(&x, &rope, &mask, cache, i);
         }
@@ -290,6 +300,18 @@ impl CausalLm for Llama {
 
     fn lm_head(&self, hidden: &Tensor) -> Tensor {
         hidden.matmul(&self.lm_head.as_ref().unwrap_or(&self.embed_tokens).tr())
+    }
+
+    fn set_checkpointing(&self, on: bool) {
+        self.recompute.set_enabled(on);
+    }
+
+    /// Context: [ids, mask, cos, sin].
+    fn finish_backward(&self) {
+        self.recompute.backward(
+            |i, x, c| self.layers[i].forward(x, &(c[2].shallow_clone(), c[3].shallow_clone()), &c[1], &mut KvCache::default(), i),
+            |c| common::embed(&self.embed_tokens, &c[0]),
+        );
     }
 
     fn projections(&self) -> Vec<&Projection> {

@@ -78,4 +78,12 @@ impl CausalLm for WithoutAdapters<'_> {
     fn projections(&self) -> Vec<&Projection> {
         self.0.projections()
     }
+
+    fn set_checkpointing(&self, on: bool) {
+        self.0.set_checkpointing(on);
+    }
+
+    fn finish_backward(&self) {
+        self.0.finish_backward();
+    }
 }

@@ -6,6 +6,7 @@ pub mod hf;
 pub mod llama;
 pub mod lora;
 pub mod projection;
+pub mod recompute;
 
 use std::path::Path;
 
@@ -29,6 +30,10 @@ pub trait CausalLm: std::fmt::Debug {
     fn hidden_size(&self) -> i64;
     /// The blocks' linear projections (where LoRA adapters go).
     fn projections(&self) -> Vec<&projection::Projection>;
+    /// Turns activation checkpointing of training forwards on or off (recompute.rs).
+    fn set_checkpointing(&self, on: bool);
+    /// Completes the backward pass of checkpointed forwards; call right after `loss.backward()`.
+    fn finish_backward(&self);
 
     /// Writes `vs` (this model's variables) as a plain Hugging Face folder: LoRA adapters are
     /// merged into their weights.

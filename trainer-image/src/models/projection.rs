@@ -4,7 +4,9 @@
 use std::cell::{Cell, OnceCell};
 
 use tch::nn::{self, Init};
-use tch::{Kind, Tensor};
+use tch::Tensor;
+
+use super::recompute::grad_mode_enabled;
 
 /// How the weight matrix is stored.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -34,12 +36,6 @@ pub struct Projection {
     bias: Option<Tensor>,
     layout: Layout,
     adapter: OnceCell<Adapter>,
-}
-
-/// Whether autograd is recording (tch has no query for it): a product with a leaf that requires
-/// grad requires grad only then.
-fn grad_mode_enabled() -> bool {
-    (Tensor::ones([1], (Kind::Float, tch::Device::Cpu)).set_requires_grad(true) * 2.0).requires_grad()
 }
 
 impl Projection {

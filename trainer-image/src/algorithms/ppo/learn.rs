@@ -2,7 +2,7 @@
 //! the round's experience in micro-batches, plus InstructGPT's optional pretraining (ptx) loss.
 use tch::{Kind, Tensor};
 
-use super::super::continuation_logprobs;
+use super::super::{backward, continuation_logprobs};
 use super::super::losses::{entropy_from_logits, masked_mean, policy_loss, sft_loss, value_loss};
 use super::super::optim::Optimizer;
 use super::Models;
@@ -56,11 +56,11 @@ pub fn learn(
                 ptx_tokens += batch.input_ids.numel() as i64;
                 actor_loss += ptx * ppo.ptx_coef;
             }
-            (actor_loss * loss_scale).backward();
+            backward(&(actor_loss * loss_scale), &[m.actor]);
             actor_opt.step()?;
             let values = critic_values(m.critic, &seq, &attn, exp.prompt_len);
             let vl = value_loss(&values, &rows(&exp.values, &idx), &rows(&exp.returns, &idx), &mask, ppo.value_clip_range);
-            (&vl * loss_scale).backward();
+            backward(&(&vl * loss_scale), &[m.critic.lm.as_ref()]);
             critic_opt.step()?;
             for (s, v) in sums.iter_mut().zip([&pl, &vl, &clip, &entropy]) {
                 *s += v.double_value(&[]);
