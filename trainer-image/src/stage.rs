@@ -5,7 +5,7 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use rlhf_spec::{BaseWeights, StageKind, TrainerConfig, WeightsSource};
+use rlhf_spec::{BaseWeights, Offload, StageKind, TrainerConfig, WeightsSource};
 use serde_json::{Value, json};
 use tch::{Device, nn};
 
@@ -281,7 +281,8 @@ fn run_ppo(r: &mut StageRun<'_>) -> Result<()> {
         r.evaluate(0, values);
     }
     let data = ppo::Data { tok: &r.tok, prompts: &r.train, ptx: &ptx };
-    ppo::train(&models, &data, &s.training, &params, r.device, &mut r.progress)?;
+    let offload_inference = matches!(s.parallelism.offload, Offload::InferenceModels | Offload::All);
+    ppo::train(&models, &data, &s.training, &params, r.device, offload_inference, &mut r.progress)?;
     if !r.leader() {
         return Ok(());
     }

@@ -38,6 +38,37 @@ pub struct Models<'a> {
     pub reward_vs: &'a nn::VarStore,
 }
 
+/// Moves every variable of `vs` to `device` in place (the models keep their handles).
+fn move_to(vs: &nn::VarStore, device: Device) {
+    tch::no_grad(|| {
+        for (_, mut t) in vs.variables() {
+            if t.device() != device {
+                t.set_data(&t.to_device(device));
+            }
+        }
+    });
+}
+
+impl Models<'_> {
+    /// The frozen inference models' weights that are not also the actor's (under LoRA the
+    /// reference is the actor itself).
+    fn parked(&self) -> Vec<&nn::VarStore> {
+        let mut out = vec![self.reward_vs];
+        if !std::ptr::eq(self.reference_vs, self.actor_vs) {
+            out.push(self.reference_vs);
+        }
+        out
+    }
+
+    /// `offload: inferenceModels`: reference and reward model wait on the CPU while the actor
+    /// and critic learn, and come back to `device` to make experience.
+    fn place_inference_models(&self, device: Device) {
+        for vs in self.parked() {
+            move_to(vs, device);
+        }
+    }
+}
+
 /// The data of a PPO stage: prompts, and prompt/response pairs for the ptx loss (may be empty).
 pub struct Data<'a> {
     pub tok: &'a Tokenizer,
@@ -91,7 +122,17 @@ fn round_record(round: u64, exp: &experience::Experience, kl_coef: f64, l: &Lear
 /// and learns from its share); rounds continue for `epochs` passes over the prompts or until
 /// `maxSteps` rounds. Every round is recorded in `progress`; a restart
 /// resumes from the newest checkpoint (weights, optimizer moments, RNG, KL controller).
-pub fn train(m: &Models<'_>, data: &Data<'_>, cfg: &ResolvedTraining, ppo: &ResolvedPpo, device: Device, progress: &mut Progress) -> Result<Vec<Value>> {
+/// With `offload_inference`, reference and reward model live on the CPU outside experience making.
+#[allow(clippy::too_many_arguments)] // each is a distinct input of the stage
+pub fn train(
+    m: &Models<'_>,
+    data: &Data<'_>,
+    cfg: &ResolvedTraining,
+    ppo: &ResolvedPpo,
+    device: Device,
+    offload_inference: bool,
+    progress: &mut Progress,
+) -> Result<Vec<Value>> {
     let prompts = prompts_of(data.prompts)?;
     let ptx = super::sft::pairs(data.ptx)?;
     let (rank, world) = (progress.dist().rank(), progress.dist().world());
@@ -124,7 +165,13 @@ pub fn train(m: &Models<'_>, data: &Data<'_>, cfg: &ResolvedTraining, ppo: &Reso
         let mine = &picked[rank * per_rank..(rank + 1) * per_rank];
         let seed = (cfg.seed as i64).wrapping_add(round as i64).wrapping_add((rank as i64) << 32);
         let sampling = Sampling { tok: data.tok, generation: &ppo.generation, max_length: cfg.max_length, seed };
+        if offload_inference {
+            m.place_inference_models(device);
+        }
         let exp = make_experience(m, mine, &sampling, ppo, kl_ctl.value(), device)?;
+        if offload_inference {
+            m.place_inference_models(Device::Cpu);
+        }
         let positions = exp.positions() as f64 * world as f64;
         let exp_flops = experience_flops(m, positions);
         let experience_phase = clock.rates(rollout as f64, positions, exp_flops);
@@ -158,6 +205,9 @@ pub fn train(m: &Models<'_>, data: &Data<'_>, cfg: &ResolvedTraining, ppo: &Reso
             let state = json!({"round": round, "rng": rng.0, "kl_coef": kl_ctl.value(), "actor_steps": actor_opt.steps(), "critic_steps": critic_opt.steps()});
             Ok(Snapshot { step: round, tensors, state })
         })?;
+    }
+    if offload_inference {
+        m.place_inference_models(device); // the held-out evaluation after training uses them
     }
     Ok(records)
 }
