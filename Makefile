@@ -36,6 +36,6 @@ demo: deps build
 	bash scripts/demo.sh
 
 ## Benchmarks (results in bench/results/): scale (100 RLHFJobs x 4 pods through the operator vs
-## direct pod creates) and the cpu-s PPO workload of the trainer.
+## direct pod creates), the cpu-s PPO workload of the trainer, PPO peak memory per memory lever.
 bench: deps build
 	bash scripts/bench.sh

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
-# `make bench`: the scale benchmark against a throw-away control plane (always stopped), then the
-# cpu-s PPO workload of the trainer; results under bench/results/. `scripts/bench.sh scale` or
-# `scripts/bench.sh ppo` runs one of them.
+# `make bench`: the scale benchmark against a throw-away control plane (always stopped), the
+# cpu-s PPO workload of the trainer, and PPO's peak memory under each memory lever; results under
+# bench/results/. `scripts/bench.sh scale|ppo|memory` runs one of them.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 WHICH="${1:-all}"
@@ -18,6 +18,7 @@ scale() {
 case "$WHICH" in
     scale) scale ;;
     ppo) ./target/release/rlhf-bench-ppo --out bench/results ;;
-    all) scale; ./target/release/rlhf-bench-ppo --out bench/results ;;
-    *) echo "usage: scripts/bench.sh [scale|ppo|all]" >&2; exit 2 ;;
+    memory) ./target/release/rlhf-bench-memory --out bench/results ;;
+    all) scale; ./target/release/rlhf-bench-ppo --out bench/results; ./target/release/rlhf-bench-memory --out bench/results ;;
+    *) echo "usage: scripts/bench.sh [scale|ppo|memory|all]" >&2; exit 2 ;;
 esac

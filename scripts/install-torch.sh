@@ -15,4 +15,10 @@ if [ ! -f "$MARKER" ]; then
     torch==2.11.0 transformers==4.57.1 safetensors numpy >&2
   touch "$MARKER"
 fi
+# CUDA headers the trainer's NCCL shim compiles against (nccl.h comes with torch's own
+# nvidia-nccl-cu13); small, and added to environments made before they were needed.
+if ! compgen -G "$VENV/lib/python3*/site-packages/nvidia/cu13/include/crt/host_config.h" >/dev/null; then
+  "$VENV/bin/pip" install -q --disable-pip-version-check --cache-dir "$HOME/.cache/pip" --no-deps \
+    nvidia-cuda-crt==13.0.88 nvidia-cuda-cccl==13.0.85 >&2
+fi
 echo "$VENV"

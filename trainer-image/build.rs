@@ -15,12 +15,24 @@ fn main() {
     build_process_group_shim(&libtorch);
 }
 
-/// csrc/process_group.cpp: c10d's TCPStore and ProcessGroupGloo (in libtorch_cpu) behind a C
-/// interface. The wheel has no Gloo headers; csrc/gloo-stubs declares what c10d's header needs.
+/// NCCL's and CUDA's header folders from the pip wheels next to torch (nvidia-nccl-cu13, and
+/// nvidia-cuda-runtime/-crt, which scripts/install-torch.sh adds), when all are there.
+fn nccl_includes(libtorch: &Path) -> Option<Vec<PathBuf>> {
+    let nvidia = libtorch.join("../nvidia");
+    let dirs = vec![nvidia.join("cu13/include"), nvidia.join("nccl/include")];
+    let needed = [dirs[0].join("cuda_runtime_api.h"), dirs[0].join("crt/host_config.h"), dirs[1].join("nccl.h")];
+    needed.iter().all(|f| f.exists()).then_some(dirs)
+}
+
+/// csrc/process_group*.cpp: c10d's TCPStore, ProcessGroupGloo (in libtorch_cpu) and, with
+/// NCCL's headers, ProcessGroupNCCL (in libtorch_cuda) behind a C interface. The wheel has no
+/// Gloo headers; csrc/gloo-stubs declares what c10d's header needs.
 fn build_process_group_shim(libtorch: &Path) {
-    println!("cargo:rerun-if-changed=csrc/process_group.cpp");
-    println!("cargo:rerun-if-changed=csrc/gloo-stubs");
-    cc::Build::new()
+    for file in ["csrc/process_group.cpp", "csrc/process_group_nccl.cpp", "csrc/process_group_no_nccl.cpp", "csrc/gloo-stubs"] {
+        println!("cargo:rerun-if-changed={file}");
+    }
+    let mut build = cc::Build::new();
+    build
         .cpp(true)
         .std("c++17")
         .file("csrc/process_group.cpp")
@@ -29,8 +41,20 @@ fn build_process_group_shim(libtorch: &Path) {
         .include("csrc/gloo-stubs")
         .define("_GLIBCXX_USE_CXX11_ABI", "1")
         .define("USE_C10D_GLOO", None)
-        .warnings(false)
-        .compile("rlhf_process_group");
+        .warnings(false);
+    match nccl_includes(libtorch) {
+        Some(dirs) => {
+            build.file("csrc/process_group_nccl.cpp").define("USE_C10D_NCCL", None);
+            for dir in dirs {
+                build.include(dir);
+            }
+        }
+        None => {
+            println!("cargo:warning=NCCL or CUDA headers not found next to libtorch: building without NCCL");
+            build.file("csrc/process_group_no_nccl.cpp");
+        }
+    }
+    build.compile("rlhf_process_group");
     println!("cargo:rustc-link-lib=dylib=torch_cpu");
 }
 

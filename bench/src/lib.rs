@@ -1,4 +1,6 @@
 //! What the benchmark binaries share.
+pub mod workload;
+
 use serde_json::{Value, json};
 
 /// CPU count and model, total memory: from /proc.

@@ -1,24 +1,13 @@
-//! `rlhf-bench-ppo`: the cpu-s PPO workload through `rlhf-trainer local`. Actor, reference,
-//! critic and reward model are random GPT-2s (the reward model after one `rm` step, since PPO
-//! takes it from a stage) (4 layers, 4 heads, hidden 256, vocab 50257,
-//! context 512); 64 prompts of 64 tokens; 64 new tokens each, top-k 50, temperature 1; rollout
-//! and train batch 8; 1 PPO epoch; 2 threads. Reports experience, learning and overall samples/s
-//! (from the trainer's per-round metrics log) and peak RSS, in bench/results/ppo-cpu-s-<date>.
-use std::path::{Path, PathBuf};
-use std::process::Command;
+//! `rlhf-bench-ppo`: the cpu-s PPO workload (workload.rs) through `rlhf-trainer local`. Reports
+//! experience, learning and overall samples/s (from the trainer's per-round metrics log) and
+//! peak RSS, in bench/results/ppo-cpu-s-<date>.
+use std::path::PathBuf;
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Result, bail};
 use clap::Parser;
 use rlhf_bench::machine;
+use rlhf_bench::workload::{self, CPU_S, PROMPT_TOKENS, PROMPTS, ROLLOUT, THREADS};
 use serde_json::{Value, json};
-
-/// Words that are one GPT-2 token each with their leading space, so a prompt of 64 of them is
-/// 64 tokens.
-const WORDS: [&str; 16] = [" the", " of", " and", " to", " in", " is", " that", " for", " it", " as", " was", " with", " be", " by", " on", " not"];
-const PROMPT_TOKENS: usize = 64;
-/// 64 trained + 9 held out (the trainer holds out an eighth for its evaluation).
-const PROMPTS: usize = 73;
-const THREADS: &str = "2";
 
 #[derive(Parser, Debug)]
 #[command(name = "rlhf-bench-ppo", about = "The cpu-s PPO workload")]
@@ -32,37 +21,6 @@ struct Args {
     #[arg(long, default_value = "bench/results")]
     out: PathBuf,
 }
-
-fn manifest(prompts: &Path) -> String {
-    format!(
-        "apiVersion: rlhf.dev/v1alpha1\nkind: RLHFJob\nmetadata: {{name: cpu-s}}\nspec:\n  image: unused\n  model:\n    family: gpt2\n    init: random\n    \
-         architecture: {{vocabSize: 50257, hiddenSize: 256, numLayers: 4, numHeads: 4, maxPositions: 512}}\n  stages:\n    \
-         - {{name: rm, kind: rm, dataset: {{synthetic: {{task: copy, samples: 16}}}}, training: {{batchSize: 8, maxSteps: 1, maxLength: 64}}}}\n    \
-         - name: ppo\n      kind: ppo\n      dependsOn: [rm]\n      \
-         dataset: {{path: {}}}\n      models: {{rewardModel: {{stage: rm}}}}\n      \
-         training: {{batchSize: 8, microBatchSize: 8, epochs: 1, maxLength: 512, checkpointEvery: 1000}}\n      \
-         ppo: {{rolloutBatchSize: 8, ppoEpochs: 1, generation: {{maxNewTokens: 64, temperature: 1.0, topK: 50}}}}\n",
-        prompts.display()
-    )
-}
-
-fn prompts() -> String {
-    let mut state = 12345u64;
-    (0..PROMPTS)
-        .map(|_| {
-            let text: String = (0..PROMPT_TOKENS)
-                .map(|_| {
-                    state = state.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407); // Knuth's LCG
-                    WORDS[(state >> 33) as usize % WORDS.len()]
-                })
-                .collect();
-            format!("{}\n", json!({"prompt": text}))
-        })
-        .collect()
-}
-
-/// Samples per round in every phase: the rollout batch, learned from once (1 PPO epoch).
-const ROLLOUT: f64 = 8.0;
 
 /// (samples/s, TFLOP/s) of `phase` over `rounds`: each round's seconds are its samples over its rate.
 fn rate(rounds: &[&Value], phase: &str) -> (f64, f64) {
@@ -80,25 +38,8 @@ fn rate(rounds: &[&Value], phase: &str) -> (f64, f64) {
 
 fn main() -> Result<()> {
     let args = Args::parse();
-    let _ = std::fs::remove_dir_all(&args.work);
-    std::fs::create_dir_all(&args.work)?;
-    let work = args.work.canonicalize()?;
-    let trainer = args.trainer.canonicalize().with_context(|| format!("{} (run `make build`)", args.trainer.display()))?;
-    std::fs::write(work.join("prompts.jsonl"), prompts())?;
-    std::fs::write(work.join("job.yaml"), manifest(&work.join("prompts.jsonl")))?;
-    println!("cpu-s PPO: {PROMPTS} prompts x {PROMPT_TOKENS} tokens, {THREADS} threads; run in {}", work.display());
-    let status = Command::new(&trainer)
-        .args(["local", "job.yaml", "--output", "run"])
-        .current_dir(&work)
-        .env("OMP_NUM_THREADS", THREADS)
-        .env("MKL_NUM_THREADS", THREADS)
-        .status()
-        .with_context(|| format!("running {}", trainer.display()))?;
-    if !status.success() {
-        bail!("rlhf-trainer failed: {status}");
-    }
-    let log = std::fs::read_to_string(work.join("run/ppo/metrics.jsonl"))?;
-    let records: Vec<Value> = log.lines().map(serde_json::from_str).collect::<Result<_, _>>()?;
+    println!("cpu-s PPO: {PROMPTS} prompts x {PROMPT_TOKENS} tokens, {THREADS} threads; run in {}", args.work.display());
+    let records = workload::run(&args.trainer, &args.work, |prompts| workload::manifest(&CPU_S, prompts, "{}", 8, None))?;
     let rounds: Vec<&Value> = records.iter().filter(|r| r.get("phases").is_some()).collect();
     if rounds.len() < 2 {
         bail!("expected several PPO rounds, got {}", rounds.len());
@@ -108,8 +49,8 @@ fn main() -> Result<()> {
     let (experience, experience_tflops) = rate(measured, "experience");
     let (learn, learn_tflops) = rate(measured, "learn");
     let (overall, overall_tflops) = rate(measured, "train");
-    let peak_rss = records.iter().filter_map(|r| r["memory"]["cpu"]["peak"].as_f64()).fold(0.0, f64::max) / f64::from(1 << 20);
-    let date = k8s_openapi::jiff::Timestamp::now().strftime("%Y-%m-%d").to_string();
+    let peak_rss = workload::peak_rss_mib(&records);
+    let date = workload::today();
     let m = machine();
     let result = json!({
         "date": date, "machine": m, "workload": "cpu-s", "threads": 2, "rounds": rounds.len(), "measuredRounds": measured.len(),

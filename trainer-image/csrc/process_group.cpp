@@ -1,6 +1,9 @@
-// A C interface to libtorch's c10d for the trainer: rendezvous through a TCPStore, a Gloo
-// process group, and the collectives the parallel strategies need. Every function catches C++
-// exceptions and reports them as a message in `err` (and a non-zero return or null).
+// A C interface to libtorch's c10d for the trainer: rendezvous through a TCPStore, a Gloo group
+// for CPU tensors and, when asked for, an NCCL group for CUDA tensors (process_group_nccl.cpp),
+// and the collectives the parallel strategies need, each sent to the group of its tensors'
+// device. Every function catches C++ exceptions and reports them as a message in `err` (and a
+// non-zero return or null).
+#include <torch/csrc/distributed/c10d/PrefixStore.hpp>
 #include <torch/csrc/distributed/c10d/ProcessGroupGloo.hpp>
 #include <torch/csrc/distributed/c10d/TCPStore.hpp>
 
@@ -8,8 +11,16 @@
 #include <cstdio>
 #include <string>
 
+// process_group_nccl.cpp: the NCCL group, or an error in builds without NCCL's headers.
+c10::intrusive_ptr<c10d::Backend> rlhf_make_nccl(const c10::intrusive_ptr<c10d::Store>& store, int rank, int world, int64_t timeout_ms);
+
 struct RlhfGroup {
-  c10::intrusive_ptr<c10d::ProcessGroupGloo> pg;
+  c10::intrusive_ptr<c10d::Backend> gloo;
+  c10::intrusive_ptr<c10d::Backend> nccl;  // null unless CUDA tensors are trained
+
+  c10d::Backend& for_tensor(const at::Tensor& t) {
+    return t.is_cuda() && nccl ? *nccl : *gloo;
+  }
 };
 
 namespace {
@@ -42,9 +53,10 @@ bool is_loopback(const std::string& host) {
 
 extern "C" {
 
-// Rendezvous at host:port (rank 0 serves the store) and a Gloo group of `world` ranks. Null on
-// failure, e.g. when a peer does not arrive within `timeout_ms`.
-RlhfGroup* rlhf_group_new(const char* host, uint16_t port, int32_t rank, int32_t world, int64_t timeout_ms, char* err, size_t err_len) {
+// Rendezvous at host:port (rank 0 serves the store) and a Gloo group of `world` ranks, plus an
+// NCCL group when `nccl` is non-zero. Null on failure, e.g. when a peer does not arrive within
+// `timeout_ms`.
+RlhfGroup* rlhf_group_new(const char* host, uint16_t port, int32_t rank, int32_t world, int64_t timeout_ms, int32_t nccl, char* err, size_t err_len) {
   RlhfGroup* group = nullptr;
   guarded(err, err_len, [&] {
     const auto timeout = std::chrono::milliseconds(timeout_ms);
@@ -59,7 +71,17 @@ RlhfGroup* rlhf_group_new(const char* host, uint16_t port, int32_t rank, int32_t
     // On one machine talk over loopback; across machines through the interface of our hostname.
     options->devices.push_back(is_loopback(host) ? c10d::ProcessGroupGloo::createDeviceForHostname("127.0.0.1")
                                                  : c10d::ProcessGroupGloo::createDefaultDevice());
-    group = new RlhfGroup{c10::make_intrusive<c10d::ProcessGroupGloo>(store, rank, world, options)};
+    auto gloo_store = c10::make_intrusive<c10d::PrefixStore>("gloo", store);
+    auto g = new RlhfGroup{c10::make_intrusive<c10d::ProcessGroupGloo>(gloo_store, rank, world, options), {}};
+    if (nccl != 0) {
+      try {
+        g->nccl = rlhf_make_nccl(c10::make_intrusive<c10d::PrefixStore>("nccl", store), rank, world, timeout_ms);
+      } catch (...) {
+        delete g;
+        throw;
+      }
+    }
+    group = g;
   });
   return group;
 }
@@ -72,7 +94,7 @@ void rlhf_group_free(RlhfGroup* group) {
 int32_t rlhf_all_reduce_sum(RlhfGroup* g, const at::Tensor* t, char* err, size_t len) {
   return guarded(err, len, [&] {
     std::vector<at::Tensor> tensors{*t};
-    g->pg->allreduce(tensors)->wait();
+    g->for_tensor(*t).allreduce(tensors)->wait();
   });
 }
 
@@ -81,7 +103,7 @@ int32_t rlhf_broadcast(RlhfGroup* g, const at::Tensor* t, int32_t root, char* er
     std::vector<at::Tensor> tensors{*t};
     c10d::BroadcastOptions options;
     options.rootRank = root;
-    g->pg->broadcast(tensors, options)->wait();
+    g->for_tensor(*t).broadcast(tensors, options)->wait();
   });
 }
 
@@ -90,7 +112,7 @@ int32_t rlhf_all_gather(RlhfGroup* g, const at::Tensor* out, const at::Tensor* i
   return guarded(err, len, [&] {
     at::Tensor o = *out;
     at::Tensor i = *in;
-    g->pg->_allgather_base(o, i)->wait();
+    g->for_tensor(i)._allgather_base(o, i)->wait();
   });
 }
 
@@ -99,11 +121,11 @@ int32_t rlhf_reduce_scatter_sum(RlhfGroup* g, const at::Tensor* out, const at::T
   return guarded(err, len, [&] {
     at::Tensor o = *out;
     at::Tensor i = *in;
-    g->pg->_reduce_scatter_base(o, i)->wait();
+    g->for_tensor(i)._reduce_scatter_base(o, i)->wait();
   });
 }
 
 int32_t rlhf_barrier(RlhfGroup* g, char* err, size_t len) {
-  return guarded(err, len, [&] { g->pg->barrier()->wait(); });
+  return guarded(err, len, [&] { g->gloo->barrier()->wait(); });
 }
 }

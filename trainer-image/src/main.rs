@@ -94,7 +94,9 @@ fn execute(command: Command) -> Result<u8> {
             let metrics = start_metrics(&cfg, &topology)?;
             let p = &cfg.stage.parallelism;
             let offload_optimizer = matches!(p.offload, Offload::Optimizer | Offload::All);
-            let dist = Dist::connect(topology, p.strategy, offload_optimizer, distributed::TIMEOUT)?;
+            // One GPU per local rank.
+            let device = if device.is_cuda() { Device::Cuda(topology.local_rank) } else { device };
+            let dist = Dist::connect(topology, p.strategy, offload_optimizer, device.is_cuda(), distributed::TIMEOUT)?;
             stage::run(&cfg, device, Some(metrics), dist).map(|()| 0)
         }
         Command::Local { manifest, output, resume } => {

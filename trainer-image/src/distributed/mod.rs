@@ -34,10 +34,11 @@ impl Dist {
         Self { topology: Topology::single(), group: None, strategy: Strategy::Ddp, offload_optimizer: false }
     }
 
-    /// Joins the other ranks (nothing to join for world 1).
-    pub fn connect(topology: Topology, strategy: Strategy, offload_optimizer: bool, timeout: Duration) -> Result<Self> {
+    /// Joins the other ranks (nothing to join for world 1); `cuda`: training runs on GPUs, so
+    /// CUDA tensors go through NCCL.
+    pub fn connect(topology: Topology, strategy: Strategy, offload_optimizer: bool, cuda: bool, timeout: Duration) -> Result<Self> {
         let group = if topology.world > 1 {
-            Some(Rc::new(ProcessGroup::connect(&topology.master_addr, topology.master_port, topology.rank, topology.world, timeout)?))
+            Some(Rc::new(ProcessGroup::connect(&topology.master_addr, topology.master_port, topology.rank, topology.world, timeout, cuda)?))
         } else {
             None
         };

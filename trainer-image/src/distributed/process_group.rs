@@ -15,7 +15,7 @@ struct RawGroup {
 }
 
 unsafe extern "C" {
-    fn rlhf_group_new(host: *const c_char, port: u16, rank: i32, world: i32, timeout_ms: i64, err: *mut c_char, len: usize) -> *mut RawGroup;
+    fn rlhf_group_new(host: *const c_char, port: u16, rank: i32, world: i32, timeout_ms: i64, nccl: i32, err: *mut c_char, len: usize) -> *mut RawGroup;
     fn rlhf_group_free(group: *mut RawGroup);
     fn rlhf_all_reduce_sum(group: *mut RawGroup, t: *const c_void, err: *mut c_char, len: usize) -> i32;
     fn rlhf_broadcast(group: *mut RawGroup, t: *const c_void, root: i32, err: *mut c_char, len: usize) -> i32;
@@ -40,12 +40,13 @@ pub struct ProcessGroup {
 
 impl ProcessGroup {
     /// Joins the group of `world` processes meeting at `host:port` (rank 0 serves the store);
-    /// fails with a clear error when a peer does not arrive within `timeout`.
-    pub fn connect(host: &str, port: u16, rank: usize, world: usize, timeout: Duration) -> Result<Self> {
+    /// fails with a clear error when a peer does not arrive within `timeout`. CPU tensors go
+    /// through Gloo; with `nccl`, CUDA tensors go through NCCL.
+    pub fn connect(host: &str, port: u16, rank: usize, world: usize, timeout: Duration, nccl: bool) -> Result<Self> {
         let c_host = CString::new(host).map_err(|_| Error::invalid("MASTER_ADDR", "contains a NUL byte"))?;
         let mut err = [0u8; ERR_LEN];
         // SAFETY: the host string and error buffer outlive the call; the shim copies the host.
-        let raw = unsafe { rlhf_group_new(c_host.as_ptr(), port, rank as i32, world as i32, timeout.as_millis() as i64, err.as_mut_ptr().cast(), ERR_LEN) };
+        let raw = unsafe { rlhf_group_new(c_host.as_ptr(), port, rank as i32, world as i32, timeout.as_millis() as i64, i32::from(nccl), err.as_mut_ptr().cast(), ERR_LEN) };
         if raw.is_null() {
             return Err(Error::Distributed(format!(
                 "rank {rank} of {world}: rendezvous at {host}:{port} failed within {:?}: {}",
@@ -121,14 +122,24 @@ mod tests {
     #[test]
     fn a_peer_that_never_arrives_is_a_clear_error() {
         let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-        let err = ProcessGroup::connect("127.0.0.1", port, 0, 2, Duration::from_secs(2)).err().expect("rank 1 never comes").to_string();
+        let err = ProcessGroup::connect("127.0.0.1", port, 0, 2, Duration::from_secs(2), false).err().expect("rank 1 never comes").to_string();
         assert!(err.starts_with(&format!("distributed: rank 0 of 2: rendezvous at 127.0.0.1:{port} failed within 2s: ")), "{err}");
+    }
+
+    #[test]
+    fn nccl_without_a_gpu_is_an_error_or_unused_never_a_crash() {
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        match ProcessGroup::connect("127.0.0.1", port, 0, 1, Duration::from_secs(10), true) {
+            // CPU tensors still go through Gloo.
+            Ok(g) => g.all_reduce_sum(&Tensor::from_slice(&[1.0f32])).unwrap(),
+            Err(e) => assert!(e.to_string().contains("rendezvous at 127.0.0.1"), "{e}"),
+        }
     }
 
     #[test]
     fn collectives_on_a_group_of_one() {
         let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-        let g = ProcessGroup::connect("127.0.0.1", port, 0, 1, Duration::from_secs(10)).unwrap();
+        let g = ProcessGroup::connect("127.0.0.1", port, 0, 1, Duration::from_secs(10), false).unwrap();
         let t = Tensor::from_slice(&[1.0f32, 2.0]);
         g.all_reduce_sum(&t).unwrap();
         assert_eq!(t, Tensor::from_slice(&[1.0f32, 2.0]));
