@@ -1,4 +1,5 @@
 //! The reconcile pipeline: validate -> build -> apply -> status.
+pub mod admission;
 pub mod apply;
 #[cfg(test)]
 mod fixtures;
