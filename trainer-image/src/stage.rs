@@ -42,7 +42,7 @@ fn weights_dir(cfg: &TrainerConfig, source: &WeightsSource) -> Result<Option<Pat
 /// Casts a freshly built model's weights to the stage's compute dtype (`parallelism.precision`).
 fn in_compute_dtype<T>(cfg: &TrainerConfig, device: Device, loaded: (nn::VarStore, T)) -> Result<(nn::VarStore, T)> {
     let (mut vs, model) = loaded;
-    vs.set_kind(precision::compute_kind(cfg.stage.parallelism.precision, device)?);
+    vs.set_kind(precision::compute_kind(cfg.stage.parallelism.precision, device));
     Ok((vs, model))
 }
 

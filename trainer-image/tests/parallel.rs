@@ -113,7 +113,7 @@ fn losses(run: &Path) -> Vec<f64> {
 }
 
 #[test]
-fn offload_checkpointing_and_bf16_keep_training_the_same() {
+fn offload_checkpointing_bf16_and_fp16_keep_training_the_same() {
     let dir = scratch("parallel-offload");
     let single = run(&dir, "single", &job("{nodes: 1, gpusPerNode: 1}", 4));
     for (name, parallelism) in [
@@ -136,5 +136,15 @@ fn offload_checkpointing_and_bf16_keep_training_the_same() {
     let diff = max_difference(&weights(&single, "sft"), &weights(&bf16, "sft"));
     assert!(diff > 0.0 && diff < 0.02, "bf16 weights should be near, not equal, to fp32's: {diff}");
     assert!(state_bytes(&bf16, "sft") > 1.4 * state_bytes(&single, "sft"), "bf16 keeps fp32 master weights besides the moments");
+    // fp16 with dynamic loss scaling: the same losses to fp16's precision, no step skipped.
+    let fp16 = run(&dir, "fp16", &job("{nodes: 1, gpusPerNode: 1, precision: fp16}", 4));
+    let fp16_losses = losses(&fp16);
+    println!("fp16 losses {fp16_losses:.4?}");
+    assert_eq!(fp16_losses.len(), fp32_losses.len());
+    for (a, b) in fp32_losses.iter().zip(&fp16_losses) {
+        assert!((a - b).abs() / a < 0.01, "fp16 loss {b} strays from fp32 {a}");
+    }
+    let diff = max_difference(&weights(&single, "sft"), &weights(&fp16, "sft"));
+    assert!(diff > 0.0 && diff < 0.02, "fp16 weights should be near fp32's (an overflow-skipped step would leave them apart): {diff}");
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -56,7 +56,7 @@ pub fn run(
         let (mut loss_sum, mut metric_sum, mut tokens) = (0.0, 0.0, 0i64);
         for micro in step_batches.iter().skip(rank).step_by(world) {
             let out = micro_loss(micro)?;
-            backward(&(&out.loss / share), models);
+            backward(&(&out.loss * (opt.loss_scale() / share)), models);
             loss_sum += out.loss.double_value(&[]) / share;
             metric_sum += out.metric / share;
             tokens += out.tokens;

@@ -6,6 +6,7 @@
 //! (strategy.rs): one process, `ddp`, `zero1` or `zero2`. The AdamW state is ours rather than
 //! libtorch's so that checkpoints carry it and ZeRO can shard it (tch exposes neither).
 pub mod adamw;
+pub mod loss_scale;
 pub mod strategy;
 
 use std::collections::HashMap;
@@ -16,11 +17,14 @@ use crate::distributed::Dist;
 use crate::error::{Error, Result};
 use crate::rng::SplitMix64;
 use rlhf_spec::{ResolvedTraining, Strategy as StrategyKind};
+use loss_scale::LossScaler;
 use strategy::{Replicated, Sharded, StepSettings, Strategy};
 
 pub struct Optimizer {
     params: Vec<(String, Tensor)>,
     strategy: Box<dyn Strategy>,
+    /// fp16 weights only.
+    scaler: Option<LossScaler>,
     lr: f64,
     weight_decay: f64,
     warmup: u32,
@@ -44,7 +48,13 @@ impl Optimizer {
             (Some(g), StrategyKind::Zero1) => Box::new(Sharded::new(&params, g.clone(), false, dist.offload_optimizer)),
             (Some(g), StrategyKind::Zero2) => Box::new(Sharded::new(&params, g.clone(), true, dist.offload_optimizer)),
         };
-        Ok(Self { params, strategy, lr: cfg.learning_rate, weight_decay: cfg.weight_decay, warmup: cfg.warmup_steps, max_grad_norm: cfg.max_grad_norm, step: 0 })
+        let scaler = params.iter().any(|(_, v)| v.kind() == tch::Kind::Half).then(LossScaler::default);
+        Ok(Self { params, strategy, scaler, lr: cfg.learning_rate, weight_decay: cfg.weight_decay, warmup: cfg.warmup_steps, max_grad_norm: cfg.max_grad_norm, step: 0 })
+    }
+
+    /// What the loss must be multiplied by before backward (fp16 loss scaling; else 1).
+    pub fn loss_scale(&self) -> f64 {
+        self.scaler.as_ref().map_or(1.0, LossScaler::scale)
     }
 
     /// Optimizer steps taken so far.
@@ -67,14 +77,29 @@ impl Optimizer {
     /// the step number (1-based).
     pub fn step(&mut self) -> Result<u64> {
         self.step += 1;
-        let settings = StepSettings { lr: self.lr_at(self.step), weight_decay: self.weight_decay, max_grad_norm: self.max_grad_norm, t: self.step };
-        self.strategy.step(&self.params, &settings)?;
+        let settings = StepSettings {
+            lr: self.lr_at(self.step),
+            weight_decay: self.weight_decay,
+            max_grad_norm: self.max_grad_norm,
+            t: self.step,
+            loss_scale: self.loss_scale(),
+        };
+        let applied = self.strategy.step(&self.params, &settings)?;
+        if let Some(scaler) = &mut self.scaler {
+            scaler.update(applied);
+        }
+        if !applied {
+            eprintln!("rlhf-trainer: step {} skipped: fp16 gradients overflowed; loss scale now {}", self.step, self.loss_scale());
+        }
         Ok(self.step)
     }
 
     /// Weights and AdamW moments, named `<prefix>.<kind>.<variable>`, for a checkpoint (every
     /// rank must call it: under ZeRO the moments are gathered).
     pub fn export(&self, prefix: &str, out: &mut Vec<(String, Tensor)>) -> Result<()> {
+        if let Some(scaler) = &self.scaler {
+            out.push((format!("{prefix}.loss_scale"), Tensor::from_slice(&[scaler.scale()])));
+        }
         self.strategy.export_state(&self.params, prefix, out)
     }
 
@@ -92,6 +117,9 @@ impl Optimizer {
             Ok(())
         })?;
         self.strategy.import_state(&self.params, prefix, tensors)?;
+        if let (Some(scaler), Some(saved)) = (&mut self.scaler, tensors.get(&format!("{prefix}.loss_scale"))) {
+            scaler.set_scale(saved.double_value(&[0]));
+        }
         self.step = step;
         Ok(())
     }

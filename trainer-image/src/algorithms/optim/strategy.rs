@@ -26,12 +26,23 @@ pub struct StepSettings {
     pub weight_decay: f64,
     pub max_grad_norm: f64,
     pub t: u64,
+    /// The loss was multiplied by this before backward (fp16 loss scaling; 1 otherwise).
+    pub loss_scale: f64,
+}
+
+/// The factor a step's gradients are multiplied by: undo the loss scale, then clip by the
+/// global norm of the unscaled gradients. None when that norm is not finite (an fp16 overflow:
+/// the step is skipped).
+fn gradient_factor(scaled_norm: f64, s: &StepSettings) -> Option<f64> {
+    let norm = scaled_norm / s.loss_scale;
+    norm.is_finite().then(|| adamw::clip_coefficient(norm, s.max_grad_norm) / s.loss_scale)
 }
 
 pub trait Strategy {
     /// One step from this rank's local gradients (already divided so their sum over ranks is
-    /// the global mean): combine them, clip by the global norm, apply AdamW, clear them.
-    fn step(&mut self, params: &Params, s: &StepSettings) -> Result<()>;
+    /// the global mean): combine them, clip by the global norm, apply AdamW, clear them. Returns
+    /// false, having only cleared them, when they overflowed (every rank agrees).
+    fn step(&mut self, params: &Params, s: &StepSettings) -> Result<bool>;
     /// The full state as `<prefix>.<kind>.<name>` with kinds `weight` (fp32 master weights when
     /// kept, else the model's), `exp_avg`, `exp_avg_sq` (a collective under sharding: every
     /// rank must call it).
@@ -166,13 +177,16 @@ impl Replicated {
 }
 
 impl Strategy for Replicated {
-    fn step(&mut self, params: &Params, s: &StepSettings) -> Result<()> {
+    fn step(&mut self, params: &Params, s: &StepSettings) -> Result<bool> {
         if let Some(group) = &self.group {
             Self::all_reduce_gradients(group, params)?;
         }
         let grads: Vec<Tensor> = params.iter().map(|(_, v)| v.grad()).collect();
         let norm = grads.iter().filter(|g| g.defined()).map(|g| g.square().sum(Kind::Double).double_value(&[])).sum::<f64>().sqrt();
-        let coef = adamw::clip_coefficient(norm, s.max_grad_norm);
+        let Some(coef) = gradient_factor(norm, s) else {
+            clear_grads(params);
+            return Ok(false);
+        };
         tch::no_grad(|| {
             for (i, (((_, value), grad), (m, v))) in params.iter().zip(&grads).zip(&mut self.moments).enumerate() {
                 if !grad.defined() {
@@ -189,7 +203,7 @@ impl Strategy for Replicated {
             }
         });
         clear_grads(params);
-        Ok(())
+        Ok(true)
     }
 
     fn export_state(&self, params: &Params, prefix: &str, out: &mut Vec<(String, Tensor)>) -> Result<()> {
@@ -269,7 +283,7 @@ impl Sharded {
 }
 
 impl Strategy for Sharded {
-    fn step(&mut self, params: &Params, s: &StepSettings) -> Result<()> {
+    fn step(&mut self, params: &Params, s: &StepSettings) -> Result<bool> {
         let flat = flat_grads(params, self.padded()).to_kind(Kind::Float); // reduce in fp32
         let grad = if self.reduce_scatter {
             let out = Tensor::zeros([self.shard], (flat.kind(), flat.device()));
@@ -282,7 +296,10 @@ impl Strategy for Sharded {
         let grad = grad.to_device(self.exp_avg.device());
         let norm_sq = grad.square().sum(Kind::Float).reshape([1]);
         self.group.all_reduce_sum(&norm_sq)?;
-        let coef = adamw::clip_coefficient(norm_sq.double_value(&[0]).sqrt(), s.max_grad_norm);
+        let Some(coef) = gradient_factor(norm_sq.double_value(&[0]).sqrt(), s) else {
+            clear_grads(params);
+            return Ok(false);
+        };
         let mut value = match &self.master {
             Some(master) => master.shallow_clone(),
             None => self.weights_shard(params),
@@ -295,7 +312,7 @@ impl Strategy for Sharded {
             }
         });
         clear_grads(params);
-        Ok(())
+        Ok(true)
     }
 
     fn export_state(&self, params: &Params, prefix: &str, out: &mut Vec<(String, Tensor)>) -> Result<()> {

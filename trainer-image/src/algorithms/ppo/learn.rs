@@ -56,11 +56,11 @@ pub fn learn(
                 ptx_tokens += batch.input_ids.numel() as i64;
                 actor_loss += ptx * ppo.ptx_coef;
             }
-            backward(&(actor_loss * loss_scale), &[m.actor]);
+            backward(&(actor_loss * (loss_scale * actor_opt.loss_scale())), &[m.actor]);
             actor_opt.step()?;
             let values = critic_values(m.critic, &seq, &attn, exp.prompt_len);
             let vl = value_loss(&values, &rows(&exp.values, &idx), &rows(&exp.returns, &idx), &mask, ppo.value_clip_range);
-            backward(&(&vl * loss_scale), &[m.critic.lm.as_ref()]);
+            backward(&(&vl * (loss_scale * critic_opt.loss_scale())), &[m.critic.lm.as_ref()]);
             critic_opt.step()?;
             for (s, v) in sums.iter_mut().zip([&pl, &vl, &clip, &entropy]) {
                 *s += v.double_value(&[]);
