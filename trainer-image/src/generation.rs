@@ -34,6 +34,10 @@ pub struct Generated {
 
 /// Generates up to `max_new_tokens` for left-padded `prompts` (B, P) with `prompt_mask` (B, P).
 pub fn generate(model: &dyn CausalLm, prompts: &Tensor, prompt_mask: &Tensor, params: &SamplingParams) -> Generated {
+    // libtorch's RNG is global: one generation at a time keeps each reproducible from its seed
+    // even when threads (tests) generate at once.
+    static RNG: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _exclusive = RNG.lock().unwrap_or_else(|e| e.into_inner());
     tch::manual_seed(params.seed);
     tch::no_grad(|| {
         let (b, _) = prompts.size2().expect("prompts are (B, P)");

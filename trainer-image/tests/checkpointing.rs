@@ -25,6 +25,9 @@ fn gradients(family: &str, checkpointing: bool, with_lora: bool) -> Vec<(String,
 }
 
 fn gradients_of(family: &str, checkpointing: bool, with_lora: bool, finish: bool) -> Vec<(String, Tensor)> {
+    // libtorch's RNG is global and tests run in parallel: seed and initialise one at a time.
+    static INIT: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _guard = INIT.lock().unwrap_or_else(|e| e.into_inner());
     let vs = nn::VarStore::new(Device::Cpu);
     let model = build(family, &vs);
     if with_lora {
