@@ -69,3 +69,43 @@ impl ObservedPod {
         if why.is_empty() { format!("pod {} failed", self.name) } else { format!("pod {} failed ({})", self.name, why.join(", ")) }
     }
 }
+
+/// What a stage's rank 0 reports on its `/metrics` (the Step and Reward columns come from it).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct TrainerProgress {
+    pub step: u64,
+    /// PPO only.
+    pub reward_mean: Option<f64>,
+}
+
+/// The progress in a trainer's Prometheus text (`rlhf_trainer_step`, `rlhf_trainer_reward_mean`),
+/// None when it reports no step yet. Lines of other metrics, comments and label sets are skipped.
+pub fn trainer_progress(metrics_text: &str) -> Option<TrainerProgress> {
+    let value = |name: &str| -> Option<f64> {
+        metrics_text.lines().filter(|l| !l.starts_with('#')).find_map(|line| {
+            let (series, value) = line.rsplit_once(' ')?;
+            let metric = series.split('{').next()?;
+            (metric == name).then(|| value.trim().parse::<f64>().ok()).flatten()
+        })
+    };
+    let step = value("rlhf_trainer_step").filter(|s| s.is_finite() && *s >= 0.0)?;
+    Some(TrainerProgress { step: step as u64, reward_mean: value("rlhf_trainer_reward_mean").filter(|r| r.is_finite()) })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn progress_is_read_from_the_trainers_metrics() {
+        let text = "# HELP rlhf_trainer_step Optimizer steps\n# TYPE rlhf_trainer_step gauge\n\
+            rlhf_trainer_step{namespace=\"ml\",rank=\"0\",rlhf_job=\"demo\",stage=\"ppo\"} 42\n\
+            rlhf_trainer_steps_total 7\n\
+            rlhf_trainer_reward_mean{namespace=\"ml\",rank=\"0\",rlhf_job=\"demo\",stage=\"ppo\"} 1.25\n";
+        assert_eq!(trainer_progress(text), Some(TrainerProgress { step: 42, reward_mean: Some(1.25) }));
+        let sft = "rlhf_trainer_step{stage=\"sft\"} 3\nrlhf_trainer_loss{kind=\"train\"} 2.5\n";
+        assert_eq!(trainer_progress(sft), Some(TrainerProgress { step: 3, reward_mean: None }));
+        assert_eq!(trainer_progress("# nothing yet\n"), None);
+        assert_eq!(trainer_progress("rlhf_trainer_step NaN\n"), None);
+    }
+}
