@@ -10,6 +10,7 @@ use rlhf_spec::{Offload, TrainerConfig};
 use rlhf_trainer::error::{Error, Result};
 use rlhf_trainer::local::RunFolder;
 use rlhf_trainer::metrics::{TrainerMetrics, serve};
+use rlhf_trainer::distributed::topology::env_number;
 use rlhf_trainer::distributed::{self, Dist, Topology, launch};
 use rlhf_trainer::{config, inspect, local, stage};
 use tch::Device;
@@ -79,7 +80,8 @@ fn execute(command: Command) -> Result<u8> {
         Command::Run { config: path } => {
             launch::die_with_parent();
             let cfg = config::load(&path)?;
-            let topology = Topology::from_env(&std::env::vars().collect())?;
+            let env: HashMap<String, String> = std::env::vars().collect();
+            let topology = Topology::from_env(&env)?;
             let world = cfg.stage.parallelism.world_size() as usize;
             if topology.world != world {
                 return Err(Error::invalid(&path, format!("the stage asks for {world} processes but WORLD_SIZE is {}", topology.world)));
@@ -91,7 +93,8 @@ fn execute(command: Command) -> Result<u8> {
             if topology.is_leader() {
                 println!("{}", config::summary(&cfg));
             }
-            let metrics = start_metrics(&cfg, &topology)?;
+            let metrics_port = env_number(&env, "RLHF_METRICS_PORT", usize::from(cfg.metrics_port))?;
+            let metrics = start_metrics(&cfg, &topology, metrics_port)?;
             let p = &cfg.stage.parallelism;
             let offload_optimizer = matches!(p.offload, Offload::Optimizer | Offload::All);
             // One GPU per local rank.
@@ -118,20 +121,13 @@ fn execute(command: Command) -> Result<u8> {
     }
 }
 
-/// A port variable as a number (0 when unset).
-fn env_number(name: &str) -> Result<u16> {
-    match std::env::var(name) {
-        Ok(v) => v.parse().map_err(|_| Error::invalid(format!("${name}"), format!("{v:?} is not a number"))),
-        Err(_) => Ok(0),
-    }
-}
-
-/// Serves this process's metrics on RLHF_METRICS_PORT (else the config's port) + LOCAL_RANK.
-fn start_metrics(cfg: &TrainerConfig, topology: &Topology) -> Result<Arc<TrainerMetrics>> {
+/// Serves this process's metrics on `base` (RLHF_METRICS_PORT, else the config's port) +
+/// LOCAL_RANK; base 0 picks a free port.
+fn start_metrics(cfg: &TrainerConfig, topology: &Topology, base: usize) -> Result<Arc<TrainerMetrics>> {
     let labels = [("rlhf_job", cfg.job.clone()), ("namespace", cfg.namespace.clone()), ("stage", cfg.stage.name.clone()), ("rank", topology.rank.to_string())];
     let metrics = Arc::new(TrainerMetrics::new(labels.into_iter().map(|(k, v)| (k.to_string(), v)).collect::<HashMap<_, _>>())?);
-    let base = if std::env::var_os("RLHF_METRICS_PORT").is_some() { env_number("RLHF_METRICS_PORT")? } else { cfg.metrics_port };
-    let port = if base == 0 { 0 } else { base + topology.local_rank as u16 };
+    let port = if base == 0 { 0 } else { base + topology.local_rank };
+    let port = u16::try_from(port).map_err(|_| Error::invalid("$RLHF_METRICS_PORT", format!("{port} is not a port")))?;
     let port = serve(metrics.clone(), port)?;
     println!("rank {}: metrics on :{port}/metrics", topology.rank);
     Ok(metrics)

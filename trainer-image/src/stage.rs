@@ -159,6 +159,27 @@ impl StageRun<'_> {
     fn last_step(&self) -> u64 {
         self.progress.logged().iter().filter_map(|r| r["step"].as_u64()).max().unwrap_or(0)
     }
+
+    /// What every stage kind does around its training: the held-out evaluation `eval` before
+    /// (when needed) and after `train`, then, on the leader only, `save` into the output folder.
+    fn train_between_evaluations(
+        &mut self,
+        eval: impl Fn(&Self) -> Result<Value>,
+        train: impl FnOnce(&mut Self) -> Result<()>,
+        save: impl FnOnce(&Path) -> Result<()>,
+    ) -> Result<()> {
+        if self.evaluate_at_start() {
+            let values = eval(self)?;
+            self.evaluate(0, values);
+        }
+        train(self)?;
+        if !self.leader() {
+            return Ok(());
+        }
+        let values = eval(self)?;
+        self.evaluate(self.last_step(), values);
+        save(self.out())
+    }
 }
 
 /// Runs the stage described by `cfg` on `device` as one rank of `dist`, exporting to `metrics`
@@ -184,18 +205,11 @@ fn run_sft(r: &mut StageRun<'_>) -> Result<()> {
     let (vs, lm) = load_lm(r.cfg, &r.cfg.stage.models.init, r.device)?;
     check_tokenizer(&r.tok, lm.as_ref(), r.out())?;
     prepare_trainable(r.cfg, lm.as_ref(), &vs, &[])?;
-    let eval = |r: &StageRun<'_>| sft::held_out_loss(lm.as_ref(), &r.tok, &r.held_out, t.max_length, t.micro_batch_size as usize, r.device);
-    if r.evaluate_at_start() {
-        let loss = eval(r)?;
-        r.evaluate(0, json!({"loss": loss}));
-    }
-    sft::train(lm.as_ref(), &vs, &r.tok, &r.train, t, r.device, &mut r.progress)?;
-    if !r.leader() {
-        return Ok(());
-    }
-    let loss = eval(r)?;
-    r.evaluate(r.last_step(), json!({"loss": loss}));
-    lm.save(&vs, &r.out().join(MODEL_DIR))
+    r.train_between_evaluations(
+        |r| Ok(json!({"loss": sft::held_out_loss(lm.as_ref(), &r.tok, &r.held_out, t.max_length, t.micro_batch_size as usize, r.device)?})),
+        |r| sft::train(lm.as_ref(), &vs, &r.tok, &r.train, t, r.device, &mut r.progress).map(drop),
+        |out| lm.save(&vs, &out.join(MODEL_DIR)),
+    )
 }
 
 fn run_rm(r: &mut StageRun<'_>) -> Result<()> {
@@ -203,18 +217,12 @@ fn run_rm(r: &mut StageRun<'_>) -> Result<()> {
     let (vs, head) = load_head(r.cfg, &r.cfg.stage.models.init, r.device)?;
     check_tokenizer(&r.tok, head.lm.as_ref(), r.out())?;
     prepare_trainable(r.cfg, head.lm.as_ref(), &vs, &[SCORE])?;
-    let eval = |r: &StageRun<'_>| rm::accuracy(&head, &r.tok, &r.held_out, t.max_length, t.micro_batch_size as usize, r.device);
-    if r.evaluate_at_start() {
-        let accuracy = eval(r)?;
-        r.evaluate(0, json!({"accuracy": accuracy}));
-    }
-    rm::train(&head, &vs, &r.tok, &r.train, t, r.device, &mut r.progress)?;
-    if !r.leader() {
-        return Ok(());
-    }
-    let accuracy = eval(r)?;
-    r.evaluate(r.last_step(), json!({"accuracy": accuracy}));
-    head.save(&vs, &r.out().join(MODEL_DIR), i64::from(r.tok.pad_token_id))
+    let pad = i64::from(r.tok.pad_token_id);
+    r.train_between_evaluations(
+        |r| Ok(json!({"accuracy": rm::accuracy(&head, &r.tok, &r.held_out, t.max_length, t.micro_batch_size as usize, r.device)?})),
+        |r| rm::train(&head, &vs, &r.tok, &r.train, t, r.device, &mut r.progress).map(drop),
+        |out| head.save(&vs, &out.join(MODEL_DIR), pad),
+    )
 }
 
 fn run_dpo(r: &mut StageRun<'_>) -> Result<()> {
@@ -226,21 +234,14 @@ fn run_dpo(r: &mut StageRun<'_>) -> Result<()> {
     let loaded_reference = load_reference(r.cfg, r.device)?;
     let base = WithoutAdapters(policy.as_ref());
     let (reference, ref_vs) = reference_view(&loaded_reference, &base, &vs);
-    let eval = |r: &StageRun<'_>| -> Result<Value> {
-        let (margin, win_rate) = dpo::margin(policy.as_ref(), reference, &r.tok, &r.held_out, s.training.max_length, params.beta, r.device)?;
-        Ok(json!({"margin": margin, "win_rate": win_rate}))
-    };
-    if r.evaluate_at_start() {
-        let values = eval(r)?;
-        r.evaluate(0, values);
-    }
-    dpo::train(policy.as_ref(), &vs, (reference, ref_vs), &r.tok, &r.train, &s.training, &params, r.device, &mut r.progress)?;
-    if !r.leader() {
-        return Ok(());
-    }
-    let values = eval(r)?;
-    r.evaluate(r.last_step(), values);
-    policy.save(&vs, &r.out().join(MODEL_DIR))
+    r.train_between_evaluations(
+        |r| {
+            let (margin, win_rate) = dpo::margin(policy.as_ref(), reference, &r.tok, &r.held_out, s.training.max_length, params.beta, r.device)?;
+            Ok(json!({"margin": margin, "win_rate": win_rate}))
+        },
+        |r| dpo::train(policy.as_ref(), &vs, (reference, ref_vs), &r.tok, &r.train, &s.training, &params, r.device, &mut r.progress).map(drop),
+        |out| policy.save(&vs, &out.join(MODEL_DIR)),
+    )
 }
 
 fn run_ppo(r: &mut StageRun<'_>) -> Result<()> {
@@ -270,24 +271,22 @@ fn run_ppo(r: &mut StageRun<'_>) -> Result<()> {
         Some(d) if params.ptx_coef > 0.0 => data::load(d, StageKind::Sft)?,
         _ => Vec::new(),
     };
-    let eval = |r: &StageRun<'_>| -> Result<Value> {
-        let prompts: Vec<&str> = r.held_out.iter().filter_map(|e| if let Example::Prompt { prompt, .. } = e { Some(prompt.as_str()) } else { None }).collect();
-        let sampling = ppo::experience::Sampling { tok: &r.tok, generation: &params.generation, max_length: s.training.max_length, seed: 0 };
-        let (reward_mean, kl) = ppo::experience::evaluate(&models, &prompts, &sampling, r.device)?;
-        Ok(json!({"reward_mean": reward_mean, "kl": kl}))
-    };
-    if r.evaluate_at_start() {
-        let values = eval(r)?;
-        r.evaluate(0, values);
-    }
-    let data = ppo::Data { tok: &r.tok, prompts: &r.train, ptx: &ptx };
     let offload_inference = matches!(s.parallelism.offload, Offload::InferenceModels | Offload::All);
-    ppo::train(&models, &data, &s.training, &params, r.device, offload_inference, &mut r.progress)?;
-    if !r.leader() {
-        return Ok(());
-    }
-    let values = eval(r)?;
-    r.evaluate(r.last_step(), values);
-    actor.save(&actor_vs, &r.out().join(MODEL_DIR))?;
-    critic.save(&critic_vs, &r.out().join(CRITIC_DIR), i64::from(r.tok.pad_token_id))
+    let pad = i64::from(r.tok.pad_token_id);
+    r.train_between_evaluations(
+        |r| {
+            let prompts = ppo::prompts_of(&r.held_out)?;
+            let sampling = ppo::experience::Sampling { tok: &r.tok, generation: &params.generation, max_length: s.training.max_length, seed: 0 };
+            let (reward_mean, kl) = ppo::experience::evaluate(&models, &prompts, &sampling, r.device)?;
+            Ok(json!({"reward_mean": reward_mean, "kl": kl}))
+        },
+        |r| {
+            let data = ppo::Data { tok: &r.tok, prompts: &r.train, ptx: &ptx };
+            ppo::train(&models, &data, &s.training, &params, r.device, offload_inference, &mut r.progress).map(drop)
+        },
+        |out| {
+            actor.save(&actor_vs, &out.join(MODEL_DIR))?;
+            critic.save(&critic_vs, &out.join(CRITIC_DIR), pad)
+        },
+    )
 }

@@ -1,7 +1,6 @@
 //! The algorithms measurably learn the synthetic copy task on a tiny random GPT-2 (CPU, seeded):
 //! the quickstart manifest through `rlhf-trainer local` (SFT -> RM -> PPO), and DPO.
 use std::path::Path;
-use std::process::Command;
 
 use rlhf_spec::{BuiltinTokenizer, ResolvedDpo, ResolvedTokenizer, ResolvedTraining, StageKind, SyntheticTask};
 use rlhf_trainer::algorithms::dpo;
@@ -43,10 +42,7 @@ fn training(learning_rate: f64, epochs: u32) -> ResolvedTraining {
 fn the_quickstart_learns_sft_then_rm_then_ppo() {
     let manifest = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/quickstart.yaml");
     let out_dir = common::scratch("quickstart");
-    let out = Command::new(env!("CARGO_BIN_EXE_rlhf-trainer"))
-        .args(["local", manifest.to_str().unwrap(), "--output", out_dir.join("run").to_str().unwrap()])
-        .output()
-        .expect("running rlhf-trainer local");
+    let out = common::local(&manifest, "--output", &out_dir.join("run")).output().expect("running rlhf-trainer local");
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{stdout}{}", String::from_utf8_lossy(&out.stderr));
     let summary: Value = serde_json::from_str(stdout.lines().last().unwrap()).expect("the last line is the JSON summary");

@@ -7,7 +7,7 @@ use std::path::Path;
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{scratch, tiny_job};
+use common::{local, scratch, tiny_job};
 
 /// The quickstart pipeline cut to a few steps per stage.
 const STAGES: &str = r#"
@@ -23,17 +23,11 @@ const STAGES: &str = r#"
 "#;
 
 fn job_yaml() -> String {
-    tiny_job("tiny", STAGES)
+    tiny_job("tiny", "{}", STAGES)
 }
 
-fn trainer(manifest: &Path, flag: &str, folder: &Path) -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_rlhf-trainer"));
-    c.args(["local", manifest.to_str().unwrap(), flag, folder.to_str().unwrap()]);
-    c
-}
-
-fn local(manifest: &Path, flag: &str, folder: &Path) -> Output {
-    trainer(manifest, flag, folder).output().expect("running rlhf-trainer")
+fn run(manifest: &Path, flag: &str, folder: &Path) -> Output {
+    local(manifest, flag, folder).output().expect("running rlhf-trainer")
 }
 
 /// Training steps in a metrics log (a line still being written is skipped).
@@ -46,7 +40,7 @@ fn a_manifest_runs_end_to_end_and_resumes_by_stage() {
     let dir = scratch("local");
     let manifest = dir.join("job.yaml");
     std::fs::write(&manifest, job_yaml()).unwrap();
-    let out = local(&manifest, "--output", &dir.join("out"));
+    let out = run(&manifest, "--output", &dir.join("out"));
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{stdout}{}", String::from_utf8_lossy(&out.stderr));
     for stage in ["sft", "rm", "ppo"] {
@@ -85,10 +79,10 @@ fn a_manifest_runs_end_to_end_and_resumes_by_stage() {
     let no_tokenizer = logprobs(&[]);
     assert_eq!(no_tokenizer.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&no_tokenizer.stderr).contains("no tokenizer.json"));
-    let refused = local(&manifest, "--output", &dir.join("out"));
+    let refused = run(&manifest, "--output", &dir.join("out"));
     assert_eq!(refused.status.code(), Some(2), "a used output folder is refused");
     assert!(String::from_utf8_lossy(&refused.stderr).contains("pass --resume"));
-    let again = local(&manifest, "--resume", &dir.join("out"));
+    let again = run(&manifest, "--resume", &dir.join("out"));
     let stdout = String::from_utf8_lossy(&again.stdout);
     assert!(again.status.success());
     assert_eq!(stdout.matches("already done").count(), 3, "{stdout}");
@@ -100,7 +94,7 @@ fn an_invalid_manifest_is_a_permanent_error_naming_the_field() {
     let dir = scratch("local-bad");
     let manifest = dir.join("job.yaml");
     std::fs::write(&manifest, job_yaml().replace("dependsOn: [sft, rm]", "dependsOn: [sft]")).unwrap();
-    let out = local(&manifest, "--output", &dir.join("out"));
+    let out = run(&manifest, "--output", &dir.join("out"));
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(2), "{stderr}");
     assert!(stderr.contains("job.yaml: spec.stages[2].models.rewardModel.stage: stage \"rm\" must be in dependsOn"), "{stderr}");
@@ -114,9 +108,9 @@ fn a_killed_ppo_stage_resumes_from_its_last_checkpoint() {
     let every: i64 = 3;
     let job = job_yaml().replace("maxSteps: 1, maxLength: 32", &format!("maxSteps: 16, epochs: 16, maxLength: 32, checkpointEvery: {every}"));
     std::fs::write(&manifest, job).unwrap();
-    let run = dir.join("out");
-    let log = run.join("ppo/metrics.jsonl");
-    let mut child = trainer(&manifest, "--output", &run).stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap();
+    let run_dir = dir.join("out");
+    let log = run_dir.join("ppo/metrics.jsonl");
+    let mut child = local(&manifest, "--output", &run_dir).stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap();
     let started = Instant::now();
     // Kill it between checkpoints, some rounds into PPO.
     let killed_after = loop {
@@ -130,23 +124,23 @@ fn a_killed_ppo_stage_resumes_from_its_last_checkpoint() {
         assert!(started.elapsed() < Duration::from_secs(300), "PPO made no progress");
         std::thread::sleep(Duration::from_millis(20));
     };
-    let out = local(&manifest, "--resume", &run);
+    let out = run(&manifest, "--resume", &run_dir);
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{stdout}{}", String::from_utf8_lossy(&out.stderr));
     let resumed: u64 = stdout.split("(step ").nth(1).and_then(|t| t.split(')').next()).and_then(|n| n.parse().ok()).expect("a resume line");
     println!("killed after round {killed_after}, resumed from round {resumed}");
     assert!((killed_after as i64 - resumed as i64) < every, "lost more than one checkpoint interval: {killed_after} -> {resumed}");
     assert_eq!(steps(&std::fs::read_to_string(&log).unwrap()), (1..=16).collect::<Vec<_>>(), "every round logged once, in order");
-    assert!(run.join("ppo/critic/model.safetensors").exists());
+    assert!(run_dir.join("ppo/critic/model.safetensors").exists());
     // The same stage run without interruption (from the same SFT and RM models) ends with the
     // same weights: the checkpoint carried everything, RNG and optimizer moments included.
     let uninterrupted = dir.join("again");
     for stage in ["sft", "rm"] {
-        copy_dir(&run.join(stage), &uninterrupted.join(stage));
+        copy_dir(&run_dir.join(stage), &uninterrupted.join(stage));
     }
-    assert!(local(&manifest, "--resume", &uninterrupted).status.success());
+    assert!(run(&manifest, "--resume", &uninterrupted).status.success());
     let weights = |root: &Path| std::fs::read(root.join("ppo/model/model.safetensors")).unwrap();
-    assert!(weights(&run) == weights(&uninterrupted), "killed and resumed PPO differs from an uninterrupted run");
+    assert!(weights(&run_dir) == weights(&uninterrupted), "killed and resumed PPO differs from an uninterrupted run");
     let _ = std::fs::remove_dir_all(&dir);
 }
 

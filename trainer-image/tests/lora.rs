@@ -4,9 +4,7 @@
 //! the adapters.
 mod common;
 
-use std::process::Command;
-
-use common::{run_reference, scratch, tiny_job};
+use common::{run_local, run_reference, scratch, tiny_job};
 use rlhf_spec::ResolvedLora;
 use rlhf_trainer::models::lora::{self, WithoutAdapters};
 use rlhf_trainer::models::{CausalLm, load_causal_lm};
@@ -83,12 +81,8 @@ fn lora_composes_with_zero2_offload_and_checkpointing_and_ppo_reuses_the_base() 
       training: {batchSize: 8, microBatchSize: 2, maxSteps: 2, maxLength: 32}
       ppo: {rolloutBatchSize: 8, generation: {maxNewTokens: 6}}
 ";
-    let manifest = tiny_job("lora", stages).replace("  stages:", "  parallelism: {nodes: 1, gpusPerNode: 2, strategy: zero2, offload: all, gradientCheckpointing: true, lora: {rank: 4}}\n  stages:");
-    let path = dir.join("job.yaml");
-    std::fs::write(&path, manifest).unwrap();
-    let out = Command::new(env!("CARGO_BIN_EXE_rlhf-trainer")).args(["local", path.to_str().unwrap(), "--output", dir.join("run").to_str().unwrap()]).output().unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "{stdout}{}", String::from_utf8_lossy(&out.stderr));
+    let parallelism = "{nodes: 1, gpusPerNode: 2, strategy: zero2, offload: all, gradientCheckpointing: true, lora: {rank: 4}}";
+    let (_, stdout) = run_local(&dir, "run", &tiny_job("lora", parallelism, stages));
     assert!(stdout.contains("sft: LoRA rank 4 on 7 projections"), "{stdout}");
     let checkpoint = dir.join("run/sft/checkpoints/step-00000002/tensors.safetensors");
     let names: Vec<String> = Tensor::read_safetensors(checkpoint).unwrap().into_iter().map(|(k, _)| k).collect();

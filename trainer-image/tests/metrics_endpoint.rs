@@ -35,7 +35,7 @@ fn free_port_pair() -> u16 {
 #[test]
 fn a_training_process_serves_labelled_metrics_on_its_port() {
     let dir = common::scratch("metrics-endpoint");
-    let job = common::tiny_job("demo", STAGES).replace("  stages:", "  parallelism: {nodes: 1, gpusPerNode: 2}\n  stages:");
+    let job = common::tiny_job("demo", "{nodes: 1, gpusPerNode: 2}", STAGES);
     let manifest: serde_json::Value = serde_yaml::from_str(&job).unwrap();
     let spec: PipelineSpec = serde_json::from_value(manifest["spec"].clone()).unwrap();
     let pipeline = resolve_pipeline(&spec, "spec").unwrap();

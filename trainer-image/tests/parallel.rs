@@ -6,9 +6,8 @@ mod common;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
-use common::{scratch, tiny_job};
+use common::{local, run_local, scratch, tiny_job};
 use tch::Tensor;
 
 /// An SFT and an RM stage of 4 steps with global batch 8 and `parallelism`, micro-batches of
@@ -18,16 +17,11 @@ fn job(parallelism: &str, micro: u32) -> String {
         "\n    - {{name: sft, kind: sft, dataset: {{synthetic: {{task: copy, samples: 64}}}}, training: {{batchSize: 8, microBatchSize: {micro}, maxLength: 32, maxSteps: 4, weightDecay: 0.01}}}}\
          \n    - {{name: rm, kind: rm, dataset: {{synthetic: {{task: copy, samples: 64}}}}, training: {{batchSize: 8, microBatchSize: {micro}, maxLength: 32, maxSteps: 4}}}}\n"
     );
-    tiny_job("par", &stages).replace("  stages:", &format!("  parallelism: {parallelism}\n  stages:"))
+    tiny_job("par", parallelism, &stages)
 }
 
 fn run(dir: &Path, name: &str, manifest: &str) -> PathBuf {
-    let path = dir.join(format!("{name}.yaml"));
-    std::fs::write(&path, manifest).unwrap();
-    let out = dir.join(name);
-    let result = Command::new(env!("CARGO_BIN_EXE_rlhf-trainer")).args(["local", path.to_str().unwrap(), "--output", out.to_str().unwrap()]).output().unwrap();
-    assert!(result.status.success(), "{name}: {}{}", String::from_utf8_lossy(&result.stdout), String::from_utf8_lossy(&result.stderr));
-    out
+    run_local(dir, name, manifest).0
 }
 
 fn weights(run: &Path, stage: &str) -> HashMap<String, Tensor> {
@@ -77,7 +71,7 @@ fn the_launcher_exits_with_a_failed_workers_code() {
     let manifest = job("{nodes: 1, gpusPerNode: 2}", 4).replace("{synthetic: {task: copy, samples: 64}}", "{path: missing.jsonl}");
     let path = dir.join("job.yaml");
     std::fs::write(&path, manifest).unwrap();
-    let out = Command::new(env!("CARGO_BIN_EXE_rlhf-trainer")).args(["local", path.to_str().unwrap(), "--output", dir.join("out").to_str().unwrap()]).output().unwrap();
+    let out = local(&path, "--output", &dir.join("out")).output().unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(2), "bad input in a worker is permanent for the whole stage: {stderr}");
     assert!(stderr.contains("missing.jsonl") && stderr.contains("failed with exit code 2"), "{stderr}");
@@ -97,7 +91,7 @@ fn ppo_runs_on_two_ranks_with_zero2() {
       training: {batchSize: 8, microBatchSize: 2, maxSteps: 2, maxLength: 32, checkpointEvery: 1}
       ppo: {rolloutBatchSize: 8, generation: {maxNewTokens: 6}}
 ";
-    let manifest = tiny_job("ppo2", stages).replace("  stages:", "  parallelism: {nodes: 1, gpusPerNode: 2, strategy: zero2}\n  stages:");
+    let manifest = tiny_job("ppo2", "{nodes: 1, gpusPerNode: 2, strategy: zero2}", stages);
     let out = run(&dir, "ppo", &manifest);
     let log = std::fs::read_to_string(out.join("ppo/metrics.jsonl")).unwrap();
     let steps: Vec<u64> = log.lines().filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok()).filter(|r| r.get("phases").is_some()).map(|r| r["step"].as_u64().unwrap()).collect();

@@ -16,6 +16,15 @@ pub struct Topology {
     pub master_port: u16,
 }
 
+/// The variable `name` of `env` as a whole number, `default` when unset; an error naming the
+/// variable when it is something else.
+pub fn env_number(env: &HashMap<String, String>, name: &str, default: usize) -> Result<usize> {
+    match env.get(name) {
+        None => Ok(default),
+        Some(v) => v.trim().parse().map_err(|_| Error::invalid(format!("${name}"), format!("{v:?} is not a whole number"))),
+    }
+}
+
 impl Topology {
     /// One process alone.
     pub fn single() -> Self {
@@ -25,12 +34,7 @@ impl Topology {
     /// From the variables in `env` (missing ones mean a single process); a variable that is not
     /// a number, or ranks that do not fit the world, are errors naming the variable.
     pub fn from_env(env: &HashMap<String, String>) -> Result<Self> {
-        let number = |name: &str, default: usize| -> Result<usize> {
-            match env.get(name) {
-                None => Ok(default),
-                Some(v) => v.trim().parse().map_err(|_| Error::invalid(format!("${name}"), format!("{v:?} is not a whole number"))),
-            }
-        };
+        let number = |name: &str, default: usize| env_number(env, name, default);
         let local_world = number("LOCAL_WORLD_SIZE", 1)?.max(1);
         let node_rank = number("NODE_RANK", 0)?;
         let world = number("WORLD_SIZE", local_world * (node_rank + 1))?;

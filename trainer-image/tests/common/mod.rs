@@ -55,12 +55,31 @@ pub fn gpt2_files() -> (PathBuf, PathBuf) {
     (assets.join("encoder.json"), assets.join("vocab.bpe"))
 }
 
-/// An RLHFJob manifest on a random 1-layer Llama (quick on a CPU) with `stages` (YAML list items
-/// indented by 4).
-pub fn tiny_job(name: &str, stages: &str) -> String {
+/// An RLHFJob manifest on a random 1-layer Llama (quick on a CPU) with `parallelism` (a YAML flow
+/// mapping) and `stages` (YAML list items indented by 4).
+pub fn tiny_job(name: &str, parallelism: &str, stages: &str) -> String {
     format!(
         "apiVersion: rlhf.dev/v1alpha1\nkind: RLHFJob\nmetadata: {{name: {name}}}\nspec:\n  image: unused\n  model:\n    family: llama\n    \
          init: random\n    architecture: {{vocabSize: 50257, hiddenSize: 32, numLayers: 1, numHeads: 4, numKvHeads: 2, maxPositions: 64}}\n  \
-         stages:{stages}"
+         parallelism: {parallelism}\n  stages:{stages}"
     )
+}
+
+/// `rlhf-trainer local MANIFEST <flag> FOLDER` (flag `--output` or `--resume`), not yet run.
+pub fn local(manifest: &Path, flag: &str, folder: &Path) -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_rlhf-trainer"));
+    c.args(["local", manifest.to_str().unwrap(), flag, folder.to_str().unwrap()]);
+    c
+}
+
+/// Writes `manifest` as `<dir>/<name>.yaml` and runs it into `<dir>/<name>`, which must succeed;
+/// returns that folder and what the run printed.
+pub fn run_local(dir: &Path, name: &str, manifest: &str) -> (PathBuf, String) {
+    let path = dir.join(format!("{name}.yaml"));
+    std::fs::write(&path, manifest).unwrap();
+    let out = dir.join(name);
+    let result = local(&path, "--output", &out).output().unwrap();
+    let stdout = String::from_utf8_lossy(&result.stdout).into_owned();
+    assert!(result.status.success(), "{name}: {stdout}{}", String::from_utf8_lossy(&result.stderr));
+    (out, stdout)
 }

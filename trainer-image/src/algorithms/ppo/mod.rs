@@ -76,7 +76,8 @@ pub struct Data<'a> {
     pub ptx: &'a [Example],
 }
 
-fn prompts_of(examples: &[Example]) -> Result<Vec<&str>> {
+/// The prompts of PPO examples (any other shape is an error).
+pub fn prompts_of(examples: &[Example]) -> Result<Vec<&str>> {
     examples
         .iter()
         .map(|e| match e {
