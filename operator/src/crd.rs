@@ -246,13 +246,17 @@ pub enum StagePhase {
     /// Its dependencies have not all succeeded yet.
     #[default]
     Waiting,
-    /// Its pods exist but not all are Running yet.
+    /// Its gang is admitted (or being created) but not all pods are Running yet.
     Pending,
+    /// Its gang waits for GPUs (see `message` for its position and why).
     Queued,
     Running,
+    /// Its gang is being torn down, or waits out the backoff before the next one starts.
     Restarting,
     Succeeded,
     Failed,
+    /// The job is suspended: its pods are deleted, its checkpoints kept.
+    Suspended,
 }
 
 impl StagePhase {
@@ -281,6 +285,22 @@ pub struct StageStatus {
     /// The stage's output folder on the job's storage volume.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub output: Option<String>,
+    /// Generation of the stage's current gang (its pods' `rlhf.dev/gang-generation` label); every
+    /// restart, requeue or resume from suspension starts a new one.
+    #[serde(default)]
+    pub gang_generation: u32,
+    /// When the current gang was created.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gang_start_time: Option<Time>,
+    /// When the step last changed (the progress deadline counts from here).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_progress_time: Option<Time>,
+    /// A restarting stage's next gang starts no earlier than this (exponential backoff).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry_after: Option<Time>,
+    /// Why the stage is queued, restarting or failed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
 }
 
 #[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema, Default)]

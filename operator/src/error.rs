@@ -9,6 +9,10 @@ pub enum Error {
     Server { addr: String, source: std::io::Error },
     #[error("prometheus: {0}")]
     Metrics(#[from] prometheus::Error),
+    #[error(
+        "spec.scheduling.gang: {mode} needs the CRD {crd} ({api_version} PodGroup), which the cluster does not serve; install that scheduler or choose another gang mode"
+    )]
+    PodGroupCrdMissing { mode: &'static str, crd: String, api_version: String },
 }
 
 impl Error {
@@ -22,6 +26,7 @@ impl Error {
             Error::Config(_) => "config",
             Error::Server { .. } => "server",
             Error::Metrics(_) => "metrics",
+            Error::PodGroupCrdMissing { .. } => "crd_missing",
         }
     }
 }

@@ -28,6 +28,11 @@ pub fn pod(job: &str, stage: &str, node_rank: u32) -> String {
     format!("{job}-{stage}-{node_rank}")
 }
 
+/// PodGroup of a stage's gang (gang: volcano or coscheduling).
+pub fn pod_group(job: &str, stage: &str) -> String {
+    format!("{job}-{stage}")
+}
+
 pub fn config_map(job: &str, stage: &str) -> String {
     format!("{job}-{stage}-config")
 }

@@ -77,6 +77,7 @@ async fn job_runs_stage_by_stage_and_is_garbage_collected() {
     let pool = GpuPool::create(&client, &ns, 3, 4).await;
     let mut manifest = pipeline_job(JOB, ["warmup", "prefs", "align"], 3, 2);
     manifest["spec"]["nodeSelector"] = serde_json::json!({POOL_LABEL: ns});
+    manifest["spec"]["scheduling"] = serde_json::json!({"gang": "native"});
     let (ok, out) = kubectl_apply(&cluster, &ns, &manifest).await;
     assert!(ok, "kubectl apply failed: {out}");
     let uid = jobs(&client, &ns).get(JOB).await.unwrap().uid().unwrap();

@@ -84,6 +84,19 @@ fn place(gang: &GangRequest, nodes: &[NodeCapacity], free: &mut BTreeMap<String,
     Some(chosen)
 }
 
+/// Counts pods that were created but not bound yet as using GPUs on the nodes they will most
+/// likely land on (an admitted gang's pods hold their place before the scheduler binds them).
+pub fn reserve_unbound(nodes: &mut [NodeCapacity], unbound: &[GangRequest]) {
+    let mut free: BTreeMap<String, u32> = nodes.iter().map(|n| (n.name.clone(), n.gpus.saturating_sub(n.gpus_in_use))).collect();
+    for pod in unbound {
+        for node in place(pod, nodes, &mut free).unwrap_or_default() {
+            if let Some(n) = nodes.iter_mut().find(|n| n.name == node) {
+                n.gpus_in_use += pod.gpus_per_pod;
+            }
+        }
+    }
+}
+
 /// The order gangs are considered in.
 fn queue_order(a: &GangRequest, b: &GangRequest) -> std::cmp::Ordering {
     b.priority.cmp(&a.priority).then_with(|| a.created.cmp(&b.created)).then_with(|| a.key.cmp(&b.key))

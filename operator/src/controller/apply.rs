@@ -1,4 +1,5 @@
 //! Writes to the API server: server-side apply of desired objects, deletion of orphans, status.
+mod podgroup;
 use std::collections::BTreeSet;
 
 use k8s_openapi::api::core::v1::{ConfigMap, PersistentVolumeClaim, Pod, Service};
@@ -9,6 +10,7 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use super::build;
+use super::status::Cleanup;
 use super::validate::ValidatedJob;
 use crate::crd::{RLHFJob, RLHFJobStatus};
 use crate::error::Result;
@@ -83,17 +85,45 @@ impl Applier<'_> {
         Ok(())
     }
 
+    /// Deletes a stage's pods (all, or only those still Pending/Running); pods already being
+    /// deleted are left alone.
+    pub async fn delete_stage_pods(&self, job: &str, stage: &str, cleanup: Cleanup) -> Result<()> {
+        let selector = format!("{},{}={stage}", names::job_selector(job), names::LABEL_STAGE);
+        let api = self.api::<Pod>();
+        for pod in api.list(&ListParams::default().labels(&selector)).await? {
+            let finished = matches!(pod.status.as_ref().and_then(|s| s.phase.as_deref()), Some("Succeeded" | "Failed"));
+            if pod.metadata.deletion_timestamp.is_some() || (cleanup == Cleanup::Unfinished && finished) {
+                continue;
+            }
+            self.delete_one::<Pod>(&api, &pod.name_any()).await?;
+        }
+        Ok(())
+    }
+
+    /// The job itself (ttlSecondsAfterFinished); what it owns goes with it.
+    pub async fn delete_job(&self, job: &str) -> Result<()> {
+        self.delete_one::<RLHFJob>(&self.api(), job).await
+    }
+
+    async fn delete_one<K>(&self, api: &Api<K>, name: &str) -> Result<()>
+    where
+        K: Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()> + Clone + DeserializeOwned + std::fmt::Debug,
+    {
+        match api.delete(name, &DeleteParams::background()).await {
+            Ok(_) => self.metrics.objects_deleted.with_label_values(&[&K::kind(&())]).inc(),
+            Err(kube::Error::Api(e)) if e.code == 404 => {}
+            Err(e) => return Err(e.into()),
+        }
+        Ok(())
+    }
+
     async fn delete_labelled<K>(&self, selector: &str) -> Result<()>
     where
         K: Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()> + Clone + DeserializeOwned + std::fmt::Debug,
     {
         let api = self.api::<K>();
         for obj in api.list(&ListParams::default().labels(selector)).await? {
-            match api.delete(&obj.name_any(), &DeleteParams::background()).await {
-                Ok(_) => self.metrics.objects_deleted.with_label_values(&[&K::kind(&())]).inc(),
-                Err(kube::Error::Api(e)) if e.code == 404 => {}
-                Err(e) => return Err(e.into()),
-            }
+            self.delete_one(&api, &obj.name_any()).await?;
         }
         Ok(())
     }

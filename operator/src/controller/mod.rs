@@ -4,6 +4,9 @@ pub mod apply;
 #[cfg(test)]
 mod fixtures;
 pub mod build;
+mod capacity;
+mod gangs;
+mod progress;
 pub mod observe;
 pub mod status;
 pub mod validate;
@@ -13,10 +16,11 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
-use k8s_openapi::api::core::v1::{ConfigMap, Pod, Service};
+use k8s_openapi::api::core::v1::{ConfigMap, Node, Pod, Service};
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{Api, ListParams};
 use kube::runtime::controller::{Action, Controller};
+use kube::runtime::reflector::ObjectRef;
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::runtime::watcher;
 use kube::{Client, Resource, ResourceExt};
@@ -24,7 +28,7 @@ use kube::{Client, Resource, ResourceExt};
 use self::apply::Applier;
 use self::observe::ObservedPod;
 use self::status::{Decision, Observed};
-use crate::crd::RLHFJob;
+use crate::crd::{JobPhase, RLHFJob};
 use crate::error::{Error, Result};
 use crate::metrics::Metrics;
 use crate::names;
@@ -33,26 +37,50 @@ pub struct Context {
     pub client: Client,
     pub recorder: Recorder,
     pub metrics: Metrics,
+    /// The namespace the operator is limited to, if any.
+    pub namespace: Option<String>,
+    /// Serialises gang admission (capacity read -> pods created) across concurrent reconciles.
+    pub admission: tokio::sync::Mutex<()>,
+}
+
+impl Context {
+    /// RLHFJobs the operator watches (one namespace or all).
+    pub fn jobs_api(&self) -> Api<RLHFJob> {
+        scoped_api(&self.client, &self.namespace)
+    }
+}
+
+fn scoped_api<K>(client: &Client, ns: &Option<String>) -> Api<K>
+where
+    K: Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>,
+{
+    match ns {
+        Some(ns) => Api::namespaced(client.clone(), ns),
+        None => Api::all(client.clone()),
+    }
 }
 
 /// Runs the controller until the process is asked to stop. `namespace` limits it to one namespace.
 pub async fn run(client: Client, namespace: Option<String>, metrics: Metrics) {
-    fn api<K>(client: &Client, ns: &Option<String>) -> Api<K>
-    where
-        K: Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>,
-    {
-        match ns {
-            Some(ns) => Api::namespaced(client.clone(), ns),
-            None => Api::all(client.clone()),
-        }
-    }
     let owned = watcher::Config::default().labels(&format!("{}={}", names::LABEL_MANAGED_BY, names::FIELD_MANAGER));
     let reporter = Reporter { controller: names::FIELD_MANAGER.into(), instance: std::env::var("POD_NAME").ok() };
-    let ctx = Arc::new(Context { client: client.clone(), recorder: Recorder::new(client.clone(), reporter), metrics });
-    Controller::new(api::<RLHFJob>(&client, &namespace), watcher::Config::default())
-        .owns(api::<Pod>(&client, &namespace), owned.clone())
-        .owns(api::<Service>(&client, &namespace), owned.clone())
-        .owns(api::<ConfigMap>(&client, &namespace), owned)
+    let recorder = Recorder::new(client.clone(), reporter);
+    let ctx = Arc::new(Context { client: client.clone(), recorder, metrics, namespace: namespace.clone(), admission: Default::default() });
+    let controller = Controller::new(scoped_api::<RLHFJob>(&client, &namespace), watcher::Config::default());
+    // Node changes (a node joins, frees up, or goes NotReady) wake the queued and running jobs.
+    let jobs = controller.store();
+    let waiting_on_nodes = move |_: Node| {
+        jobs.state()
+            .into_iter()
+            .filter(|j| j.status.as_ref().is_some_and(|s| matches!(s.phase, Some(JobPhase::Queued | JobPhase::Running | JobPhase::Pending))))
+            .map(|j| ObjectRef::from_obj(&*j))
+            .collect::<Vec<_>>()
+    };
+    controller
+        .owns(scoped_api::<Pod>(&client, &namespace), owned.clone())
+        .owns(scoped_api::<Service>(&client, &namespace), owned.clone())
+        .owns(scoped_api::<ConfigMap>(&client, &namespace), owned)
+        .watches(Api::<Node>::all(client.clone()), watcher::Config::default(), waiting_on_nodes)
         .shutdown_on_signal()
         .run(reconcile, error_policy, ctx)
         .for_each(|res| async move {
@@ -92,43 +120,52 @@ async fn reconcile_job(job: &RLHFJob, ctx: &Context) -> Result<Action> {
         pods.list(&ListParams::default().labels(&names::job_selector(&name))).await?.iter().filter_map(ObservedPod::from_pod).collect();
     let prev = job.status.clone().unwrap_or_default();
     let now = Timestamp::now();
+    let (no_progress, no_nodes) = (BTreeMap::new(), BTreeSet::new());
     let decision = match validate::validate(job) {
         Err(errors) => {
             tracing::info!(job = %name, namespace = %namespace, problems = errors.len(), "invalid spec");
             let no_hashes = BTreeMap::new();
-            let obs = Observed { generation: job.metadata.generation, pods: &observed, desired_hashes: &no_hashes, now };
+            let obs = Observed { generation: job.metadata.generation, pods: &observed, desired_hashes: &no_hashes, progress: &no_progress, not_ready_nodes: &no_nodes, now };
             status::decide_invalid(&prev, &errors, &obs)
         }
         Ok(valid) => {
-            let gangs: BTreeMap<String, build::Gang> = valid
-                .stages
-                .iter()
-                .filter_map(|s| Some((s.resolved.name.clone(), build::gang(&valid, &s.resolved.name, 0)?)))
-                .collect();
-            let hashes = gangs.iter().map(|(stage, g)| (stage.clone(), g.spec_hash.clone())).collect();
-            let obs = Observed { generation: job.metadata.generation, pods: &observed, desired_hashes: &hashes, now };
-            let decision = status::decide(&valid, &prev, &obs);
-            // Only missing pods are created: a complete gang costs no API call.
-            let existing: BTreeSet<&str> = observed.iter().map(|o| o.name.as_str()).collect();
-            let to_create: Vec<(&build::Gang, Vec<&Pod>)> = decision
-                .launch
-                .iter()
-                .filter_map(|stage| gangs.get(stage))
-                .map(|gang| (gang, gang.pods.iter().filter(|p| !existing.contains(p.name_any().as_str())).collect::<Vec<_>>()))
-                .filter(|(_, missing)| !missing.is_empty())
-                .collect();
-            if !to_create.is_empty() {
-                applier.ensure_storage(&valid).await?;
-            }
-            for (gang, missing) in to_create {
-                applier.ensure_gang(&valid, &gang.stage, missing).await?;
-            }
+            let hashes: BTreeMap<String, String> =
+                valid.stages.iter().filter_map(|s| Some((s.resolved.name.clone(), build::gang(&valid, &s.resolved.name, 0)?.spec_hash))).collect();
+            let not_ready = unready_nodes(ctx, &observed).await?;
+            let progress = progress::read_all(&prev.stages, &observed, valid.metrics_port).await;
+            let obs = Observed { generation: job.metadata.generation, pods: &observed, desired_hashes: &hashes, progress: &progress, not_ready_nodes: &not_ready, now };
+            let mut decision = status::decide(&valid, &prev, &obs);
+            gangs::launch(ctx, job, &valid, &applier, &observed, &mut decision, now).await?;
+            gangs::clean_up(&applier, &name, &decision, &observed).await?;
             applier.delete_orphans(&name, &orphan_stages(&valid, &prev, &observed)).await?;
             decision
         }
     };
+    if decision.delete_job {
+        tracing::info!(job = %name, namespace = %namespace, "ttlSecondsAfterFinished passed: deleting the job");
+        applier.delete_job(&name).await?;
+        return Ok(Action::await_change());
+    }
+    let wake = decision.wake_at.map(|at| Duration::from_secs(at.duration_since(now).as_secs().clamp(1, 300) as u64));
     publish(job, &prev, decision, &applier, ctx).await?;
-    Ok(Action::requeue(Duration::from_secs(300)))
+    Ok(Action::requeue(wake.unwrap_or(Duration::from_secs(300))))
+}
+
+/// The nodes of the job's pods that are not Ready or no longer exist.
+async fn unready_nodes(ctx: &Context, observed: &[ObservedPod]) -> Result<BTreeSet<String>> {
+    let used: BTreeSet<&str> = observed.iter().filter(|p| p.is_active()).filter_map(|p| p.node.as_deref()).collect();
+    if used.is_empty() {
+        return Ok(BTreeSet::new());
+    }
+    let nodes: Api<Node> = Api::all(ctx.client.clone());
+    let mut unready = BTreeSet::new();
+    for name in used {
+        let ready = nodes.get_opt(name).await?.as_ref().is_some_and(capacity::node_ready);
+        if !ready {
+            unready.insert(name.to_string());
+        }
+    }
+    Ok(unready)
 }
 
 /// Stages that have objects (or a status entry) but are no longer in the spec.

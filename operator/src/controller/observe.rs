@@ -27,6 +27,10 @@ pub struct ObservedPod {
     /// The kubelet's reason (e.g. OOMKilled, Evicted) when there is one.
     pub reason: Option<String>,
     pub deleting: bool,
+    /// The node the scheduler bound it to.
+    pub node: Option<String>,
+    /// Its IP once it runs (rank 0's metrics are scraped there).
+    pub ip: Option<String>,
 }
 
 impl ObservedPod {
@@ -56,7 +60,14 @@ impl ObservedPod {
             exit_code: terminated.map(|t| t.exit_code),
             reason: terminated.and_then(|t| t.reason.clone()).or_else(|| status.and_then(|s| s.reason.clone())),
             deleting: pod.metadata.deletion_timestamp.is_some(),
+            node: pod.spec.as_ref().and_then(|s| s.node_name.clone()),
+            ip: status.and_then(|s| s.pod_ip.clone()),
         })
+    }
+
+    /// Whether the pod still runs or may run (it holds its GPUs).
+    pub fn is_active(&self) -> bool {
+        matches!(self.phase, PodPhase::Pending | PodPhase::Running)
     }
 
     /// "pod x failed (exit code 1, OOMKilled)"

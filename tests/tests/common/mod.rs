@@ -53,6 +53,8 @@ pub fn pipeline_job(name: &str, stages: [&str; 3], nodes: u32, gpus_per_node: u3
             "parallelism": {"nodes": nodes, "gpusPerNode": gpus_per_node},
             "storage": {"accessModes": ["ReadWriteMany"], "size": "2Gi"},
             "env": [{"name": "EXTRA_SETTING", "value": "on"}],
+            // No GPU nodes unless a test registers some: gangs are not held back for capacity.
+            "scheduling": {"gang": "none"},
             "stages": [
                 {"name": first, "kind": "sft", "dataset": synthetic, "training": {"batchSize": batch, "microBatchSize": 4, "maxLength": 64}},
                 {"name": second, "kind": "rm", "dataset": synthetic, "training": {"batchSize": batch, "microBatchSize": 4, "maxLength": 64}},

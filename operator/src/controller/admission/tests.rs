@@ -82,3 +82,17 @@ fn toleration_matching_follows_kubernetes() {
     assert!(tolerates(&tol(None, Some("Exists"), None, None), &taint), "empty key with Exists tolerates everything");
     assert!(!tolerates(&tol(Some("k"), Some("Exists"), None, Some("NoExecute")), &taint));
 }
+
+#[test]
+fn unbound_pods_of_an_admitted_gang_hold_their_place() {
+    let mut nodes = [node("n1", 4, 0), node("n2", 4, 0)];
+    let pending = GangRequest { node_selector: BTreeMap::new(), ..gang("ns/a/sft-0", 1, 3) };
+    reserve_unbound(&mut nodes, &[pending.clone(), pending]);
+    assert_eq!(nodes.iter().map(|n| n.gpus_in_use).collect::<Vec<_>>(), vec![3, 3]);
+    assert!(!admitted(&admit(&nodes, &[gang("ns/b/sft", 1, 2)])[0]), "only 1 GPU is left on each node");
+    // A pod whose selector matches no node reserves nothing.
+    let mut nodes = [node("n1", 4, 0)];
+    let elsewhere = GangRequest { node_selector: BTreeMap::from([("pool".into(), "other".into())]), ..gang("ns/c/rm-0", 1, 4) };
+    reserve_unbound(&mut nodes, &[elsewhere]);
+    assert_eq!(nodes[0].gpus_in_use, 0);
+}

@@ -2,11 +2,13 @@
 //! so applying its output again changes nothing (idempotent reconcile).
 mod config;
 mod pod;
+mod podgroup;
 mod service;
 mod storage;
 
 pub use config::config_map;
 pub use pod::{Gang, gang};
+pub use podgroup::{BatchScheduler, COSCHEDULING, Membership, VOLCANO, batch_scheduler, pod_group};
 pub use service::headless_service;
 pub use storage::storage_claim;
 

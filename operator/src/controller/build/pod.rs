@@ -6,7 +6,7 @@ use k8s_openapi::api::core::v1::{
 };
 use sha2::{Digest, Sha256};
 
-use super::{config::trainer_config, meta};
+use super::{config::trainer_config, meta, podgroup::batch_scheduler};
 use crate::controller::validate::{ValidatedJob, ValidatedStage};
 use crate::names;
 
@@ -24,7 +24,7 @@ pub fn gang(job: &ValidatedJob, stage: &str, generation: u32) -> Option<Gang> {
     let mut pods: Vec<Pod> = (0..s.resolved.parallelism.nodes).map(|rank| pod(job, s, rank, generation)).collect();
     let hash = spec_hash(job, stage, &pods);
     for p in &mut pods {
-        p.metadata.annotations = Some(BTreeMap::from([(names::ANNOTATION_SPEC_HASH.to_string(), hash.clone())]));
+        p.metadata.annotations.get_or_insert_with(BTreeMap::new).insert(names::ANNOTATION_SPEC_HASH.to_string(), hash.clone());
     }
     Some(Gang { stage: stage.to_string(), pods, spec_hash: hash })
 }
@@ -88,7 +88,7 @@ fn pod(job: &ValidatedJob, s: &ValidatedStage, rank: u32, generation: u32) -> Po
         ports: Some(ports),
         ..Default::default()
     };
-    let spec = PodSpec {
+    let mut spec = PodSpec {
         containers: vec![container],
         restart_policy: Some("Never".into()),
         hostname: Some(name.clone()),
@@ -102,11 +102,12 @@ fn pod(job: &ValidatedJob, s: &ValidatedStage, rank: u32, generation: u32) -> Po
         volumes: Some(volumes),
         ..Default::default()
     };
-    Pod {
-        metadata: meta(job, name, names::pod_labels(&job.name, stage, rank, generation)),
-        spec: Some(spec),
-        ..Default::default()
+    let mut metadata = meta(job, name, names::pod_labels(&job.name, stage, rank, generation));
+    if let Some(scheduler) = batch_scheduler(job.scheduling.gang) {
+        spec.scheduler_name = Some(scheduler.scheduler_name.to_string());
+        scheduler.mark_member(&mut metadata, &names::pod_group(&job.name, stage));
     }
+    Pod { metadata, spec: Some(spec), ..Default::default() }
 }
 
 /// torchrun's variables plus ours (ARCHITECTURE.md); the trainer's launcher adds RANK/LOCAL_RANK.

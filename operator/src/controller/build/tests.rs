@@ -252,3 +252,94 @@ fn building_twice_gives_equal_objects() {
     }
     assert_eq!(storage_claim(&a), storage_claim(&b));
 }
+
+/// The test job handed to a batch scheduler: `scheduling` as given, plus CPU/memory requests.
+fn batch_job(scheduling: Value) -> ValidatedJob {
+    let mut spec = spec();
+    spec["scheduling"] = scheduling;
+    spec["priorityClassName"] = json!("research-high");
+    spec["resources"] = json!({"requests": {"cpu": "1500m", "memory": "16Gi"}, "limits": {"memory": "16Gi"}});
+    validated(spec)
+}
+
+fn assert_pod_group_meta(group: &kube::api::DynamicObject, api_version: &str) {
+    let types = group.types.as_ref().expect("a PodGroup has apiVersion and kind");
+    assert_eq!((types.api_version.as_str(), types.kind.as_str()), (api_version, "PodGroup"));
+    assert_eq!(group.metadata.name.as_deref(), Some("chat-sft"));
+    assert_eq!(group.metadata.namespace.as_deref(), Some("team-a"));
+    let labels = strings(&[("app.kubernetes.io/managed-by", "rlhf-operator"), ("rlhf.dev/job", "chat"), ("rlhf.dev/stage", "sft")]);
+    assert_eq!(group.metadata.labels.as_ref(), Some(&labels));
+    assert_eq!(group.metadata.owner_references, Some(vec![owner_reference()]));
+}
+
+#[test]
+fn volcano_pod_group_asks_for_the_whole_gang_in_its_queue() {
+    let job = batch_job(json!({"gang": "volcano", "queue": "research"}));
+    let group = pod_group(&job, "sft").expect("volcano mode has a PodGroup");
+    assert_pod_group_meta(&group, "scheduling.volcano.sh/v1beta1");
+    // 3 pods, each requesting 4 GPUs, 1500m CPU and 16Gi.
+    let expected = json!({"spec": {
+        "minMember": 3,
+        "minResources": {"cpu": "4500m", "memory": "48Gi", "nvidia.com/gpu": "12"},
+        "queue": "research",
+        "priorityClassName": "research-high",
+    }});
+    assert_eq!(group.data, expected);
+    assert!(pod_group(&job, "nope").is_none());
+
+    for pod in gang(&job, "sft", 0).unwrap().pods {
+        assert_eq!(pod_spec(&pod).scheduler_name.as_deref(), Some("volcano"));
+        let annotations = pod.metadata.annotations.as_ref().unwrap();
+        assert_eq!(annotations.get("scheduling.k8s.io/group-name").map(String::as_str), Some("chat-sft"));
+        assert!(annotations.contains_key("rlhf.dev/spec-hash"));
+        assert!(!pod.metadata.labels.as_ref().unwrap().contains_key("scheduling.x-k8s.io/pod-group"));
+    }
+}
+
+#[test]
+fn coscheduling_pod_group_carries_the_gang_timeout() {
+    let job = batch_job(json!({"gang": "coscheduling", "timeoutSeconds": 120}));
+    let group = pod_group(&job, "sft").expect("coscheduling mode has a PodGroup");
+    assert_pod_group_meta(&group, "scheduling.x-k8s.io/v1alpha1");
+    let expected = json!({"spec": {
+        "minMember": 3,
+        "minResources": {"cpu": "4500m", "memory": "48Gi", "nvidia.com/gpu": "12"},
+        "scheduleTimeoutSeconds": 120,
+    }});
+    assert_eq!(group.data, expected);
+
+    for pod in gang(&job, "sft", 0).unwrap().pods {
+        assert_eq!(pod_spec(&pod).scheduler_name.as_deref(), Some("scheduler-plugins-scheduler"));
+        assert_eq!(pod.metadata.labels.as_ref().unwrap()["scheduling.x-k8s.io/pod-group"], "chat-sft");
+        let annotations = pod.metadata.annotations.as_ref().unwrap();
+        assert_eq!(annotations.keys().collect::<Vec<_>>(), ["rlhf.dev/spec-hash"]);
+    }
+}
+
+#[test]
+fn native_and_unscheduled_gangs_have_no_pod_group_and_the_default_scheduler() {
+    for scheduling in [json!({}), json!({"gang": "native"}), json!({"gang": "none"})] {
+        let mut spec = spec();
+        spec["scheduling"] = scheduling.clone();
+        let job = validated(spec);
+        assert!(pod_group(&job, "sft").is_none(), "{scheduling}");
+        for pod in gang(&job, "sft", 0).unwrap().pods {
+            assert_eq!(pod_spec(&pod).scheduler_name, None, "{scheduling}");
+            assert_eq!(pod.metadata.annotations.as_ref().unwrap().len(), 1, "{scheduling}");
+        }
+    }
+}
+
+#[test]
+fn batch_schedulers_map_to_their_podgroup_apis() {
+    use crate::crd::GangMode;
+    assert_eq!(batch_scheduler(GangMode::Volcano), Some(&VOLCANO));
+    assert_eq!(batch_scheduler(GangMode::Coscheduling), Some(&COSCHEDULING));
+    assert_eq!((batch_scheduler(GangMode::Native), batch_scheduler(GangMode::None)), (None, None));
+    let ar = VOLCANO.api_resource();
+    assert_eq!((ar.group.as_str(), ar.version.as_str(), ar.kind.as_str(), ar.plural.as_str()), ("scheduling.volcano.sh", "v1beta1", "PodGroup", "podgroups"));
+    assert_eq!(ar.api_version, "scheduling.volcano.sh/v1beta1");
+    assert_eq!(VOLCANO.crd_name(), "podgroups.scheduling.volcano.sh");
+    assert_eq!(COSCHEDULING.crd_name(), "podgroups.scheduling.x-k8s.io");
+    assert_eq!(COSCHEDULING.membership, Membership::Label("scheduling.x-k8s.io/pod-group"));
+}

@@ -2,6 +2,7 @@ use serde_json::{Value, json};
 
 use super::*;
 use crate::controller::fixtures::validated;
+use crate::controller::observe::PodPhase;
 
 /// sft + rm -> ppo, gangs of 2 pods on a ReadWriteMany volume.
 fn spec() -> Value {
@@ -35,8 +36,18 @@ fn hash(stage: &str) -> String {
 }
 
 fn decide_at(job: &ValidatedJob, prev: &RLHFJobStatus, pods: &[ObservedPod], second: i64) -> Decision {
+    decide_with(job, prev, pods, second, &BTreeMap::new(), &BTreeSet::new())
+}
+
+/// Decides as the reconciler does, which then admits every launched gang (room for all).
+fn decide_with(job: &ValidatedJob, prev: &RLHFJobStatus, pods: &[ObservedPod], second: i64, progress: &BTreeMap<String, TrainerProgress>, not_ready: &BTreeSet<String>) -> Decision {
     let hashes = job.stages.iter().map(|s| (s.resolved.name.clone(), hash(&s.resolved.name))).collect();
-    decide(job, prev, &Observed { generation: Some(4), pods, desired_hashes: &hashes, now: at(second) })
+    let obs = Observed { generation: Some(4), pods, desired_hashes: &hashes, progress, not_ready_nodes: not_ready, now: at(second) };
+    let mut d = decide(job, prev, &obs);
+    for stage in d.launch.clone() {
+        d.admitted(&stage, at(second));
+    }
+    d
 }
 
 /// Decides once per round (round i at second i), each time on the status the previous round returned.
@@ -66,6 +77,8 @@ fn pods(gangs: &[(&str, PodPhase)]) -> Vec<ObservedPod> {
                 exit_code: None,
                 reason: None,
                 deleting: false,
+                node: Some(format!("node-{rank}")),
+                ip: Some(format!("10.0.0.{rank}")),
             })
         })
         .collect()
@@ -116,8 +129,8 @@ fn a_fresh_job_starts_the_stages_without_dependencies() {
     assert_eq!(
         d.transitions,
         [
-            transition("Stage/sft", "StageStarted", "stage sft started: creating its gang", false),
-            transition("Stage/rm", "StageStarted", "stage rm started: creating its gang", false),
+            transition("Stage/sft", "StageStarted", "stage sft started: creating its gang (generation 0)", false),
+            transition("Stage/rm", "StageStarted", "stage rm started: creating its gang (generation 0)", false),
         ]
     );
 }
@@ -134,7 +147,7 @@ fn a_stage_runs_once_its_whole_gang_runs() {
     assert_eq!(d.status.phase, Some(JobPhase::Running));
     // Spec order, as the stages are listed in the status.
     assert_eq!(d.status.current_stage.as_deref(), Some("sft,rm"));
-    assert_eq!(launches(&d), ["sft", "rm"]);
+    assert!(d.launch.is_empty(), "a running gang is complete: {:?}", d.launch);
     assert_eq!(d.transitions[0], transition("Stage/sft", "StageRunning", "stage sft is Running", false));
 }
 
@@ -176,39 +189,224 @@ fn succeeded_stages_stay_succeeded_after_their_pods_are_cleaned() {
     );
 }
 
-#[test]
-fn a_failed_pod_fails_its_stage_and_the_job_and_nothing_launches_after() {
-    let mut failing = pods(&[("sft", Running), ("rm", Pending)]);
-    failing[1] = ObservedPod { phase: Failed, exit_code: Some(137), reason: Some("OOMKilled".into()), ..failing[1].clone() };
-    // rm's gang is still being created: its second pod does not exist yet.
-    failing.retain(|p| p.name != "chat-rm-1");
-    let job = job();
-    let d = history(&job, &[vec![], pods(&[("sft", Running), ("rm", Pending)]), failing.clone()]);
-    assert_eq!(phases(&d.status), [("sft", StagePhase::Failed), ("rm", StagePhase::Pending), ("ppo", StagePhase::Waiting)]);
-    assert_eq!(d.status.phase, Some(JobPhase::Failed));
-    assert_eq!(d.status.completion_time, Some(Time(at(2))));
-    let why = "pod chat-sft-1 failed (exit code 137, OOMKilled)";
-    assert_eq!(condition(&d.status, "Failed"), &true_condition("Failed", "StageFailed", &format!("stage sft: {why}"), 2));
-    assert_eq!(
-        d.transitions,
-        [transition("Stage/sft", "StageFailed", &format!("stage sft failed: {why}"), true), transition("Job", "JobFailed", "job Failed", true)]
-    );
-    assert!(d.launch.is_empty(), "a failed job creates no pods: {:?}", d.launch);
-
-    let again = decide_at(&job, &d.status, &failing, 3);
-    assert!(again.launch.is_empty(), "{:?}", again.launch);
-    assert_eq!(again.status, d.status);
-    assert_eq!(again.transitions, []);
+/// sft and rm running at second 1; at second 2 sft's rank 1 has `failed` that way.
+fn sft_fails(job: &ValidatedJob, failed: impl FnOnce(&mut ObservedPod)) -> Decision {
+    let mut failing = pods(&[("sft", Running), ("rm", Running)]);
+    failed(&mut failing[1]);
+    history(job, &[vec![], pods(&[("sft", Running), ("rm", Running)]), failing])
 }
 
 #[test]
-fn a_pod_gone_from_a_running_gang_fails_the_stage() {
-    let mut shrunk = pods(&[("sft", Running), ("rm", Running)]);
-    shrunk[0].deleting = true; // being deleted counts as gone
-    let d = history(&job(), &[vec![], pods(&[("sft", Running), ("rm", Running)]), shrunk]);
+fn a_failed_pod_restarts_the_whole_gang_after_a_backoff() {
+    let job = job();
+    let d = sft_fails(&job, |p| {
+        p.phase = Failed;
+        p.exit_code = Some(137);
+        p.reason = Some("OOMKilled".into());
+    });
+    assert_eq!(phases(&d.status), [("sft", StagePhase::Restarting), ("rm", StagePhase::Running), ("ppo", StagePhase::Waiting)]);
+    assert_eq!(d.status.phase, Some(JobPhase::Restarting));
+    let sft = &d.status.stages[0];
+    assert_eq!((sft.restarts, sft.gang_generation, sft.retry_after.clone()), (1, 1, Some(Time(at(2 + BACKOFF_FIRST)))));
+    let why = "gang restart 1/3 in 5s: pod chat-sft-1 failed (exit code 137, OOMKilled)";
+    assert_eq!(sft.message.as_deref(), Some(why));
+    assert_eq!(d.cleanup, BTreeMap::from([("sft".to_string(), Cleanup::All)]), "the whole gang goes, not just the failed pod");
+    assert!(d.launch.is_empty());
+    assert_eq!(condition(&d.status, "Restarting").message, format!("stage sft: {why}"));
+    assert_eq!(d.transitions[0], transition("Restart/sft", "GangRestarting", &format!("stage sft: {why}"), true));
+
+    // While the old pods are still there nothing starts, even after the backoff.
+    let mut old = pods(&[("sft", Running), ("rm", Running)]);
+    old[0].deleting = true;
+    let waiting = decide_at(&job, &d.status, &old, 30);
+    assert_eq!((waiting.status.stages[0].phase, waiting.cleanup.get("sft")), (StagePhase::Restarting, Some(&Cleanup::All)));
+    // Old pods gone, backoff not over: wait for it.
+    let rm_only = pods(&[("rm", Running)]);
+    let early = decide_at(&job, &d.status, &rm_only, 3);
+    assert_eq!((early.status.stages[0].phase, early.wake_at), (StagePhase::Restarting, Some(at(2 + BACKOFF_FIRST))));
+    // Then generation 1 starts.
+    let next = decide_at(&job, &d.status, &rm_only, 2 + BACKOFF_FIRST);
+    assert_eq!((next.status.stages[0].phase, next.status.stages[0].gang_generation), (StagePhase::Pending, 1));
+    assert_eq!(launches(&next), ["sft"]);
+    assert!(next.status.conditions.iter().all(|c| c.type_ != "Restarting" || c.status == "False"));
+}
+
+const BACKOFF_FIRST: i64 = 5;
+
+#[test]
+fn backoff_doubles_up_to_a_cap() {
+    let secs: Vec<i64> = (1..=9).map(|n| backoff(n).as_secs()).collect();
+    assert_eq!(secs, [5, 10, 20, 40, 80, 160, 300, 300, 300]);
+}
+
+#[test]
+fn exit_code_2_fails_the_stage_at_once_and_stops_the_rest_of_its_gang() {
+    let d = sft_fails(&job(), |p| {
+        p.phase = Failed;
+        p.exit_code = Some(PERMANENT_ERROR_EXIT_CODE);
+    });
     assert_eq!(phases(&d.status)[0], ("sft", StagePhase::Failed));
-    assert_eq!(d.status.phase, Some(JobPhase::Failed));
-    assert_eq!(condition(&d.status, "Failed").message, "stage sft: 1 of 2 pods of its running gang disappeared");
+    assert_eq!((d.status.phase, d.status.stages[0].restarts), (Some(JobPhase::Failed), 0));
+    let why = "pod chat-sft-1 failed (exit code 2): a permanent error (bad config or input), not retried";
+    assert_eq!(condition(&d.status, "Failed").message, format!("stage sft: {why}"));
+    assert_eq!(d.cleanup, BTreeMap::from([("sft".to_string(), Cleanup::Unfinished)]));
+    assert!(d.launch.is_empty(), "a failed job creates no pods: {:?}", d.launch);
+    let rm_running = pods(&[("rm", Running)]);
+    let again = decide_at(&job(), &d.status, &rm_running, 3);
+    assert_eq!((again.status.clone(), again.transitions.len()), (d.status.clone(), 0), "sticky, and reported once");
+    // The job has failed: a gang that breaks now is not restarted.
+    let mut rm_failing = rm_running;
+    rm_failing[0].phase = Failed;
+    let after = decide_at(&job(), &again.status, &rm_failing, 4);
+    assert_eq!((after.status.stages[1].phase, after.status.stages[1].restarts), (StagePhase::Failed, 0));
+    assert!(after.status.stages[1].message.as_deref().unwrap().ends_with("not restarted: the job has failed"));
+}
+
+#[test]
+fn restarts_stop_at_the_backoff_limit() {
+    let mut v = spec();
+    v["runPolicy"] = json!({"backoffLimit": 1});
+    let job = validated(v);
+    let failed = |p: &mut ObservedPod| {
+        p.phase = Failed;
+        p.exit_code = Some(1);
+    };
+    let first = sft_fails(&job, failed);
+    assert_eq!((first.status.stages[0].phase, first.status.stages[0].restarts), (StagePhase::Restarting, 1));
+    // Generation 1 starts and runs, then fails again: the limit is spent.
+    let gen1 = |phase: PodPhase| -> Vec<ObservedPod> {
+        pods(&[("sft", phase)]).into_iter().map(|p| ObservedPod { generation: 1, ..p }).collect()
+    };
+    let started = decide_at(&job, &first.status, &[], 60);
+    let running = decide_at(&job, &started.status, &gen1(Running), 61);
+    let mut failing = gen1(Running);
+    failed(&mut failing[0]);
+    let d = decide_at(&job, &running.status, &failing, 62);
+    assert_eq!((d.status.stages[0].phase, d.status.stages[0].restarts), (StagePhase::Failed, 1));
+    assert!(d.status.stages[0].message.as_deref().unwrap().ends_with("backoffLimit (1 gang restarts) reached"), "{:?}", d.status.stages[0].message);
+}
+
+#[test]
+fn a_pod_gone_from_a_running_gang_restarts_it() {
+    let d = sft_fails(&job(), |p| p.deleting = true); // being deleted counts as gone
+    assert_eq!((d.status.stages[0].phase, d.status.stages[0].restarts), (StagePhase::Restarting, 1));
+    assert!(d.status.stages[0].message.as_deref().unwrap().ends_with("1 of the gang's 2 pods were deleted or evicted"));
+}
+
+#[test]
+fn a_node_going_not_ready_restarts_the_gangs_on_it() {
+    let job = job();
+    let running = history(&job, &[vec![], pods(&[("sft", Running), ("rm", Running)])]);
+    let down = BTreeSet::from(["node-1".to_string()]);
+    let d = decide_with(&job, &running.status, &pods(&[("sft", Running), ("rm", Running)]), 2, &BTreeMap::new(), &down);
+    assert_eq!(phases(&d.status)[..2], [("sft", StagePhase::Restarting), ("rm", StagePhase::Restarting)]);
+    assert!(d.status.stages[0].message.as_deref().unwrap().ends_with("node node-1 of pod chat-sft-1 is not Ready"));
+}
+
+fn progress(step: u64, reward: Option<f64>) -> BTreeMap<String, TrainerProgress> {
+    BTreeMap::from([("sft".to_string(), TrainerProgress { step, reward_mean: reward })])
+}
+
+#[test]
+fn progress_reaches_the_status_and_a_stalled_gang_is_restarted() {
+    let mut v = spec();
+    v["runPolicy"] = json!({"progressDeadlineSeconds": 60});
+    let job = validated(v);
+    let gangs = pods(&[("sft", Running), ("rm", Running)]);
+    let running = history(&job, &[vec![], gangs.clone()]);
+    let none = BTreeSet::new();
+    let d = decide_with(&job, &running.status, &gangs, 10, &progress(7, Some(0.5)), &none);
+    let sft = &d.status.stages[0];
+    assert_eq!((sft.last_step, sft.last_reward, sft.last_progress_time.clone()), (Some(7), Some(0.5), Some(Time(at(10)))));
+    assert_eq!((d.status.last_step, d.status.last_reward), (Some(7), Some(0.5)));
+    assert_eq!(d.wake_at, Some(at(10 + PROGRESS_POLL_SECONDS)), "running stages are polled");
+    // The same step 60 s later is still within the deadline; 61 s is not.
+    let same = decide_with(&job, &d.status, &gangs, 70, &progress(7, Some(0.5)), &none);
+    assert_eq!(same.status.stages[0].phase, StagePhase::Running);
+    let stalled = decide_with(&job, &same.status, &gangs, 71, &progress(7, Some(0.5)), &none);
+    assert_eq!((stalled.status.stages[0].phase, stalled.status.stages[0].restarts), (StagePhase::Restarting, 1));
+    let message = stalled.status.stages[0].message.clone().unwrap();
+    assert!(message.ends_with("no progress for 61s (progressDeadlineSeconds 60; last step 7)"), "{message}");
+    // rm never reported a step: its deadline counts from when it started running (second 1).
+    assert_eq!(stalled.status.stages[1].phase, StagePhase::Restarting);
+}
+
+#[test]
+fn an_admitted_gang_that_never_runs_is_requeued_without_counting_a_restart() {
+    let mut v = spec();
+    v["scheduling"] = json!({"timeoutSeconds": 30});
+    let job = validated(v);
+    let stuck = pods(&[("sft", Pending), ("rm", Pending)]);
+    let d = history(&job, &[vec![], stuck.clone()]);
+    assert_eq!(d.wake_at, Some(at(31)));
+    let d = decide_at(&job, &d.status, &stuck, 31);
+    let sft = &d.status.stages[0];
+    assert_eq!((sft.phase, sft.restarts, sft.gang_generation), (StagePhase::Restarting, 0, 1));
+    assert!(sft.message.as_deref().unwrap().starts_with("the gang was not fully Running 31s after it was admitted"));
+    assert_eq!(d.transitions.iter().filter(|t| t.reason == "GangTimeout").count(), 2, "one per stage");
+    assert_eq!(d.cleanup.get("sft"), Some(&Cleanup::All));
+}
+
+#[test]
+fn queued_gangs_say_why_and_where_and_are_polled() {
+    let job = job();
+    let hashes = BTreeMap::new();
+    let (no_progress, no_nodes) = (BTreeMap::new(), BTreeSet::new());
+    let obs = Observed { generation: Some(1), pods: &[], desired_hashes: &hashes, progress: &no_progress, not_ready_nodes: &no_nodes, now: at(0) };
+    let mut d = decide(&job, &RLHFJobStatus::default(), &obs);
+    d.queued("sft", 2, "needs 2 pods x 1 GPUs; 0 of 8 GPUs free on 1 eligible nodes", at(0));
+    d.queued("rm", 3, "waiting behind team-a/other/sft", at(0));
+    assert_eq!(d.launch, Vec::<String>::new());
+    assert_eq!(d.status.phase, Some(JobPhase::Queued));
+    assert_eq!(phases(&d.status)[..2], [("sft", StagePhase::Queued), ("rm", StagePhase::Queued)]);
+    let cond = condition(&d.status, "Queued");
+    assert_eq!(
+        cond.message,
+        "stage sft: position 2 in the gang queue: needs 2 pods x 1 GPUs; 0 of 8 GPUs free on 1 eligible nodes; \
+         stage rm: position 3 in the gang queue: waiting behind team-a/other/sft"
+    );
+    assert_eq!(d.wake_at, Some(at(QUEUE_POLL_SECONDS)));
+    // Next round the stages ask again; once admitted they are Pending and the condition clears.
+    let again = decide_at(&job, &d.status, &[], 5);
+    assert_eq!(launches(&again), ["sft", "rm"]);
+    assert_eq!(phases(&again.status)[..2], [("sft", StagePhase::Pending), ("rm", StagePhase::Pending)]);
+    assert_eq!(condition(&again.status, "Queued").status, "False");
+    assert_eq!(again.status.stages[0].gang_start_time, Some(Time(at(5))));
+}
+
+#[test]
+fn deadlines_ttl_and_clean_pod_policy() {
+    let mut v = spec();
+    v["runPolicy"] = json!({"activeDeadlineSeconds": 100, "ttlSecondsAfterFinished": 50, "cleanPodPolicy": "All"});
+    let job = validated(v);
+    let gangs = pods(&[("sft", Running), ("rm", Succeeded)]);
+    let d = history(&job, &[vec![], gangs.clone()]);
+    assert_eq!(d.cleanup.get("rm"), Some(&Cleanup::All), "cleanPodPolicy All: a finished stage's pods go");
+    let late = decide_at(&job, &d.status, &gangs, 101);
+    assert_eq!((late.status.phase, late.status.stages[0].phase), (Some(JobPhase::Failed), StagePhase::Failed));
+    assert_eq!(condition(&late.status, "Failed").message, "stage sft: activeDeadlineSeconds (100s) exceeded");
+    assert!(!late.delete_job);
+    assert!(!decide_at(&job, &late.status, &[], 150).delete_job);
+    assert!(decide_at(&job, &late.status, &[], 151).delete_job, "ttlSecondsAfterFinished counts from completion (101)");
+}
+
+#[test]
+fn suspending_deletes_the_pods_and_resuming_starts_a_new_gang_generation() {
+    let mut v = spec();
+    v["runPolicy"] = json!({"suspend": true});
+    let suspended = validated(v);
+    let gangs = pods(&[("sft", Running), ("rm", Running)]);
+    let running = history(&job(), &[vec![], gangs.clone()]);
+    let d = decide_at(&suspended, &running.status, &gangs, 2);
+    assert_eq!(d.status.phase, Some(JobPhase::Suspended));
+    assert_eq!(phases(&d.status), [("sft", StagePhase::Suspended), ("rm", StagePhase::Suspended), ("ppo", StagePhase::Waiting)]);
+    assert_eq!(d.cleanup.len(), 2);
+    assert!(d.launch.is_empty());
+    assert_eq!(condition(&d.status, "Suspended").status, "True");
+    let resumed = decide_at(&job(), &d.status, &[], 3);
+    assert_eq!(phases(&resumed.status)[..2], [("sft", StagePhase::Pending), ("rm", StagePhase::Pending)]);
+    assert_eq!((resumed.status.stages[0].gang_generation, resumed.status.stages[0].restarts), (1, 0));
+    assert_eq!(launches(&resumed), ["sft", "rm"]);
 }
 
 /// sft's running gang was started from an older spec.
@@ -221,7 +419,7 @@ fn stale_round() -> Vec<ObservedPod> {
 #[test]
 fn a_spec_change_waits_for_running_stages() {
     let d = history(&job(), &[vec![], stale_round()]);
-    assert_eq!(launches(&d), ["rm"]);
+    assert!(d.launch.is_empty());
     assert_eq!(phases(&d.status)[0], ("sft", StagePhase::Running));
     let message = "stage(s) sft run with an earlier spec; the change applies to stages not started yet and to their next gang";
     assert_eq!(d.status.conditions, [true_condition("SpecChangeDeferred", "StageAlreadyStarted", message, 1)]);
@@ -245,7 +443,8 @@ fn deciding_again_on_the_same_pods_changes_nothing() {
 
 fn invalid(prev: &RLHFJobStatus, errors: &[FieldError], second: i64) -> Decision {
     let no_hashes = BTreeMap::new();
-    decide_invalid(prev, errors, &Observed { generation: Some(4), pods: &[], desired_hashes: &no_hashes, now: at(second) })
+    let (no_progress, no_nodes) = (BTreeMap::new(), BTreeSet::new());
+    decide_invalid(prev, errors, &Observed { generation: Some(4), pods: &[], desired_hashes: &no_hashes, progress: &no_progress, not_ready_nodes: &no_nodes, now: at(second) })
 }
 
 #[test]
