@@ -112,6 +112,8 @@ fn job(i: u32, ns: &str, nodes: u32) -> Result<RLHFJob> {
                       "architecture": {"vocabSize": 50257, "hiddenSize": 64, "numLayers": 2, "numHeads": 4, "maxPositions": 128}},
             "parallelism": {"nodes": nodes, "gpusPerNode": 1},
             "storage": {"claimName": CLAIM},
+            // No GPU nodes here: measure creation, not admission (gangs would wait for GPUs).
+            "scheduling": {"gang": "none"},
             "stages": [{"name": STAGE, "kind": "sft", "dataset": {"synthetic": {"task": "copy", "samples": 64}}, "training": training}]
         }
     }))?)
