@@ -282,6 +282,9 @@ pub struct StageStatus {
     pub last_step: Option<u64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_reward: Option<f64>,
+    /// The first mean reward the stage reported (PPO), to compare with `lastReward`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub first_reward: Option<f64>,
     /// The stage's output folder on the job's storage volume.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub output: Option<String>,

@@ -26,6 +26,8 @@ pub struct ObservedPod {
     pub exit_code: Option<i32>,
     /// The kubelet's reason (e.g. OOMKilled, Evicted) when there is one.
     pub reason: Option<String>,
+    /// The container's termination message (the end of its log when it failed: the trainer's error).
+    pub message: Option<String>,
     pub deleting: bool,
     /// The node the scheduler bound it to.
     pub node: Option<String>,
@@ -59,6 +61,7 @@ impl ObservedPod {
             spec_hash: pod.annotations().get(names::ANNOTATION_SPEC_HASH).cloned(),
             exit_code: terminated.map(|t| t.exit_code),
             reason: terminated.and_then(|t| t.reason.clone()).or_else(|| status.and_then(|s| s.reason.clone())),
+            message: terminated.and_then(|t| t.message.clone()).or_else(|| status.and_then(|s| s.message.clone())),
             deleting: pod.metadata.deletion_timestamp.is_some(),
             node: pod.spec.as_ref().and_then(|s| s.node_name.clone()),
             ip: status.and_then(|s| s.pod_ip.clone()),
@@ -70,15 +73,25 @@ impl ObservedPod {
         matches!(self.phase, PodPhase::Pending | PodPhase::Running)
     }
 
-    /// "pod x failed (exit code 1, OOMKilled)"
+    /// "pod x failed (exit code 1, OOMKilled): <last line of its termination message>"
     pub fn failure(&self) -> String {
         let mut why = Vec::new();
         if let Some(code) = self.exit_code {
             why.push(format!("exit code {code}"));
         }
         why.extend(self.reason.clone());
-        if why.is_empty() { format!("pod {} failed", self.name) } else { format!("pod {} failed ({})", self.name, why.join(", ")) }
+        let mut text = if why.is_empty() { format!("pod {} failed", self.name) } else { format!("pod {} failed ({})", self.name, why.join(", ")) };
+        if let Some(last) = self.message.as_deref().and_then(last_line) {
+            text.push_str(": ");
+            text.push_str(last);
+        }
+        text
     }
+}
+
+/// The last non-empty line of a termination message (where a program's final error is).
+fn last_line(message: &str) -> Option<&str> {
+    message.lines().map(str::trim).rfind(|l| !l.is_empty())
 }
 
 /// What a stage's rank 0 reports on its `/metrics` (the Step and Reward columns come from it).
@@ -118,5 +131,20 @@ mod tests {
         assert_eq!(trainer_progress(sft), Some(TrainerProgress { step: 3, reward_mean: None }));
         assert_eq!(trainer_progress("# nothing yet\n"), None);
         assert_eq!(trainer_progress("rlhf_trainer_step NaN\n"), None);
+    }
+
+    #[test]
+    fn a_failure_names_the_pod_its_exit_and_the_trainers_last_words() {
+        let pod: Pod = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "j-sft-0", "labels": {"rlhf.dev/stage": "sft", "rlhf.dev/node-rank": "0"}},
+            "spec": {"nodeName": "n1", "containers": []},
+            "status": {"phase": "Failed", "podIP": "10.1.2.3", "containerStatuses": [{"name": "trainer", "image": "i", "imageID": "", "ready": false,
+                "restartCount": 0, "state": {"terminated": {"exitCode": 2, "reason": "Error",
+                "message": "loading stage sft\nerror: /data/missing.jsonl: no such file\n\n"}}}]}
+        }))
+        .unwrap();
+        let observed = ObservedPod::from_pod(&pod).unwrap();
+        assert_eq!((observed.node.as_deref(), observed.ip.as_deref()), (Some("n1"), Some("10.1.2.3")));
+        assert_eq!(observed.failure(), "pod j-sft-0 failed (exit code 2, Error): error: /data/missing.jsonl: no such file");
     }
 }

@@ -268,6 +268,7 @@ fn new_stage(name: &str, kind: rlhf_spec::StageKind) -> StageStatus {
         completion_time: None,
         last_step: None,
         last_reward: None,
+        first_reward: None,
         output: None,
         gang_generation: 0,
         gang_start_time: None,

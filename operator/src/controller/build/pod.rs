@@ -86,6 +86,9 @@ fn pod(job: &ValidatedJob, s: &ValidatedStage, rank: u32, generation: u32) -> Po
         resources: Some(s.resources.clone()),
         volume_mounts: Some(mounts),
         ports: Some(ports),
+        // The end of the log becomes the termination message, so a failed trainer's error
+        // reaches the job's status.
+        termination_message_policy: Some("FallbackToLogsOnError".into()),
         ..Default::default()
     };
     let mut spec = PodSpec {

@@ -104,6 +104,7 @@ fn record_progress(s: &mut StageStatus, progress: Option<TrainerProgress>, now: 
     }
     s.last_step = Some(p.step);
     s.last_reward = p.reward_mean.or(s.last_reward);
+    s.first_reward = s.first_reward.or(p.reward_mean);
 }
 
 fn suspend(out: &mut StageOutcome, input: &StageInputs<'_>) {

@@ -76,6 +76,7 @@ fn pods(gangs: &[(&str, PodPhase)]) -> Vec<ObservedPod> {
                 spec_hash: Some(hash(stage)),
                 exit_code: None,
                 reason: None,
+                message: None,
                 deleting: false,
                 node: Some(format!("node-{rank}")),
                 ip: Some(format!("10.0.0.{rank}")),
@@ -318,6 +319,8 @@ fn progress_reaches_the_status_and_a_stalled_gang_is_restarted() {
     let d = decide_with(&job, &running.status, &gangs, 10, &progress(7, Some(0.5)), &none);
     let sft = &d.status.stages[0];
     assert_eq!((sft.last_step, sft.last_reward, sft.last_progress_time.clone()), (Some(7), Some(0.5), Some(Time(at(10)))));
+    let later = decide_with(&job, &d.status, &gangs, 12, &progress(9, Some(0.75)), &BTreeSet::new());
+    assert_eq!((later.status.stages[0].first_reward, later.status.stages[0].last_reward), (Some(0.5), Some(0.75)));
     assert_eq!((d.status.last_step, d.status.last_reward), (Some(7), Some(0.5)));
     assert_eq!(d.wake_at, Some(at(10 + PROGRESS_POLL_SECONDS)), "running stages are polled");
     // The same step 60 s later is still within the deadline; 61 s is not.
