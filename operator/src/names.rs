@@ -6,6 +6,8 @@ pub const LABEL_JOB: &str = "rlhf.dev/job";
 pub const LABEL_STAGE: &str = "rlhf.dev/stage";
 pub const LABEL_RANK: &str = "rlhf.dev/node-rank";
 pub const LABEL_GENERATION: &str = "rlhf.dev/gang-generation";
+/// On pods of natively admitted gangs (their GPUs are reserved from creation on).
+pub const LABEL_NATIVE_GANG: &str = "rlhf.dev/native-gang";
 pub const LABEL_MANAGED_BY: &str = "app.kubernetes.io/managed-by";
 pub const ANNOTATION_SPEC_HASH: &str = "rlhf.dev/spec-hash";
 

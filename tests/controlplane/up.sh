@@ -127,7 +127,7 @@ start kube-scheduler "$K8S_BIN/kube-scheduler" --kubeconfig "$DIR/kubeconfig" \
   --leader-elect=false --port 0 --secure-port 0
 start kube-controller-manager "$K8S_BIN/kube-controller-manager" --kubeconfig "$DIR/kubeconfig" \
   --leader-elect=false --port 0 --secure-port 0 \
-  --controllers garbagecollector,namespace,serviceaccount-token,serviceaccount,persistentvolume-binder,pvc-protection \
+  --controllers garbagecollector,namespace,serviceaccount-token,serviceaccount,persistentvolume-binder,pvc-protection,pv-protection \
   --service-account-private-key-file "$P/sa.key" --root-ca-file "$P/ca.crt"
 # The default SA with its token secret proves the controller-manager works; pods can't be admitted before.
 wait_for "default/default service account token (logs/kube-controller-manager.log)" \

@@ -32,6 +32,7 @@ pub async fn mark_node_ready(nodes: &Api<Node>, name: &str, gpus: u32) -> Result
     let resources = json!({"cpu": "64", "memory": "512Gi", "pods": "110", "nvidia.com/gpu": gpus.to_string()});
     let status = json!({"status": {
         "capacity": resources, "allocatable": resources,
+        "addresses": [{"type": "InternalIP", "address": "127.0.0.1"}, {"type": "Hostname", "address": name}],
         "conditions": [{"type": "Ready", "status": "True", "reason": "KubeletReady", "message": "rlhf test node",
                         "lastHeartbeatTime": now, "lastTransitionTime": now}]
     }});

@@ -12,6 +12,7 @@ use super::admission::{GangRequest, NodeCapacity, reserve_unbound};
 use super::validate::{GPU_RESOURCE, ValidatedJob, validate};
 use crate::crd::{RLHFJob, StagePhase};
 use crate::error::Result;
+use crate::names;
 
 /// Whether the node's Ready condition is True (what a gang on it depends on).
 pub fn node_ready(node: &Node) -> bool {
@@ -51,8 +52,9 @@ fn is_unfinished(pod: &Pod) -> bool {
     !matches!(pod.status.as_ref().and_then(|s| s.phase.as_deref()), Some("Succeeded" | "Failed"))
 }
 
-/// Every Node, with the GPUs that unfinished pods use on it: bound pods where they are, unbound
-/// ones where they would most likely go.
+/// Every Node, with the GPUs that unfinished pods use on it: bound pods where they are, and the
+/// unbound pods of gangs we admitted where they would most likely go (other unbound pods are
+/// not counted: they may never fit, and must not block every gang).
 pub async fn nodes_with_usage(client: &Client) -> Result<Vec<NodeCapacity>> {
     let mut nodes: Vec<NodeCapacity> = Api::<Node>::all(client.clone()).list(&ListParams::default()).await?.iter().map(node_capacity).collect();
     let pods = Api::<Pod>::all(client.clone()).list(&ListParams::default()).await?;
@@ -68,7 +70,7 @@ pub async fn nodes_with_usage(client: &Client) -> Result<Vec<NodeCapacity>> {
                     n.gpus_in_use += gpus;
                 }
             }
-            None => {
+            None if pod.labels().contains_key(names::LABEL_NATIVE_GANG) => {
                 let spec = pod.spec.as_ref();
                 unbound.push(GangRequest {
                     key: format!("{}/{}", pod.namespace().unwrap_or_default(), pod.name_any()),
@@ -80,6 +82,7 @@ pub async fn nodes_with_usage(client: &Client) -> Result<Vec<NodeCapacity>> {
                     tolerations: spec.and_then(|s| s.tolerations.clone()).unwrap_or_default(),
                 });
             }
+            None => {}
         }
     }
     reserve_unbound(&mut nodes, &unbound);

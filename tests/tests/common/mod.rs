@@ -1,6 +1,8 @@
 //! Helpers shared by the end-to-end tests: manifests, typed APIs and waits on job state.
 #![allow(dead_code)] // each test binary uses a different subset
 
+pub mod training;
+
 use std::time::Duration;
 
 use k8s_openapi::api::core::v1::Pod;
@@ -108,8 +110,20 @@ pub async fn wait_for_status(
     what: &str,
     check: impl Fn(&RLHFJobStatus) -> bool,
 ) -> RLHFJobStatus {
+    wait_for_status_within(client, ns, job, what, WAIT, check).await
+}
+
+/// As `wait_for_status`, with its own timeout; on timeout the panic shows the last status.
+pub async fn wait_for_status_within(
+    client: &Client,
+    ns: &str,
+    job: &str,
+    what: &str,
+    timeout: Duration,
+    check: impl Fn(&RLHFJobStatus) -> bool,
+) -> RLHFJobStatus {
     let api = jobs(client, ns);
-    wait_until(what, WAIT, || {
+    wait_until(what, timeout, || {
         let api = api.clone();
         let check = &check;
         async move {

@@ -8,6 +8,7 @@ use sha2::{Digest, Sha256};
 
 use super::{config::trainer_config, meta, podgroup::batch_scheduler};
 use crate::controller::validate::{ValidatedJob, ValidatedStage};
+use crate::crd::GangMode;
 use crate::names;
 
 /// A stage's gang: one pod per node, each running `gpusPerNode` trainer processes.
@@ -109,6 +110,10 @@ fn pod(job: &ValidatedJob, s: &ValidatedStage, rank: u32, generation: u32) -> Po
     if let Some(scheduler) = batch_scheduler(job.scheduling.gang) {
         spec.scheduler_name = Some(scheduler.scheduler_name.to_string());
         scheduler.mark_member(&mut metadata, &names::pod_group(&job.name, stage));
+    }
+    if job.scheduling.gang == GangMode::Native {
+        // Admission counts these pods' GPUs as taken even before the scheduler binds them.
+        metadata.labels.get_or_insert_default().insert(names::LABEL_NATIVE_GANG.into(), "true".into());
     }
     Pod { metadata, spec: Some(spec), ..Default::default() }
 }

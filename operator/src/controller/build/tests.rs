@@ -80,6 +80,7 @@ fn gang_is_one_labelled_owned_pod_per_node() {
             ("app.kubernetes.io/managed-by", "rlhf-operator"),
             ("rlhf.dev/gang-generation", "0"),
             ("rlhf.dev/job", "chat"),
+            ("rlhf.dev/native-gang", "true"),
             ("rlhf.dev/node-rank", &rank),
             ("rlhf.dev/stage", "sft"),
         ]);

@@ -1,0 +1,223 @@
+//! End to end with real training: the API server, scheduler, garbage collector, volume binder,
+//! operator and `rlhf-trainer` are the real ones; `rlhf-node-agent` plays the kubelet and runs
+//! each pod's trainer as a local process. Models are tiny so the whole file fits on 2 cores.
+mod common;
+
+use std::collections::BTreeSet;
+use std::time::{Duration, Instant};
+
+use common::training::*;
+use common::*;
+use kube::ResourceExt;
+use kube::api::{Patch, PatchParams};
+use nix::sys::signal::Signal;
+use rlhf_operator::crd::{JobPhase, StagePhase};
+use serde_json::json;
+
+const PIPELINE_TIMEOUT: Duration = Duration::from_secs(600);
+const STAGE_TIMEOUT: Duration = Duration::from_secs(300);
+
+fn restarts(status: &rlhf_operator::crd::RLHFJobStatus, name: &str) -> Option<u32> {
+    status.stages.iter().find(|s| s.name == name).map(|s| s.restarts)
+}
+
+fn stage<'a>(status: &'a rlhf_operator::crd::RLHFJobStatus, name: &str) -> &'a rlhf_operator::crd::StageStatus {
+    status.stages.iter().find(|s| s.name == name).unwrap_or_else(|| panic!("no stage {name} in {status:?}"))
+}
+
+#[tokio::test]
+async fn the_quickstart_pipeline_trains_to_success_and_its_reward_improves() {
+    let scene = TrainingScene::start("e2e-quickstart", 2, 2).await;
+    let text = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../examples/quickstart.yaml")).expect("the example");
+    let manifest: serde_json::Value = serde_yaml::from_str(&text).expect("the example is YAML");
+    let storage = scene.apply(manifest).await;
+
+    // SFT and RM start together (both gangs exist at once), PPO only after both succeeded.
+    let status = scene
+        .wait_for("quickstart", "sft and rm running together", STAGE_TIMEOUT, |s| {
+            s.stages.iter().filter(|st| ["sft", "rm"].contains(&st.name.as_str()) && st.phase == StagePhase::Running).count() == 2
+                || s.stages.iter().any(|st| st.phase == StagePhase::Succeeded)
+        })
+        .await;
+    assert_eq!(stage(&status, "ppo").phase, StagePhase::Waiting, "{status:?}");
+    let status = scene.wait_for("quickstart", "Succeeded", PIPELINE_TIMEOUT, |s| s.phase.is_some_and(|p| matches!(p, JobPhase::Succeeded | JobPhase::Failed))).await;
+    assert_eq!(status.phase, Some(JobPhase::Succeeded), "{status:?}");
+    let (sft, rm, ppo) = (stage(&status, "sft"), stage(&status, "rm"), stage(&status, "ppo"));
+    assert!(ppo.start_time.as_ref().unwrap().0 >= sft.completion_time.as_ref().unwrap().0);
+    assert!(ppo.start_time.as_ref().unwrap().0 >= rm.completion_time.as_ref().unwrap().0);
+    // Progress came through the trainer's metrics endpoint into status.
+    let (first, last) = (ppo.first_reward.expect("a first PPO reward in status"), ppo.last_reward.expect("a last PPO reward"));
+    assert!(last > first, "PPO's reward improves in status: first {first}, last {last}");
+    assert_eq!(status.last_reward, Some(last));
+    assert!(ppo.last_step.is_some_and(|s| s > 0) && sft.last_step.is_some());
+    // The outputs are where the status says, on the job's volume.
+    for st in [sft, rm, ppo] {
+        let dir = scene.stage_dir(&storage, "quickstart", &st.name);
+        assert_eq!(st.output.as_deref(), Some(format!("/rlhf/{}/quickstart/{}", scene.ns, st.name).as_str()));
+        assert!(dir.join("model/model.safetensors").exists() || dir.join("model").is_dir(), "{} has the final model", dir.display());
+        assert_eq!(st.restarts, 0);
+    }
+}
+
+#[tokio::test]
+async fn a_killed_rank_restarts_the_whole_zero2_gang_which_resumes_and_succeeds() {
+    let scene = TrainingScene::start("e2e-restart", 2, 1).await;
+    let stages = json!([
+        {"name": "rm", "kind": "rm", "dataset": {"synthetic": {"task": "copy", "samples": 128, "seed": 11}},
+         "training": {"batchSize": 16, "microBatchSize": 8, "maxSteps": 4, "maxLength": 32, "learningRate": 0.002}},
+        {"name": "ppo", "kind": "ppo", "dependsOn": ["rm"],
+         "parallelism": {"nodes": 2, "gpusPerNode": 1, "strategy": "zero2"},
+         "dataset": {"synthetic": {"task": "copy", "samples": 1024, "seed": 41}},
+         "models": {"rewardModel": {"stage": "rm"}},
+         "training": {"batchSize": 16, "microBatchSize": 8, "maxSteps": 24, "maxLength": 32, "learningRate": 0.0002, "checkpointEvery": 4},
+         "ppo": {"rolloutBatchSize": 16, "generation": {"maxNewTokens": 8}}}
+    ]);
+    let mut manifest = tiny_job("zero2", stages);
+    manifest["spec"]["runPolicy"] = json!({"backoffLimit": 2});
+    let storage = scene.apply(manifest).await;
+    let ppo_dir = scene.stage_dir(&storage, "zero2", "ppo");
+
+    scene.wait_for("zero2", "ppo running on 2 pods", STAGE_TIMEOUT, |s| stage_phase(s, "ppo") == Some(StagePhase::Running)).await;
+    let gang = scene.pods_of("zero2").await.into_iter().filter(|p| p.labels()["rlhf.dev/stage"] == "ppo").collect::<Vec<_>>();
+    assert_eq!(gang.len(), 2, "{:?}", names(&gang));
+    for p in &gang {
+        let env = p.spec.as_ref().unwrap().containers[0].env.clone().unwrap_or_default();
+        let world = env.iter().find(|e| e.name == "WORLD_SIZE").and_then(|e| e.value.clone());
+        assert_eq!(world.as_deref(), Some("2"));
+    }
+    // Past the first checkpoint (step 4), kill rank 1's trainer like an OOM kill would.
+    wait_for_step(&ppo_dir, 6, STAGE_TIMEOUT).await;
+    scene.signal_pod("zero2-ppo-1", Signal::SIGKILL);
+    let restarting = scene.wait_for("zero2", "a gang restart", Duration::from_secs(60), |s| restarts(s, "ppo") == Some(1)).await;
+    let message = stage(&restarting, "ppo").message.clone().unwrap_or_default();
+    assert!(message.contains("zero2-ppo-1") && message.contains("exit code 137"), "{message}");
+
+    let done = scene.wait_for("zero2", "finished", PIPELINE_TIMEOUT, |s| s.phase.is_some_and(|p| matches!(p, JobPhase::Succeeded | JobPhase::Failed))).await;
+    assert_eq!(done.phase, Some(JobPhase::Succeeded), "{done:?}");
+    let ppo = stage(&done, "ppo");
+    assert_eq!((ppo.restarts, ppo.gang_generation), (1, 1), "exactly one whole-gang restart");
+    // Both pods of the final gang are generation 1: rank 0 was restarted too, not just rank 1.
+    let generations: BTreeSet<String> =
+        scene.pods_of("zero2").await.iter().filter(|p| p.labels()["rlhf.dev/stage"] == "ppo").map(|p| p.labels()["rlhf.dev/gang-generation"].clone()).collect();
+    assert_eq!(generations, BTreeSet::from(["1".to_string()]));
+    // It resumed from the checkpoint: every step logged exactly once, none lost, none repeated.
+    assert_eq!(assert_each_step_once(&ppo_dir), 24);
+}
+
+/// A one-stage SFT job whose gang is `nodes` pods of one GPU.
+fn sft_job(name: &str, nodes: u32, steps: u32) -> serde_json::Value {
+    tiny_job(
+        name,
+        json!([{"name": "sft", "kind": "sft", "parallelism": {"nodes": nodes, "gpusPerNode": 1},
+                "dataset": {"synthetic": {"task": "copy", "samples": 512, "seed": 1}},
+                "training": {"batchSize": 8 * nodes, "microBatchSize": 8, "maxSteps": steps, "maxLength": 32, "learningRate": 0.002}}]),
+    )
+}
+
+#[tokio::test]
+async fn competing_jobs_never_hold_a_partial_gang_and_the_second_runs_after_the_first() {
+    // 3 GPUs; each job's gang needs 2 of them.
+    let scene = TrainingScene::start("e2e-queue", 3, 1).await;
+    scene.apply(sft_job("first", 2, 30)).await;
+    scene.wait_for("first", "admitted", STAGE_TIMEOUT, |s| matches!(stage_phase(s, "sft"), Some(StagePhase::Pending | StagePhase::Running))).await;
+    scene.apply(sft_job("second", 2, 10)).await;
+    let queued = scene.wait_for("second", "queued", Duration::from_secs(60), |s| stage_phase(s, "sft") == Some(StagePhase::Queued)).await;
+    assert_eq!(queued.phase, Some(JobPhase::Queued));
+    let why = condition(&queued, "Queued").expect("a Queued condition").message.clone();
+    assert!(why.contains("position 1") && why.contains("needs 2 pods x 1 GPUs; 1 of 3 GPUs free"), "{why}");
+
+    // Until it finishes, the second job holds no pod at all; then it gets its whole gang.
+    let started = Instant::now();
+    loop {
+        let second = scene.pods_of("second").await;
+        let first = jobs(&scene.client, &scene.ns).get("first").await.unwrap().status.unwrap_or_default();
+        let first_done = first.phase.is_some_and(|p| matches!(p, JobPhase::Succeeded | JobPhase::Failed));
+        assert!(second.is_empty() || second.len() == 2, "a partial gang: {:?}", names(&second));
+        if !first_done {
+            assert!(second.is_empty(), "the second job started while the first held its GPUs: {:?}", names(&second));
+        } else {
+            assert_eq!(first.phase, Some(JobPhase::Succeeded));
+            break;
+        }
+        assert!(started.elapsed() < STAGE_TIMEOUT, "the first job did not finish");
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    let done = scene.wait_for("second", "Succeeded", STAGE_TIMEOUT, |s| s.phase == Some(JobPhase::Succeeded)).await;
+    assert_eq!(stage(&done, "sft").restarts, 0);
+    assert_eq!(condition(&done, "Queued").map(|c| c.status.as_str()), Some("False"));
+}
+
+#[tokio::test]
+async fn a_permanent_error_fails_the_stage_once_with_the_trainers_message() {
+    let scene = TrainingScene::start("e2e-permanent", 1, 1).await;
+    let mut manifest = sft_job("bad-data", 1, 5);
+    manifest["spec"]["stages"][0]["dataset"] = json!({"path": "/rlhf/data/broken.jsonl"});
+    let job = "bad-data";
+    let storage = scene.storage_for(job).await;
+    std::fs::create_dir_all(storage.join("data")).unwrap();
+    std::fs::write(storage.join("data/broken.jsonl"), "{\"prompt\": \"a\", \"response\": \"b\"}\n{not json\n").unwrap();
+    manifest["spec"]["nodeSelector"] = json!({POOL_LABEL: scene.ns});
+    let (ok, out) = scene.cluster.kubectl(&["apply", "-n", &scene.ns, "-f", "-"], &manifest.to_string()).await;
+    assert!(ok, "{out}");
+
+    let failed = scene.wait_for(job, "Failed", STAGE_TIMEOUT, |s| s.phase == Some(JobPhase::Failed)).await;
+    let sft = stage(&failed, "sft");
+    assert_eq!((sft.phase, sft.restarts), (StagePhase::Failed, 0));
+    let why = condition(&failed, "Failed").unwrap().message.clone();
+    assert!(why.contains("exit code 2") && why.contains("broken.jsonl:2: not JSON"), "the trainer's message: {why}");
+    // No retry: after well over the first backoff, still one pod of generation 0 and no restart.
+    tokio::time::sleep(Duration::from_secs(8)).await;
+    let pods = scene.pods_of(job).await;
+    assert_eq!(pods.len(), 1, "{:?}", names(&pods));
+    assert_eq!(pods[0].labels()["rlhf.dev/gang-generation"], "0");
+    let again = jobs(&scene.client, &scene.ns).get(job).await.unwrap().status.unwrap();
+    assert_eq!(stage(&again, "sft").restarts, 0);
+}
+
+#[tokio::test]
+async fn suspend_resumes_from_the_checkpoint_and_a_hung_rank_is_restarted_by_the_progress_deadline() {
+    let scene = TrainingScene::start("e2e-suspend", 1, 1).await;
+    let job = "pausable";
+    let mut manifest = sft_job(job, 1, 400);
+    manifest["spec"]["stages"][0]["training"]["checkpointEvery"] = json!(10);
+    manifest["spec"]["runPolicy"] = json!({"progressDeadlineSeconds": 20, "backoffLimit": 2});
+    let storage = scene.apply(manifest).await;
+    let dir = scene.stage_dir(&storage, job, "sft");
+    let jobs_api = jobs(&scene.client, &scene.ns);
+
+    // Suspend mid-stage (past a checkpoint): the pods go, the status says Suspended.
+    wait_for_step(&dir, 12, STAGE_TIMEOUT).await;
+    let suspend = |on: bool| json!({"spec": {"runPolicy": {"suspend": on}}});
+    jobs_api.patch(job, &PatchParams::default(), &Patch::Merge(suspend(true))).await.unwrap();
+    let suspended = scene.wait_for(job, "Suspended", Duration::from_secs(60), |s| s.phase == Some(JobPhase::Suspended)).await;
+    assert_eq!(stage(&suspended, "sft").phase, StagePhase::Suspended);
+    wait_until_no_pods(&scene, job).await;
+    let at_suspend = logged_steps(&dir).last().copied().unwrap();
+    assert!(dir.join("checkpoints").is_dir(), "checkpoints are kept");
+
+    // Resume: a new gang continues from the checkpoint.
+    jobs_api.patch(job, &PatchParams::default(), &Patch::Merge(suspend(false))).await.unwrap();
+    let resumed = scene.wait_for(job, "running again", Duration::from_secs(120), |s| stage_phase(s, "sft") == Some(StagePhase::Running)).await;
+    assert_eq!((stage(&resumed, "sft").gang_generation, stage(&resumed, "sft").restarts), (1, 0), "resuming is not a restart");
+    wait_for_step(&dir, at_suspend + 5, STAGE_TIMEOUT).await;
+
+    // Freeze the trainer (a hung collective): it stops advancing without exiting.
+    scene.signal_pod(&format!("{job}-sft-0"), Signal::SIGSTOP);
+    let restarted = scene.wait_for(job, "a restart by the progress deadline", Duration::from_secs(120), |s| restarts(s, "sft") == Some(1)).await;
+    let message = stage(&restarted, "sft").message.clone().unwrap_or_default();
+    assert!(message.contains("no progress for") && message.contains("progressDeadlineSeconds 20"), "{message}");
+
+    let done = scene.wait_for(job, "Succeeded", PIPELINE_TIMEOUT, |s| s.phase.is_some_and(|p| matches!(p, JobPhase::Succeeded | JobPhase::Failed))).await;
+    assert_eq!(done.phase, Some(JobPhase::Succeeded), "{done:?}");
+    assert_eq!(stage(&done, "sft").restarts, 1);
+    let last = assert_each_step_once(&dir);
+    assert!(last > at_suspend + 5, "{last} steps");
+}
+
+async fn wait_until_no_pods(scene: &TrainingScene, job: &str) {
+    rlhf_test_support::wait_until(&format!("{job}'s pods to be deleted"), Duration::from_secs(60), || async {
+        let pods = scene.pods_of(job).await;
+        Ok(pods.is_empty().then_some(())).map_err(|e: String| e)
+    })
+    .await;
+}
