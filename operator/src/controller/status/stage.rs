@@ -11,6 +11,7 @@ use super::Transition;
 use crate::controller::observe::{ObservedPod, PodPhase, TrainerProgress};
 use crate::controller::validate::RunPolicyPlan;
 use crate::crd::{StagePhase, StageStatus};
+use rlhf_spec::StageKind;
 
 /// The trainer's "bad config or input: do not retry" exit code (ARCHITECTURE.md).
 pub const PERMANENT_ERROR_EXIT_CODE: i32 = 2;
@@ -82,7 +83,9 @@ pub fn advance(prev: &StageStatus, input: StageInputs<'_>) -> StageOutcome {
         failure: None,
         wake_at: None,
     };
-    record_progress(&mut out.status, input.progress, input.now);
+    if matches!(prev.phase, StagePhase::Pending | StagePhase::Running) {
+        record_progress(&mut out.status, input.progress, input.now);
+    }
     match prev.phase {
         StagePhase::Succeeded | StagePhase::Failed => {}
         StagePhase::Waiting if !input.may_start => {}
@@ -96,15 +99,17 @@ pub fn advance(prev: &StageStatus, input: StageInputs<'_>) -> StageOutcome {
     out
 }
 
-/// Step and reward from the trainer; a changed step is progress.
+/// Step and (PPO's) reward from the trainer; a changed step is progress.
 fn record_progress(s: &mut StageStatus, progress: Option<TrainerProgress>, now: Timestamp) {
     let Some(p) = progress else { return };
     if s.last_step != Some(p.step) {
         s.last_progress_time = Some(Time(now));
     }
     s.last_step = Some(p.step);
-    s.last_reward = p.reward_mean.or(s.last_reward);
-    s.first_reward = s.first_reward.or(p.reward_mean);
+    // Other stages export the reward gauge too, at 0: only PPO's means anything.
+    let reward = p.reward_mean.filter(|_| s.kind == StageKind::Ppo);
+    s.last_reward = reward.or(s.last_reward);
+    s.first_reward = s.first_reward.or(reward);
 }
 
 fn suspend(out: &mut StageOutcome, input: &StageInputs<'_>) {

@@ -304,8 +304,10 @@ fn a_node_going_not_ready_restarts_the_gangs_on_it() {
     assert!(d.status.stages[0].message.as_deref().unwrap().ends_with("node node-1 of pod chat-sft-1 is not Ready"));
 }
 
+/// What sft's and ppo's rank 0 report (both export the reward gauge).
 fn progress(step: u64, reward: Option<f64>) -> BTreeMap<String, TrainerProgress> {
-    BTreeMap::from([("sft".to_string(), TrainerProgress { step, reward_mean: reward })])
+    let p = TrainerProgress { step, reward_mean: reward };
+    BTreeMap::from([("sft".to_string(), p), ("ppo".to_string(), p)])
 }
 
 #[test]
@@ -318,10 +320,8 @@ fn progress_reaches_the_status_and_a_stalled_gang_is_restarted() {
     let none = BTreeSet::new();
     let d = decide_with(&job, &running.status, &gangs, 10, &progress(7, Some(0.5)), &none);
     let sft = &d.status.stages[0];
-    assert_eq!((sft.last_step, sft.last_reward, sft.last_progress_time.clone()), (Some(7), Some(0.5), Some(Time(at(10)))));
-    let later = decide_with(&job, &d.status, &gangs, 12, &progress(9, Some(0.75)), &BTreeSet::new());
-    assert_eq!((later.status.stages[0].first_reward, later.status.stages[0].last_reward), (Some(0.5), Some(0.75)));
-    assert_eq!((d.status.last_step, d.status.last_reward), (Some(7), Some(0.5)));
+    assert_eq!((sft.last_step, sft.last_reward, sft.last_progress_time.clone()), (Some(7), None, Some(Time(at(10)))), "only PPO has a reward");
+    assert_eq!((d.status.last_step, d.status.last_reward), (Some(7), None));
     assert_eq!(d.wake_at, Some(at(10 + PROGRESS_POLL_SECONDS)), "running stages are polled");
     // The same step 60 s later is still within the deadline; 61 s is not.
     let same = decide_with(&job, &d.status, &gangs, 70, &progress(7, Some(0.5)), &none);
@@ -332,6 +332,18 @@ fn progress_reaches_the_status_and_a_stalled_gang_is_restarted() {
     assert!(message.ends_with("no progress for 61s (progressDeadlineSeconds 60; last step 7)"), "{message}");
     // rm never reported a step: its deadline counts from when it started running (second 1).
     assert_eq!(stalled.status.stages[1].phase, StagePhase::Restarting);
+}
+
+#[test]
+fn ppo_reports_its_first_and_latest_reward() {
+    let job = job();
+    let done = history(&job, &[vec![], pods(&[("sft", Succeeded), ("rm", Succeeded)]), pods(&[("ppo", Running)])]);
+    let none = BTreeSet::new();
+    let first = decide_with(&job, &done.status, &pods(&[("ppo", Running)]), 3, &progress(2, Some(-1.5)), &none);
+    let later = decide_with(&job, &first.status, &pods(&[("ppo", Running)]), 8, &progress(9, Some(0.75)), &none);
+    let ppo = &later.status.stages[2];
+    assert_eq!((ppo.first_reward, ppo.last_reward, ppo.last_step), (Some(-1.5), Some(0.75), Some(9)));
+    assert_eq!((later.status.last_step, later.status.last_reward), (Some(9), Some(0.75)));
 }
 
 #[test]
