@@ -97,10 +97,12 @@ pub struct ModelSource {
 #[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema, Default)]
 #[serde(rename_all = "camelCase")]
 pub struct StageModels {
-    /// The model this stage trains (the actor in PPO). Default: the base model.
+    /// The model this stage trains (the actor in PPO). Default: for ppo and dpo, the output of the
+    /// one sft stage it depends on (if there is exactly one); otherwise the base model.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub init: Option<ModelSource>,
-    /// PPO only, required: the reward model (an `rm` stage or a folder).
+    /// PPO only, required: the reward model (an `rm` stage or a folder). Default: the output of the
+    /// one rm stage it depends on (if there is exactly one).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reward_model: Option<ModelSource>,
     /// PPO only: the critic's starting weights. Default: the reward model.
@@ -279,7 +281,8 @@ pub struct StageSpec {
     pub name: String,
     /// What the stage trains.
     pub kind: StageKind,
-    /// Stages that must succeed before this one starts.
+    /// Stages that must succeed before this one starts. Default: none; for a ppo stage every sft
+    /// and rm stage of the job, for a dpo stage every sft stage.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub depends_on: Vec<String>,
     /// Training data.

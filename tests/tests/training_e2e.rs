@@ -65,10 +65,10 @@ async fn a_killed_rank_restarts_the_whole_zero2_gang_which_resumes_and_succeeds(
     let stages = json!([
         {"name": "rm", "kind": "rm", "dataset": {"synthetic": {"task": "copy", "samples": 128, "seed": 11}},
          "training": {"batchSize": 16, "microBatchSize": 8, "maxSteps": 4, "maxLength": 32, "learningRate": 0.002}},
-        {"name": "ppo", "kind": "ppo", "dependsOn": ["rm"],
+        // No dependsOn, no models: ppo waits for rm and takes its reward model from it by default.
+        {"name": "ppo", "kind": "ppo",
          "parallelism": {"nodes": 2, "gpusPerNode": 1, "strategy": "zero2"},
          "dataset": {"synthetic": {"task": "copy", "samples": 1024, "seed": 41}},
-         "models": {"rewardModel": {"stage": "rm"}},
          "training": {"batchSize": 16, "microBatchSize": 8, "maxSteps": 24, "maxLength": 32, "learningRate": 0.0002, "checkpointEvery": 4},
          "ppo": {"rolloutBatchSize": 16, "generation": {"maxNewTokens": 8}}}
     ]);

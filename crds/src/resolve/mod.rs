@@ -1,5 +1,6 @@
 //! Spec -> resolved pipeline: fills every default and checks every rule the OpenAPI schema cannot
 //! express (cross-field, cross-stage). Pure; errors name the offending field.
+mod links;
 mod model;
 mod stage;
 
@@ -45,6 +46,8 @@ impl ResolvedPipeline {
 
 /// Resolves `spec` (found at JSON path `at`, e.g. `spec`), or returns every problem found.
 pub fn resolve_pipeline(spec: &PipelineSpec, at: &str) -> Result<ResolvedPipeline, Vec<FieldError>> {
+    let linked = links::with_default_links(spec);
+    let spec = &linked;
     let mut errors = Vec::new();
     let model = model::resolve_model(&spec.model, &format!("{at}.model"), &mut errors);
     let graph = check_graph(spec, at, &mut errors);

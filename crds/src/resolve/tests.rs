@@ -71,8 +71,10 @@ fn rejects_duplicate_names_and_self_dependency() {
 
 #[test]
 fn ppo_needs_a_reward_model_from_an_rm_ancestor() {
+    // No rm stage to default to.
     let mut v = pipeline();
     v["stages"][2]["models"] = json!({"init": {"stage": "sft"}});
+    v["stages"][2]["dependsOn"] = json!(["sft"]);
     assert!(errors_of(v).iter().any(|e| e.starts_with("spec.stages[2].models.rewardModel: a ppo stage needs")));
 
     let mut v = pipeline();
@@ -82,6 +84,31 @@ fn ppo_needs_a_reward_model_from_an_rm_ancestor() {
     let mut v = pipeline();
     v["stages"][2]["dependsOn"] = json!(["sft"]);
     assert!(errors_of(v).iter().any(|e| e.starts_with("spec.stages[2].models.rewardModel.stage: stage \"rm\" must be in dependsOn")));
+}
+
+#[test]
+fn the_instructgpt_shape_needs_no_wiring() {
+    let mut v = pipeline();
+    v["stages"][2].as_object_mut().unwrap().remove("dependsOn");
+    v["stages"][2].as_object_mut().unwrap().remove("models");
+    let p = resolve(v).unwrap();
+    let ppo = p.stage("ppo").unwrap();
+    assert_eq!(ppo.depends_on, ["sft", "rm"]);
+    assert_eq!((ppo.models.init.clone(), ppo.models.reward_model.clone()), (WeightsSource::Stage("sft".into()), Some(WeightsSource::Stage("rm".into()))));
+    assert_eq!((ppo.models.critic.clone(), ppo.models.reference.clone()), (Some(WeightsSource::Stage("rm".into())), Some(WeightsSource::Stage("sft".into()))));
+    // sft and rm have no dependencies: they start together from the base model.
+    assert!(p.stage("sft").unwrap().depends_on.is_empty() && p.stage("rm").unwrap().depends_on.is_empty());
+    assert_eq!(p.stage("rm").unwrap().models.init, WeightsSource::Base);
+
+    // dpo after sft; with two sft stages nothing is guessed for init.
+    let mut v = pipeline();
+    v["stages"][2] = json!({"name": "dpo", "kind": "dpo", "dataset": {"path": "/data/prefs.jsonl"}, "training": {"maxLength": 64}});
+    let p = resolve(v.clone()).unwrap();
+    let dpo = p.stage("dpo").unwrap();
+    assert_eq!((dpo.depends_on.clone(), dpo.models.init.clone()), (vec!["sft".to_string()], WeightsSource::Stage("sft".into())));
+    v["stages"][1] = json!({"name": "sft2", "kind": "sft", "dataset": {"synthetic": {"task": "copy"}}, "training": {"maxLength": 64}});
+    let dpo = resolve(v).unwrap().stage("dpo").unwrap().clone();
+    assert_eq!((dpo.depends_on.len(), dpo.models.init), (2, WeightsSource::Base));
 }
 
 #[test]
