@@ -14,4 +14,9 @@ if ! command -v kubectl >/dev/null; then
   echo "install-deps: kubectl is missing; installing Debian's kubernetes-client" >&2
   $SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq kubernetes-client
 fi
+# prometheus + promtool: the end-to-end test scrapes the operator and the trainers with a real
+# Prometheus and runs every dashboard query against it (Debian's package; run as a plain binary).
+if ! command -v prometheus >/dev/null || ! command -v promtool >/dev/null; then
+  $SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends prometheus
+fi
 bash tests/controlplane/install-k8s.sh

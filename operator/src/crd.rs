@@ -295,6 +295,9 @@ pub struct StageStatus {
     /// When the current gang was created.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub gang_start_time: Option<Time>,
+    /// Since when the stage's gang has been waiting in the queue (while Queued).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub queued_since: Option<Time>,
     /// When the step last changed (the progress deadline counts from here).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_progress_time: Option<Time>,

@@ -15,8 +15,11 @@ pub enum Error {
     PodGroupCrdMissing { mode: &'static str, crd: String, api_version: String },
 }
 
+/// Every value `Error::category` returns (the metric starts each at 0, so dashboards have a series).
+pub const CATEGORIES: &[&str] = &["forbidden", "conflict", "api", "transport", "config", "server", "metrics", "crd_missing"];
+
 impl Error {
-    /// Short label for the reconcile-errors metric.
+    /// Short label for the reconcile-errors metric (one of `CATEGORIES`).
     pub fn category(&self) -> &'static str {
         match self {
             Error::Kube(kube::Error::Api(s)) if s.code == 403 => "forbidden",

@@ -39,6 +39,9 @@ impl Applier<'_> {
         let params = PatchParams::apply(names::FIELD_MANAGER).force();
         self.api::<K>().patch(&obj.name_any(), &params, &Patch::Apply(obj)).await?;
         self.metrics.objects_applied.with_label_values(&[&K::kind(&())]).inc();
+        if K::kind(&()) == "Pod" {
+            self.metrics.pods_created.inc(); // pods are only ever created (never re-applied)
+        }
         Ok(())
     }
 
@@ -110,7 +113,12 @@ impl Applier<'_> {
         K: Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()> + Clone + DeserializeOwned + std::fmt::Debug,
     {
         match api.delete(name, &DeleteParams::background()).await {
-            Ok(_) => self.metrics.objects_deleted.with_label_values(&[&K::kind(&())]).inc(),
+            Ok(_) => {
+                self.metrics.objects_deleted.with_label_values(&[&K::kind(&())]).inc();
+                if K::kind(&()) == "Pod" {
+                    self.metrics.pods_deleted.inc();
+                }
+            }
             Err(kube::Error::Api(e)) if e.code == 404 => {}
             Err(e) => return Err(e.into()),
         }

@@ -38,8 +38,9 @@ async fn admit_native(ctx: &Context, job: &RLHFJob, valid: &ValidatedJob, stages
     for (stage, d) in stages.iter().zip(&decisions[first_ours..]) {
         match d {
             admission::Decision::Admit { nodes: placed } => {
-                tracing::info!(job = %valid.name, stage, nodes = ?placed, "gang admitted");
-                decision.admitted(stage, now);
+                let waited = decision.admitted(stage, now);
+                ctx.metrics.admission_wait.observe(waited);
+                tracing::info!(job = %valid.name, stage, nodes = ?placed, waited_seconds = waited, "gang admitted");
             }
             admission::Decision::Queued { position, reason } => {
                 tracing::info!(job = %valid.name, stage, position, reason, "gang queued");
@@ -60,7 +61,7 @@ pub async fn launch(ctx: &Context, job: &RLHFJob, valid: &ValidatedJob, applier:
         admit_native(ctx, job, valid, &fresh, decision, now).await?;
     } else {
         for stage in decision.launch.clone() {
-            decision.admitted(&stage, now);
+            let _no_queue = decision.admitted(&stage, now);
         }
     }
     let existing: BTreeSet<&str> = observed.iter().map(|o| o.name.as_str()).collect();

@@ -69,6 +69,7 @@ pub async fn run(client: Client, namespace: Option<String>, metrics: Metrics) {
     let controller = Controller::new(scoped_api::<RLHFJob>(&client, &namespace), watcher::Config::default());
     // Node changes (a node joins, frees up, or goes NotReady) wake the queued and running jobs.
     let jobs = controller.store();
+    tokio::spawn(refresh_job_gauges(jobs.clone(), ctx.metrics.clone()));
     let waiting_on_nodes = move |_: Node| {
         jobs.state()
             .into_iter()
@@ -93,6 +94,15 @@ pub async fn run(client: Client, namespace: Option<String>, metrics: Metrics) {
             }
         })
         .await;
+}
+
+/// Keeps the jobs-by-phase and queued-gangs gauges current from the controller's cache.
+async fn refresh_job_gauges(jobs: kube::runtime::reflector::Store<RLHFJob>, metrics: Metrics) {
+    loop {
+        let state = jobs.state();
+        metrics.observe_jobs(&state.iter().map(|j| j.as_ref()).collect::<Vec<_>>());
+        tokio::time::sleep(Duration::from_secs(5)).await;
+    }
 }
 
 fn error_policy(job: Arc<RLHFJob>, err: &Error, ctx: Arc<Context>) -> Action {
@@ -186,7 +196,11 @@ async fn publish(job: &RLHFJob, prev: &crate::crd::RLHFJobStatus, decision: Deci
         applier.patch_status(&job.name_any(), &decision.status).await?;
     }
     let reference = job.object_ref(&());
+    let namespace = job.namespace().unwrap_or_default();
     for t in decision.transitions {
+        if let Some(stage) = t.action.strip_prefix(status::RESTART_ACTION_PREFIX) {
+            ctx.metrics.gang_restarts.with_label_values(&[namespace.as_str(), &job.name_any(), stage]).inc();
+        }
         let event = Event {
             type_: if t.warning { EventType::Warning } else { EventType::Normal },
             reason: t.reason,

@@ -10,7 +10,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use k8s_openapi::jiff::{SignedDuration, Timestamp};
 use rlhf_spec::{FieldError, stage_output_dir};
 
-pub use self::stage::{Cleanup, PERMANENT_ERROR_EXIT_CODE, backoff};
+pub use self::stage::{Cleanup, PERMANENT_ERROR_EXIT_CODE, RESTART_ACTION_PREFIX, backoff};
 use self::stage::{StageInputs, StageOutcome, advance};
 use super::observe::{ObservedPod, TrainerProgress};
 use super::validate::ValidatedJob;
@@ -75,16 +75,21 @@ impl Decision {
         self.status.stages.iter_mut().find(|s| s.name == name)
     }
 
-    /// Admission started the stage's gang now.
-    pub fn admitted(&mut self, name: &str, now: Timestamp) {
+    /// Admission started the stage's gang now; returns how long it waited in the queue.
+    pub fn admitted(&mut self, name: &str, now: Timestamp) -> f64 {
+        let mut waited = 0.0;
         if let Some(s) = self.stage_mut(name) {
             if s.phase == StagePhase::Queued {
                 s.phase = StagePhase::Pending;
                 s.message = None;
             }
+            if let Some(since) = s.queued_since.take() {
+                waited = now.duration_since(since.0).as_secs_f64().max(0.0);
+            }
             s.gang_start_time.get_or_insert(Time(now));
         }
         self.refresh_queue(now);
+        waited
     }
 
     /// Admission keeps the stage's gang waiting: it creates nothing and says why.
@@ -95,6 +100,7 @@ impl Decision {
         let newly = s.phase != StagePhase::Queued;
         s.phase = StagePhase::Queued;
         s.message = Some(message.clone());
+        s.queued_since.get_or_insert(Time(now));
         if newly {
             self.transitions.push(Transition {
                 action: format!("Queue/{name}"),
@@ -272,6 +278,7 @@ fn new_stage(name: &str, kind: rlhf_spec::StageKind) -> StageStatus {
         output: None,
         gang_generation: 0,
         gang_start_time: None,
+        queued_since: None,
         last_progress_time: None,
         retry_after: None,
         message: None,

@@ -19,6 +19,9 @@ pub const PERMANENT_ERROR_EXIT_CODE: i32 = 2;
 pub const BACKOFF_BASE_SECONDS: i64 = 5;
 pub const BACKOFF_CAP_SECONDS: i64 = 300;
 
+/// Event action of a gang restart (`Restart/<stage>`); the restart counter metric keys on it.
+pub const RESTART_ACTION_PREFIX: &str = "Restart/";
+
 /// Which of a stage's pods to delete.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Cleanup {
@@ -252,7 +255,7 @@ fn restart(out: &mut StageOutcome, input: &StageInputs<'_>, why: String) {
     let s = &mut out.status;
     s.message = Some(format!("gang restart {}/{limit} in {}s: {why}", s.restarts, wait.as_secs()));
     out.transitions.push(Transition {
-        action: format!("Restart/{}", input.name),
+        action: format!("{RESTART_ACTION_PREFIX}{}", input.name),
         reason: "GangRestarting".into(),
         message: format!("stage {}: {}", input.name, out.status.message.as_deref().unwrap_or_default()),
         warning: true,

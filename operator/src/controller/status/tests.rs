@@ -45,7 +45,7 @@ fn decide_with(job: &ValidatedJob, prev: &RLHFJobStatus, pods: &[ObservedPod], s
     let obs = Observed { generation: Some(4), pods, desired_hashes: &hashes, progress, not_ready_nodes: not_ready, now: at(second) };
     let mut d = decide(job, prev, &obs);
     for stage in d.launch.clone() {
-        d.admitted(&stage, at(second));
+        let _waited = d.admitted(&stage, at(second));
     }
     d
 }
@@ -387,6 +387,9 @@ fn queued_gangs_say_why_and_where_and_are_polled() {
     assert_eq!(phases(&again.status)[..2], [("sft", StagePhase::Pending), ("rm", StagePhase::Pending)]);
     assert_eq!(condition(&again.status, "Queued").status, "False");
     assert_eq!(again.status.stages[0].gang_start_time, Some(Time(at(5))));
+    assert_eq!(again.status.stages[0].queued_since, None);
+    let mut not_yet_admitted = decide(&job, &d.status, &obs);
+    assert_eq!(not_yet_admitted.admitted("rm", at(12)), 12.0, "queued since second 0");
 }
 
 #[test]
