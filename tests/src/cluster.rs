@@ -5,7 +5,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
-use k8s_openapi::api::core::v1::{Namespace, ServiceAccount};
+use k8s_openapi::api::core::v1::{Namespace, Secret, ServiceAccount};
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::api::{Api, PostParams};
 use kube::config::{KubeConfigOptions, Kubeconfig};
@@ -105,6 +105,39 @@ impl TestCluster {
         let out = child.wait_with_output().await.expect("kubectl runs");
         let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
         (out.status.success(), text)
+    }
+}
+
+impl TestCluster {
+    /// Writes a kubeconfig at `path` that authenticates as service account `ns/name` with its
+    /// token (RBAC then applies exactly as to a pod running as that account).
+    pub async fn kubeconfig_for_service_account(&self, ns: &str, name: &str, path: &Path) -> Result<PathBuf> {
+        let accounts: Api<ServiceAccount> = Api::namespaced(self.client.clone(), ns);
+        let secrets: Api<Secret> = Api::namespaced(self.client.clone(), ns);
+        // Kubernetes 1.20's token controller creates the token Secret shortly after the account.
+        let secret = wait_until(&format!("a token for service account {ns}/{name}"), Duration::from_secs(30), || {
+            let (accounts, secrets) = (accounts.clone(), secrets.clone());
+            async move {
+                let sa = accounts.get_opt(name).await.map_err(|e| e.to_string())?;
+                let Some(secret) = sa.and_then(|sa| sa.secrets).and_then(|s| s.first().and_then(|r| r.name.clone())) else { return Ok(None) };
+                secrets.get_opt(&secret).await.map_err(|e| e.to_string())
+            }
+        })
+        .await;
+        let token = secret.data.as_ref().and_then(|d| d.get("token")).context("the token Secret has a token")?;
+        let token = String::from_utf8(token.0.clone())?;
+        let admin = Kubeconfig::read_from(&self.kubeconfig)?;
+        let mut cluster = admin.clusters.first().context("the admin kubeconfig names a cluster")?.clone();
+        cluster.name = "test".into();
+        let config = serde_json::json!({
+            "apiVersion": "v1", "kind": "Config",
+            "clusters": [cluster],
+            "users": [{"name": name, "user": {"token": token}}],
+            "contexts": [{"name": name, "context": {"cluster": "test", "user": name, "namespace": ns}}],
+            "current-context": name,
+        });
+        std::fs::write(path, serde_yaml::to_string(&config)?)?;
+        Ok(path.to_path_buf())
     }
 }
 

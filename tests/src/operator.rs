@@ -51,4 +51,35 @@ impl OperatorProcess {
     pub fn log_text(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
+
+    /// The address its metrics server reports it listens on (from its log), once it does.
+    pub fn metrics_addr(&self) -> Option<String> {
+        let text = strip_ansi(&self.log_text());
+        let line = text.lines().find(|l| l.contains("metrics and health server listening"))?;
+        let addr = line.split("addr=").nth(1)?.split_whitespace().next()?;
+        Some(addr.to_string())
+    }
+
+    /// Whether the process still runs (false once it has exited, e.g. crashed).
+    pub fn is_running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+}
+
+/// Text without terminal colour sequences (ESC [ ... m).
+fn strip_ansi(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut chars = text.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            for c in chars.by_ref() {
+                if c.is_ascii_alphabetic() {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
 }
