@@ -9,6 +9,9 @@ SHELL := /bin/bash
 TORCH_VENV := $(shell bash scripts/install-torch.sh)
 export LIBTORCH := $(firstword $(wildcard $(TORCH_VENV)/lib/python3*/site-packages/torch))
 export RLHF_TORCH_PYTHON := $(TORCH_VENV)/bin/python
+# Helm's engine for offline chart rendering and linting (no helm binary installs here):
+# helm-python-sdk in its own cached virtual environment; the chart tests run scripts/helm.py with it.
+export RLHF_HELM_PYTHON := $(shell bash scripts/install-helm-sdk.sh)/bin/python
 ifeq ($(LIBTORCH),)
 $(error libtorch is missing: scripts/install-torch.sh did not complete (see its output above))
 endif
@@ -23,9 +26,11 @@ deps:
 build:
 	cargo build --release --workspace --bins
 
-## Regenerate the committed CRD from the Rust types (a test fails when they drift).
+## Regenerate the committed CRD from the Rust types (a test fails when they drift), and the Helm
+## chart's copy of it (a test checks the bytes are equal).
 crd: build
 	./target/release/rlhf-operator crd > crds/rlhf.dev_rlhfjobs.yaml
+	cp crds/rlhf.dev_rlhfjobs.yaml charts/rlhf-operator/crds/
 
 ## Unit tests, then end-to-end tests against a real control plane started for the run.
 test: deps build

@@ -5,6 +5,22 @@ use std::process::Command;
 use anyhow::{Context, Result, bail};
 use serde::Deserialize;
 
+/// ARCHITECTURE.md: the trainer metrics every dashboard relies on.
+pub const TRAINER_METRICS: &[&str] = &[
+    "rlhf_trainer_step",
+    "rlhf_trainer_samples_per_second",
+    "rlhf_trainer_tokens_per_second",
+    "rlhf_trainer_tflops",
+    "rlhf_trainer_memory_bytes",
+    "rlhf_trainer_reward_mean",
+    "rlhf_trainer_reward_std",
+    "rlhf_trainer_kl",
+    "rlhf_trainer_entropy",
+    "rlhf_trainer_loss",
+    "rlhf_trainer_clip_fraction",
+    "rlhf_trainer_rm_accuracy",
+];
+
 /// The repository's chart folder.
 pub fn chart_dir() -> PathBuf {
     repo_root().join("charts/rlhf-operator")
