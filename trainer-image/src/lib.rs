@@ -4,6 +4,7 @@ pub mod batch;
 pub mod checkpoint;
 pub mod config;
 pub mod cuda_memory;
+pub mod curves;
 pub mod data;
 pub mod distributed;
 pub mod error;

@@ -1,7 +1,8 @@
 //! Runs one stage from its [`TrainerConfig`]: builds each model from its source (the base model,
 //! an earlier stage's output, or a folder), evaluates on the held-out examples, trains (through
 //! [`Progress`]: metrics log, Prometheus, checkpoints, resume), evaluates again and writes the
-//! final model as a Hugging Face folder (`<output>/model`; PPO's critic in `<output>/critic`).
+//! final model as a Hugging Face folder (`<output>/model`; PPO's critic in `<output>/critic`)
+//! and, from the metrics log, a picture of the training curves (`<output>/curves.svg`).
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -10,6 +11,7 @@ use serde_json::{Value, json};
 use tch::{Device, nn};
 
 use crate::algorithms::{dpo, ppo, rm, sft};
+use crate::curves;
 use crate::data::{self, Example};
 use crate::distributed::Dist;
 use crate::error::{Error, Result};
@@ -178,7 +180,18 @@ impl StageRun<'_> {
         }
         let values = eval(self)?;
         self.evaluate(self.last_step(), values);
-        save(self.out())
+        save(self.out())?;
+        self.draw_curves();
+        Ok(())
+    }
+
+    /// Draws the metrics log into `<output>/curves.svg`; a picture that fails is only a warning.
+    fn draw_curves(&self) {
+        let s = &self.cfg.stage;
+        match curves::write(self.out(), &s.name, s.kind) {
+            Ok(path) => println!("{}: training curves in {}", s.name, path.display()),
+            Err(e) => eprintln!("rlhf-trainer: warning: {}: no training curves: {e}", s.name),
+        }
     }
 }
 

@@ -57,6 +57,12 @@ fn a_manifest_runs_end_to_end_and_resumes_by_stage() {
     assert!(record["reward_mean"].is_f64() && record["kl"].is_f64() && record["ptx_loss"].as_f64().unwrap() > 0.0, "{record}");
     assert!(record["phases"]["experience"]["tokens_per_second"].as_f64().unwrap() > 0.0, "{record}");
     assert!(record["memory"]["cpu"]["rss"].as_f64().unwrap() > 1e6, "{record}");
+    // Each stage draws its curves beside the log: PPO's reward panel is a line.
+    let curves = std::fs::read_to_string(dir.join("out/ppo/curves.svg")).expect("ppo/curves.svg");
+    assert!(curves.starts_with("<svg") && curves.contains(">reward mean</text>"), "{curves}");
+    let reward_panel = &curves[curves.find(">reward mean<").unwrap()..];
+    assert!(reward_panel[..reward_panel.find("</g>").unwrap()].contains("<polyline"), "{curves}");
+    assert!(stdout.contains("ppo: done") && stdout.contains("training curves in"), "{stdout}");
     let summary: serde_json::Value = serde_json::from_str(stdout.lines().last().unwrap()).expect("a JSON summary last");
     for (stage, key) in [("sft", "loss"), ("rm", "accuracy"), ("ppo", "reward_mean"), ("ppo", "kl")] {
         for end in ["first", "last"] {

@@ -14,6 +14,7 @@ use std::process::Command;
 
 use serde_json::{Value, json};
 
+use crate::curves;
 use crate::distributed::launch;
 use crate::error::{Error, Result};
 use crate::progress::{METRICS_LOG, read_log};
@@ -56,7 +57,9 @@ pub fn run(manifest: &Path, folder: RunFolder) -> Result<()> {
         }
         println!("{name}: running ({}, {} process(es))", config.output_dir, config.stage.parallelism.world_size());
         run_stage(&config)?;
-        println!("{name}: done, model in {}/{}", config.output_dir, stage::MODEL_DIR);
+        let curves = Path::new(&config.output_dir).join(curves::CURVES_FILE);
+        let curves = if curves.exists() { format!(", training curves in {}", curves.display()) } else { String::new() };
+        println!("{name}: done, model in {}/{}{curves}", config.output_dir, stage::MODEL_DIR);
     }
     let logs = pipeline.order.iter().map(|n| (n.clone(), read_log(&run_dir.join(n).join(METRICS_LOG)))).collect();
     println!("{}", summary(&pipeline, &logs));
