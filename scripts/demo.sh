@@ -129,4 +129,5 @@ echo "  PPO training reward in status: $(field '{.status.stages[?(@.name=="ppo")
 echo "  final Hugging Face model:  $OUT/ppo/model"
 echo "  checkpoints:               $OUT/ppo/checkpoints (and sft/, rm/)"
 echo "  metrics logs:              $OUT/{sft,rm,ppo}/metrics.jsonl"
+echo "  training curves (SVG):     $OUT/{sft,rm,ppo}/curves.svg"
 echo "  logs: operator $STATE/demo-operator.log, node agent $STATE/demo-node-agent.log, pods $STATE/demo-agent/logs/"
