@@ -13,10 +13,12 @@ pub enum Error {
         "spec.scheduling.gang: {mode} needs the CRD {crd} ({api_version} PodGroup), which the cluster does not serve; install that scheduler or choose another gang mode"
     )]
     PodGroupCrdMissing { mode: &'static str, crd: String, api_version: String },
+    #[error("leader election: {0}")]
+    LeaderElection(String),
 }
 
 /// Every value `Error::category` returns (the metric starts each at 0, so dashboards have a series).
-pub const CATEGORIES: &[&str] = &["forbidden", "conflict", "api", "transport", "config", "server", "metrics", "crd_missing"];
+pub const CATEGORIES: &[&str] = &["forbidden", "conflict", "api", "transport", "config", "server", "metrics", "crd_missing", "leader_election"];
 
 impl Error {
     /// Short label for the reconcile-errors metric (one of `CATEGORIES`).
@@ -30,6 +32,7 @@ impl Error {
             Error::Server { .. } => "server",
             Error::Metrics(_) => "metrics",
             Error::PodGroupCrdMissing { .. } => "crd_missing",
+            Error::LeaderElection(_) => "leader_election",
         }
     }
 }

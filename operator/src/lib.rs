@@ -3,6 +3,7 @@ pub mod cli;
 pub mod controller;
 pub mod crd;
 pub mod error;
+pub mod leader;
 pub mod metrics;
 pub mod names;
 pub mod server;

@@ -22,6 +22,8 @@ pub struct Metrics {
     pub admission_wait: Histogram,
     /// Whole-gang restarts, by job and stage.
     pub gang_restarts: IntCounterVec,
+    /// 1 while this replica holds the leader Lease (or leader election is off), else 0.
+    pub is_leader: IntGauge,
 }
 
 /// Every job phase, so each has a series (at 0 when no job is in it).
@@ -49,6 +51,7 @@ impl Metrics {
                 .buckets(vec![0.0, 1.0, 5.0, 15.0, 30.0, 60.0, 300.0, 900.0, 3600.0, 14400.0]),
         )?;
         let gang_restarts = counter_vec("rlhf_operator_gang_restarts_total", "Whole-gang restarts", &["namespace", "rlhf_job", "stage"])?;
+        let is_leader = IntGauge::new("rlhf_operator_is_leader", "1 while this replica is the leader that reconciles (always 1 with leader election off)")?;
         let m = Self {
             registry,
             reconciles,
@@ -62,6 +65,7 @@ impl Metrics {
             gangs_queued,
             admission_wait,
             gang_restarts,
+            is_leader,
         };
         for c in [&m.reconciles, &m.reconcile_errors, &m.objects_applied, &m.objects_deleted, &m.gang_restarts] {
             m.registry.register(Box::new(c.clone()))?;
@@ -74,6 +78,7 @@ impl Metrics {
         }
         m.registry.register(Box::new(m.jobs.clone()))?;
         m.registry.register(Box::new(m.gangs_queued.clone()))?;
+        m.registry.register(Box::new(m.is_leader.clone()))?;
         // Series at 0 from the start: "no errors" is data, not a missing series.
         for category in crate::error::CATEGORIES {
             m.reconcile_errors.with_label_values(&[category]);

@@ -10,6 +10,8 @@ pub const LABEL_GENERATION: &str = "rlhf.dev/gang-generation";
 pub const LABEL_NATIVE_GANG: &str = "rlhf.dev/native-gang";
 pub const LABEL_MANAGED_BY: &str = "app.kubernetes.io/managed-by";
 pub const ANNOTATION_SPEC_HASH: &str = "rlhf.dev/spec-hash";
+/// The `coordination.k8s.io/v1` Lease the operator replicas elect their leader with.
+pub const LEADER_LEASE: &str = "rlhf-operator-leader";
 
 pub const STORAGE_VOLUME: &str = "rlhf-storage";
 pub const CONFIG_VOLUME: &str = "rlhf-config";

@@ -1,6 +1,7 @@
 //! The operator as a real child process (the release binary), so tests can kill it mid-flight.
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
+use std::sync::atomic::{AtomicU32, Ordering};
 
 use tokio::process::{Child, Command};
 
@@ -24,11 +25,26 @@ pub fn workspace_binary(name: &str) -> PathBuf {
 impl OperatorProcess {
     /// Starts `rlhf-operator run` watching only `namespace`, logging to a file named after it.
     pub fn start(kubeconfig: &Path, namespace: &str) -> Self {
-        let log = std::env::temp_dir().join(format!("rlhf-operator-{namespace}.log"));
+        Self::spawn(kubeconfig, namespace, &[], std::env::temp_dir().join(format!("rlhf-operator-{namespace}.log")))
+    }
+
+    /// As `start`, with `extra_args` after the usual ones (e.g. leader election settings) and a
+    /// log file of its own, so several operators can watch one namespace.
+    pub fn start_with(kubeconfig: &Path, namespace: &str, extra_args: &[&str]) -> Self {
+        static STARTED: AtomicU32 = AtomicU32::new(0);
+        let n = STARTED.fetch_add(1, Ordering::SeqCst);
+        Self::spawn(kubeconfig, namespace, extra_args, std::env::temp_dir().join(format!("rlhf-operator-{namespace}-{n}.log")))
+    }
+
+    fn spawn(kubeconfig: &Path, namespace: &str, extra_args: &[&str], log: PathBuf) -> Self {
         let file = std::fs::OpenOptions::new().create(true).append(true).open(&log).expect("operator log file");
         let child = Command::new(workspace_binary("rlhf-operator"))
             .args(["run", "--metrics-addr", "127.0.0.1:0", "--namespace", namespace])
+            .args(extra_args)
             .env("KUBECONFIG", kubeconfig)
+            // Leader election only where a test asks for it, and distinct identities (hostname + pid).
+            .env_remove("POD_NAMESPACE")
+            .env_remove("POD_NAME")
             .env("RUST_LOG", "info,rlhf_operator=debug")
             .stdout(Stdio::from(file.try_clone().expect("log handle")))
             .stderr(Stdio::from(file))
@@ -63,6 +79,11 @@ impl OperatorProcess {
     /// Whether the process still runs (false once it has exited, e.g. crashed).
     pub fn is_running(&mut self) -> bool {
         matches!(self.child.try_wait(), Ok(None))
+    }
+
+    /// The exit code once the process has exited (None while it runs or if a signal ended it).
+    pub fn exit_code(&mut self) -> Option<i32> {
+        self.child.try_wait().ok().flatten().and_then(|status| status.code())
     }
 }
 

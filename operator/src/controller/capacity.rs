@@ -122,9 +122,9 @@ impl Priorities {
 }
 
 /// The gangs of OTHER jobs that wait in the queue now (their status says Queued).
-pub async fn queued_elsewhere(jobs: &Api<RLHFJob>, this: &ValidatedJob, priorities: &Priorities) -> Result<Vec<GangRequest>> {
+pub fn queued_elsewhere(jobs: &[RLHFJob], this: &ValidatedJob, priorities: &Priorities) -> Vec<GangRequest> {
     let mut queue = Vec::new();
-    for other in jobs.list(&ListParams::default()).await? {
+    for other in jobs {
         let is_this = other.name_any() == this.name && other.namespace().as_deref() == Some(this.namespace.as_str());
         let queued: Vec<String> = other
             .status
@@ -136,11 +136,11 @@ pub async fn queued_elsewhere(jobs: &Api<RLHFJob>, this: &ValidatedJob, prioriti
         if is_this || queued.is_empty() || other.metadata.deletion_timestamp.is_some() {
             continue;
         }
-        let Ok(valid) = validate(&other) else { continue };
-        let created = created_at(&other);
+        let Ok(valid) = validate(other) else { continue };
+        let created = created_at(other);
         queue.extend(queued.iter().filter_map(|stage| gang_request(&valid, stage, priorities.of(&valid), &created)));
     }
-    Ok(queue)
+    queue
 }
 
 /// The job's creation time as RFC 3339 text (sorts in time order).

@@ -4,7 +4,6 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::jiff::Timestamp;
-use kube::api::Api;
 use kube::ResourceExt;
 
 use super::Context;
@@ -30,8 +29,7 @@ async fn admit_native(ctx: &Context, job: &RLHFJob, valid: &ValidatedJob, stages
     let priorities = Priorities::read(&ctx.client).await?;
     let created = capacity::created_at(job);
     let ours: Vec<_> = stages.iter().filter_map(|s| capacity::gang_request(valid, s, priorities.of(valid), &created)).collect();
-    let jobs: Api<RLHFJob> = ctx.jobs_api();
-    let mut queue = capacity::queued_elsewhere(&jobs, valid, &priorities).await?;
+    let mut queue = capacity::queued_elsewhere(&ctx.list_jobs().await?, valid, &priorities);
     let first_ours = queue.len();
     queue.extend(ours);
     let decisions = admission::admit(&nodes, &queue);

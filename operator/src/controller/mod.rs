@@ -37,16 +37,20 @@ pub struct Context {
     pub client: Client,
     pub recorder: Recorder,
     pub metrics: Metrics,
-    /// The namespace the operator is limited to, if any.
-    pub namespace: Option<String>,
+    /// The namespaces the operator watches (`[None]`: all of them).
+    pub scopes: Vec<Option<String>>,
     /// Serialises gang admission (capacity read -> pods created) across concurrent reconciles.
     pub admission: tokio::sync::Mutex<()>,
 }
 
 impl Context {
-    /// RLHFJobs the operator watches (one namespace or all).
-    pub fn jobs_api(&self) -> Api<RLHFJob> {
-        scoped_api(&self.client, &self.namespace)
+    /// Every RLHFJob the operator watches.
+    pub async fn list_jobs(&self) -> Result<Vec<RLHFJob>> {
+        let mut jobs = Vec::new();
+        for scope in &self.scopes {
+            jobs.extend(scoped_api::<RLHFJob>(&self.client, scope).list(&ListParams::default()).await?.items);
+        }
+        Ok(jobs)
     }
 }
 
@@ -60,16 +64,24 @@ where
     }
 }
 
-/// Runs the controller until the process is asked to stop. `namespace` limits it to one namespace.
-pub async fn run(client: Client, namespace: Option<String>, metrics: Metrics) {
-    let owned = watcher::Config::default().labels(&format!("{}={}", names::LABEL_MANAGED_BY, names::FIELD_MANAGER));
+/// Runs the controllers until the process is asked to stop: one over all namespaces, or one per
+/// namespace in `namespaces`, sharing one context (so gang admission sees one queue).
+pub async fn run(client: Client, namespaces: Vec<String>, metrics: Metrics) {
+    let scopes: Vec<Option<String>> = if namespaces.is_empty() { vec![None] } else { namespaces.into_iter().map(Some).collect() };
     let reporter = Reporter { controller: names::FIELD_MANAGER.into(), instance: std::env::var("POD_NAME").ok() };
     let recorder = Recorder::new(client.clone(), reporter);
-    let ctx = Arc::new(Context { client: client.clone(), recorder, metrics, namespace: namespace.clone(), admission: Default::default() });
-    let controller = Controller::new(scoped_api::<RLHFJob>(&client, &namespace), watcher::Config::default());
+    let ctx = Arc::new(Context { client: client.clone(), recorder, metrics, scopes: scopes.clone(), admission: Default::default() });
+    let controllers: Vec<Controller<RLHFJob>> =
+        scopes.iter().map(|scope| Controller::new(scoped_api::<RLHFJob>(&client, scope), watcher::Config::default())).collect();
+    tokio::spawn(refresh_job_gauges(controllers.iter().map(|c| c.store()).collect(), ctx.metrics.clone()));
+    let runs = controllers.into_iter().zip(&scopes).map(|(controller, scope)| run_one(controller, &client, scope, ctx.clone()));
+    futures::future::join_all(runs).await;
+}
+
+async fn run_one(controller: Controller<RLHFJob>, client: &Client, scope: &Option<String>, ctx: Arc<Context>) {
+    let owned = watcher::Config::default().labels(&format!("{}={}", names::LABEL_MANAGED_BY, names::FIELD_MANAGER));
     // Node changes (a node joins, frees up, or goes NotReady) wake the queued and running jobs.
     let jobs = controller.store();
-    tokio::spawn(refresh_job_gauges(jobs.clone(), ctx.metrics.clone()));
     let waiting_on_nodes = move |_: Node| {
         jobs.state()
             .into_iter()
@@ -78,9 +90,9 @@ pub async fn run(client: Client, namespace: Option<String>, metrics: Metrics) {
             .collect::<Vec<_>>()
     };
     controller
-        .owns(scoped_api::<Pod>(&client, &namespace), owned.clone())
-        .owns(scoped_api::<Service>(&client, &namespace), owned.clone())
-        .owns(scoped_api::<ConfigMap>(&client, &namespace), owned)
+        .owns(scoped_api::<Pod>(client, scope), owned.clone())
+        .owns(scoped_api::<Service>(client, scope), owned.clone())
+        .owns(scoped_api::<ConfigMap>(client, scope), owned)
         .watches(Api::<Node>::all(client.clone()), watcher::Config::default(), waiting_on_nodes)
         .shutdown_on_signal()
         .run(reconcile, error_policy, ctx)
@@ -97,9 +109,9 @@ pub async fn run(client: Client, namespace: Option<String>, metrics: Metrics) {
 }
 
 /// Keeps the jobs-by-phase and queued-gangs gauges current from the controller's cache.
-async fn refresh_job_gauges(jobs: kube::runtime::reflector::Store<RLHFJob>, metrics: Metrics) {
+async fn refresh_job_gauges(stores: Vec<kube::runtime::reflector::Store<RLHFJob>>, metrics: Metrics) {
     loop {
-        let state = jobs.state();
+        let state: Vec<Arc<RLHFJob>> = stores.iter().flat_map(|s| s.state()).collect();
         metrics.observe_jobs(&state.iter().map(|j| j.as_ref()).collect::<Vec<_>>());
         tokio::time::sleep(Duration::from_secs(5)).await;
     }
