@@ -17,6 +17,9 @@ use crate::wait::wait_until;
 /// Environment variable naming the kubeconfig of a running test control plane (`make test` sets it).
 pub const KUBECONFIG_ENV: &str = "RLHF_TEST_KUBECONFIG";
 
+/// The PodGroup CRDs of the two batch schedulers the operator supports.
+pub const POD_GROUP_CRDS: [&str; 2] = ["podgroups.scheduling.volcano.sh", "podgroups.scheduling.x-k8s.io"];
+
 #[derive(Clone)]
 pub struct TestCluster {
     pub client: Client,
@@ -49,18 +52,30 @@ impl TestCluster {
 
     /// Installs the committed CRD file the way users do, with plain `kubectl apply -f`.
     async fn install_crd(&self) -> Result<()> {
-        let file = repo_root().join("crds/rlhf.dev_rlhfjobs.yaml");
+        let name = rlhf_operator::crd::crd().metadata.name.context("CRD has a name")?;
+        self.apply_crd(&repo_root().join("crds/rlhf.dev_rlhfjobs.yaml"), &name).await
+    }
+
+    /// The stand-in CRDs of Volcano's and scheduler-plugins' PodGroups (tests/fixtures/, named
+    /// like the real ones; no such scheduler runs here). Cluster-wide; applying again changes nothing.
+    pub async fn install_pod_group_crds(&self) -> Result<()> {
+        for name in POD_GROUP_CRDS {
+            self.apply_crd(&repo_root().join("tests/fixtures").join(format!("{name}.yaml")), name).await?;
+        }
+        Ok(())
+    }
+
+    /// `kubectl apply -f file`, then waits until the API server serves the CRD `name`.
+    async fn apply_crd(&self, file: &Path, name: &str) -> Result<()> {
         let (ok, out) = self.kubectl(&["apply", "-f", &file.to_string_lossy()], "").await;
         if !ok {
             bail!("kubectl apply -f {}: {out}", file.display());
         }
         let crds: Api<CustomResourceDefinition> = Api::all(self.client.clone());
-        let name = rlhf_operator::crd::crd().metadata.name.context("CRD has a name")?;
-        wait_until("the CRD to be established", Duration::from_secs(30), || {
+        wait_until(&format!("CRD {name} to be established"), Duration::from_secs(30), || {
             let crds = crds.clone();
-            let name = name.clone();
             async move {
-                let crd = crds.get(&name).await.map_err(|e| e.to_string())?;
+                let crd = crds.get(name).await.map_err(|e| e.to_string())?;
                 let established = crd.status.and_then(|s| s.conditions).unwrap_or_default().iter().any(|c| c.type_ == "Established" && c.status == "True");
                 Ok(established.then_some(()))
             }

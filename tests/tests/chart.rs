@@ -543,6 +543,8 @@ async fn can_i(cluster: &TestCluster, account: &str, args: &[&str]) -> bool {
 #[tokio::test]
 async fn the_default_render_is_accepted_by_the_api_server_and_its_rbac_works() {
     let cluster = TestCluster::connect().await;
+    // `kubectl auth can-i` resolves podgroups through discovery: their CRDs must be served.
+    cluster.install_pod_group_crds().await.expect("installing the PodGroup CRDs");
     let ns = cluster.namespace("chart").await;
     // Release named after the namespace, so the cluster-scoped objects are this test's own.
     let docs = chart::render(&ns, &ns, None).expect("rendering the chart");

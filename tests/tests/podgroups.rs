@@ -9,35 +9,10 @@ use std::time::Duration;
 
 use common::*;
 use k8s_openapi::api::core::v1::Pod;
-use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::api::{Api, ApiResource, DynamicObject};
 use kube::{Client, ResourceExt};
-use rlhf_test_support::{TestCluster, wait_until};
+use rlhf_test_support::wait_until;
 use serde_json::{Value, json};
-
-/// The stand-in CRDs, named like the real ones.
-const CRDS: [&str; 2] = ["podgroups.scheduling.volcano.sh", "podgroups.scheduling.x-k8s.io"];
-
-/// Installs both PodGroup CRDs (cluster-wide; applying them again changes nothing) and waits
-/// until the API server serves them.
-async fn install_pod_group_crds(cluster: &TestCluster) {
-    let fixtures = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures");
-    let crds: Api<CustomResourceDefinition> = Api::all(cluster.client.clone());
-    for name in CRDS {
-        let file = fixtures.join(format!("{name}.yaml"));
-        let (ok, out) = cluster.kubectl(&["apply", "-f", &file.to_string_lossy()], "").await;
-        assert!(ok, "kubectl apply -f {}: {out}", file.display());
-        wait_until(&format!("CRD {name} to be established"), WAIT, || {
-            let crds = crds.clone();
-            async move {
-                let crd = crds.get(name).await.map_err(|e| e.to_string())?;
-                let conditions = crd.status.and_then(|s| s.conditions).unwrap_or_default();
-                Ok(conditions.iter().any(|c| c.type_ == "Established" && c.status == "True").then_some(()))
-            }
-        })
-        .await;
-    }
-}
 
 fn pod_groups(client: &Client, ns: &str, group: &str, version: &str) -> Api<DynamicObject> {
     let resource = ApiResource {
@@ -157,7 +132,7 @@ async fn check_case(scene: &Scene, case: &Case) -> Api<DynamicObject> {
 #[tokio::test]
 async fn batch_scheduled_gangs_get_pod_groups_and_pods_addressed_to_their_scheduler() {
     let scene = scene("podgroups").await;
-    install_pod_group_crds(&scene.cluster).await;
+    scene.cluster.install_pod_group_crds().await.expect("installing the PodGroup CRDs");
     let [volcano_case, coscheduling_case] = cases();
     // Volcano: PodGroup with the queue; pods name it in an annotation.
     let volcano = check_case(&scene, &volcano_case).await;
