@@ -37,7 +37,8 @@ fn operator_rejections() -> Vec<(&'static str, Value, &'static str)> {
     vec![
         ("dependsOn cycle", job("cycle", |v| v["spec"]["stages"][0]["dependsOn"] = json!(["ppo"])), "dependsOn forms a cycle"),
         ("unknown dependency", job("unknown-dep", |v| v["spec"]["stages"][1]["dependsOn"] = json!(["pretrain"])), "spec.stages[1].dependsOn[0]: unknown stage \"pretrain\""),
-        ("ppo without reward model", job("no-rm", |v| { v["spec"]["stages"][2]["models"].as_object_mut().unwrap().remove("rewardModel"); }), "spec.stages[2].models.rewardModel: a ppo stage needs a reward model"),
+        // Without rewardModel a ppo stage takes the one rm stage it depends on; here it depends on none.
+        ("ppo without reward model", job("no-rm", |v| { v["spec"]["stages"][2]["models"].as_object_mut().unwrap().remove("rewardModel"); v["spec"]["stages"][2]["dependsOn"] = json!(["sft"]); }), "spec.stages[2].models.rewardModel: a ppo stage needs a reward model"),
         ("queue without volcano", job("stray-queue", |v| v["spec"]["scheduling"] = json!({"queue": "research"})), "spec.scheduling.queue: a queue only applies to gang: volcano"),
         ("gpu request disagrees", job("gpu-mismatch", |v| v["spec"]["resources"] = json!({"limits": {"nvidia.com/gpu": "4"}})), "spec.resources.limits[nvidia.com/gpu]: 4 disagrees with gpusPerNode 1"),
         ("batch not divisible", job("bad-batch", |v| v["spec"]["stages"][0]["training"]["batchSize"] = json!(6)), "spec.stages[0].training.batchSize: 6 is not a multiple"),
