@@ -18,6 +18,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const POOL_LABEL: &str = "rlhf.dev/test-agent-pool";
 const WAIT: Duration = Duration::from_secs(20);
+const BIND_WAIT: Duration = Duration::from_secs(90);
 
 async fn create<K>(api: &Api<K>, value: Value) -> K
 where
@@ -106,7 +107,9 @@ async fn storage(client: &Client, ns: &str, host_dir: &Path) -> String {
     }))
     .await;
     // Pods created before the claim is bound wait a scheduler retry period (up to a minute).
-    wait_until("claim data to be bound", WAIT, || {
+    // The binder may only pick the claim up at its 15 s resync when the controller-manager is
+    // busy with other tests' objects, hence the longer wait.
+    wait_until("claim data to be bound", BIND_WAIT, || {
         let claims = claims.clone();
         async move {
             let pvc = claims.get("data").await.map_err(|e| e.to_string())?;
