@@ -47,8 +47,16 @@ async fn the_quickstart_pipeline_trains_to_success_and_its_reward_improves() {
     assert!(ppo.start_time.as_ref().unwrap().0 >= rm.completion_time.as_ref().unwrap().0);
     // Progress came through the trainer's metrics endpoint into status.
     let (first, last) = (ppo.first_reward.expect("a first PPO reward in status"), ppo.last_reward.expect("a last PPO reward"));
-    assert!(last > first, "PPO's reward improves in status: first {first}, last {last}");
+    assert!(first != 0.0 && first.is_finite() && last.is_finite(), "PPO's training rewards in status: first {first}, last {last}");
     assert_eq!(status.last_reward, Some(last));
+    // Training rewards are noisy rollouts; the held-out greedy reward the trainer logs before and
+    // after PPO is the improvement that counts (deterministic: 0.76 -> 3.22 on this example).
+    let evals: Vec<f64> = std::fs::read_to_string(scene.stage_dir(&storage, "quickstart", "ppo").join("metrics.jsonl"))
+        .expect("ppo's metrics log")
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok()?["eval"]["reward_mean"].as_f64())
+        .collect();
+    assert!(evals.len() >= 2 && evals[evals.len() - 1] > evals[0] + 1.0, "held-out reward before/after PPO: {evals:?}");
     assert!(ppo.last_step.is_some_and(|s| s > 0) && sft.last_step.is_some());
     // The outputs are where the status says, on the job's volume.
     for st in [sft, rm, ppo] {

@@ -109,8 +109,9 @@ fn record_progress(s: &mut StageStatus, progress: Option<TrainerProgress>, now: 
         s.last_progress_time = Some(Time(now));
     }
     s.last_step = Some(p.step);
-    // Other stages export the reward gauge too, at 0: only PPO's means anything.
-    let reward = p.reward_mean.filter(|_| s.kind == StageKind::Ppo);
+    // Other stages export the reward gauge too, at 0, and so does PPO before its first step:
+    // only PPO's, once it has stepped, means anything.
+    let reward = p.reward_mean.filter(|_| s.kind == StageKind::Ppo && p.step > 0);
     s.last_reward = reward.or(s.last_reward);
     s.first_reward = s.first_reward.or(reward);
 }

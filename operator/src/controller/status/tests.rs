@@ -339,7 +339,9 @@ fn ppo_reports_its_first_and_latest_reward() {
     let job = job();
     let done = history(&job, &[vec![], pods(&[("sft", Succeeded), ("rm", Succeeded)]), pods(&[("ppo", Running)])]);
     let none = BTreeSet::new();
-    let first = decide_with(&job, &done.status, &pods(&[("ppo", Running)]), 3, &progress(2, Some(-1.5)), &none);
+    let before_any_step = decide_with(&job, &done.status, &pods(&[("ppo", Running)]), 3, &progress(0, Some(0.0)), &none);
+    assert_eq!(before_any_step.status.stages[2].first_reward, None, "the gauge's initial 0 is no reward");
+    let first = decide_with(&job, &before_any_step.status, &pods(&[("ppo", Running)]), 3, &progress(2, Some(-1.5)), &none);
     let later = decide_with(&job, &first.status, &pods(&[("ppo", Running)]), 8, &progress(9, Some(0.75)), &none);
     let ppo = &later.status.stages[2];
     assert_eq!((ppo.first_reward, ppo.last_reward, ppo.last_step), (Some(-1.5), Some(0.75), Some(9)));
