@@ -130,7 +130,6 @@ async fn the_charts_operator_trains_under_rbac_and_every_dashboard_query_has_dat
     // A pipeline with all three kinds (so every trainer metric exists), 2 local ranks per pod, and
     // one killed PPO process (so a gang restart is counted).
     let scene_storage = dir.join("storage");
-    std::fs::create_dir_all(&scene_storage).unwrap();
     let job = "observed";
     let stages = json!([
         {"name": "sft", "kind": "sft", "dataset": {"synthetic": {"task": "copy", "samples": 256, "seed": 1}},
@@ -144,11 +143,7 @@ async fn the_charts_operator_trains_under_rbac_and_every_dashboard_query_has_dat
     let mut manifest = tiny_job(job, stages);
     manifest["spec"]["parallelism"] = json!({"nodes": 1, "gpusPerNode": 2});
     manifest["spec"]["nodeSelector"] = json!({POOL_LABEL: ns});
-    let pv = json!({"apiVersion": "v1", "kind": "PersistentVolume", "metadata": {"name": format!("{ns}-{job}")},
-        "spec": {"capacity": {"storage": "10Gi"}, "accessModes": ["ReadWriteOnce", "ReadWriteMany"],
-                 "hostPath": {"path": scene_storage.to_string_lossy()}, "claimRef": {"namespace": ns, "name": format!("{job}-storage")}}});
-    let (ok, out) = cluster.kubectl(&["apply", "-f", "-"], &pv.to_string()).await;
-    assert!(ok, "{out}");
+    reserve_storage(&cluster.client, &ns, job, &scene_storage).await;
     let started = now();
     let (ok, out) = cluster.kubectl(&["apply", "-n", &ns, "-f", "-"], &manifest.to_string()).await;
     assert!(ok, "{out}");

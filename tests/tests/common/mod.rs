@@ -45,27 +45,29 @@ pub fn pipeline_job(name: &str, stages: [&str; 3], nodes: u32, gpus_per_node: u3
     let synthetic = json!({"synthetic": {"task": "copy", "samples": 64}});
     // Two accumulation steps of 4 examples per rank.
     let batch = 4 * nodes * gpus_per_node * 2;
-    json!({
-        "apiVersion": "rlhf.dev/v1alpha1", "kind": "RLHFJob",
-        "metadata": {"name": name},
-        "spec": {
-            "image": "registry.example/rlhf-trainer:test",
-            "model": {"family": "gpt2", "init": "random",
-                      "architecture": {"vocabSize": 50257, "hiddenSize": 64, "numLayers": 2, "numHeads": 4, "maxPositions": 128}},
-            "parallelism": {"nodes": nodes, "gpusPerNode": gpus_per_node},
-            "storage": {"accessModes": ["ReadWriteMany"], "size": "2Gi"},
-            "env": [{"name": "EXTRA_SETTING", "value": "on"}],
-            // No GPU nodes unless a test registers some: gangs are not held back for capacity.
-            "scheduling": {"gang": "none"},
-            "stages": [
-                {"name": first, "kind": "sft", "dataset": synthetic, "training": {"batchSize": batch, "microBatchSize": 4, "maxLength": 64}},
-                {"name": second, "kind": "rm", "dataset": synthetic, "training": {"batchSize": batch, "microBatchSize": 4, "maxLength": 64}},
-                {"name": third, "kind": "ppo", "dependsOn": [first, second], "dataset": synthetic,
-                 "models": {"init": {"stage": first}, "rewardModel": {"stage": second}},
-                 "training": {"batchSize": batch, "microBatchSize": 4, "maxLength": 64}, "ppo": {"generation": {"maxNewTokens": 16}}}
-            ]
-        }
-    })
+    rlhf_job(name, json!({
+        "model": {"family": "gpt2", "init": "random",
+                  "architecture": {"vocabSize": 50257, "hiddenSize": 64, "numLayers": 2, "numHeads": 4, "maxPositions": 128}},
+        "parallelism": {"nodes": nodes, "gpusPerNode": gpus_per_node},
+        "storage": {"accessModes": ["ReadWriteMany"], "size": "2Gi"},
+        "env": [{"name": "EXTRA_SETTING", "value": "on"}],
+        // No GPU nodes unless a test registers some: gangs are not held back for capacity.
+        "scheduling": {"gang": "none"},
+        "stages": [
+            {"name": first, "kind": "sft", "dataset": synthetic, "training": {"batchSize": batch, "microBatchSize": 4, "maxLength": 64}},
+            {"name": second, "kind": "rm", "dataset": synthetic, "training": {"batchSize": batch, "microBatchSize": 4, "maxLength": 64}},
+            {"name": third, "kind": "ppo", "dependsOn": [first, second], "dataset": synthetic,
+             "models": {"init": {"stage": first}, "rewardModel": {"stage": second}},
+             "training": {"batchSize": batch, "microBatchSize": 4, "maxLength": 64}, "ppo": {"generation": {"maxNewTokens": 16}}}
+        ]
+    }))
+}
+
+/// An RLHFJob manifest named `name` with `spec` and the tests' image (the node agent runs
+/// `rlhf-trainer` from the build; the image name is never pulled).
+pub fn rlhf_job(name: &str, mut spec: Value) -> Value {
+    spec["image"] = json!("registry.example/rlhf-trainer:test");
+    json!({"apiVersion": "rlhf.dev/v1alpha1", "kind": "RLHFJob", "metadata": {"name": name}, "spec": spec})
 }
 
 pub async fn kubectl_apply(cluster: &TestCluster, ns: &str, manifest: &Value) -> (bool, String) {

@@ -13,7 +13,7 @@ use rlhf_test_support::node_agent::NodeAgentProcess;
 use rlhf_test_support::{OperatorProcess, TestCluster, wait_until};
 use serde_json::{Value, json};
 
-use super::wait_for_status_within;
+use super::{rlhf_job, wait_for_status_within};
 
 pub const POOL_LABEL: &str = "rlhf-test/pool";
 
@@ -43,18 +43,7 @@ impl TrainingScene {
     /// A hostPath PersistentVolume reserved (claimRef) for `job`'s storage claim; returns its folder.
     pub async fn storage_for(&self, job: &str) -> PathBuf {
         let path = self.dir.join(format!("storage-{job}"));
-        std::fs::create_dir_all(&path).expect("storage folder");
-        let pv: PersistentVolume = serde_json::from_value(json!({
-            "metadata": {"name": format!("{}-{job}", self.ns)},
-            "spec": {
-                "capacity": {"storage": "10Gi"},
-                "accessModes": ["ReadWriteOnce", "ReadWriteMany"],
-                "hostPath": {"path": path.to_string_lossy()},
-                "claimRef": {"namespace": self.ns, "name": format!("{job}-storage")}
-            }
-        }))
-        .expect("a PV");
-        Api::<PersistentVolume>::all(self.client.clone()).create(&PostParams::default(), &pv).await.expect("creating a PV");
+        reserve_storage(&self.client, &self.ns, job, &path).await;
         path
     }
 
@@ -93,6 +82,23 @@ impl TrainingScene {
     }
 }
 
+/// Creates folder `path` and a hostPath PersistentVolume on it that only `job`'s storage claim in
+/// `ns` can bind (claimRef), so parallel tests never take each other's volumes.
+pub async fn reserve_storage(client: &Client, ns: &str, job: &str, path: &Path) {
+    std::fs::create_dir_all(path).expect("storage folder");
+    let pv: PersistentVolume = serde_json::from_value(json!({
+        "metadata": {"name": format!("{ns}-{job}")},
+        "spec": {
+            "capacity": {"storage": "10Gi"},
+            "accessModes": ["ReadWriteOnce", "ReadWriteMany"],
+            "hostPath": {"path": path.to_string_lossy()},
+            "claimRef": {"namespace": ns, "name": format!("{job}-storage")}
+        }
+    }))
+    .expect("a PV");
+    Api::<PersistentVolume>::all(client.clone()).create(&PostParams::default(), &pv).await.expect("creating a PV");
+}
+
 /// The training steps the stage's metrics log records, in order (evaluation records left out).
 pub fn logged_steps(stage_dir: &Path) -> Vec<u64> {
     let text = std::fs::read_to_string(stage_dir.join("metrics.jsonl")).unwrap_or_default();
@@ -123,17 +129,15 @@ pub fn assert_each_step_once(stage_dir: &Path) -> u64 {
 
 /// A job on a tiny random GPT-2 (the trainer's synthetic `copy` task) with the given stages.
 pub fn tiny_job(name: &str, stages: Value) -> Value {
-    json!({
-        "apiVersion": "rlhf.dev/v1alpha1", "kind": "RLHFJob",
-        "metadata": {"name": name},
-        "spec": {
-            "image": "registry.example/rlhf-trainer:test",
+    rlhf_job(
+        name,
+        json!({
             "model": {"family": "gpt2", "init": "random",
                       "architecture": {"vocabSize": 50257, "hiddenSize": 32, "numLayers": 1, "numHeads": 2, "maxPositions": 64}},
             "storage": {"accessModes": ["ReadWriteMany"], "size": "1Gi"},
             "stages": stages
-        }
-    })
+        }),
+    )
 }
 
 /// The names of pods, for messages.
