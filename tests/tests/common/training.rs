@@ -8,7 +8,7 @@ use std::time::Duration;
 use k8s_openapi::api::core::v1::{PersistentVolume, Pod};
 use kube::api::{Api, ListParams, PostParams};
 use kube::{Client, ResourceExt};
-use rlhf_operator::crd::RLHFJobStatus;
+use rlhf_operator::crd::{RLHFJobStatus, StageStatus};
 use rlhf_test_support::node_agent::NodeAgentProcess;
 use rlhf_test_support::{OperatorProcess, TestCluster, wait_until};
 use serde_json::{Value, json};
@@ -109,6 +109,19 @@ pub fn logged_steps(stage_dir: &Path) -> Vec<u64> {
         .collect()
 }
 
+/// The stage's held-out evaluations of `metric`, in order (before training, after it).
+pub fn logged_evals(stage_dir: &Path, metric: &str) -> Vec<f64> {
+    let text = std::fs::read_to_string(stage_dir.join("metrics.jsonl")).unwrap_or_default();
+    text.lines().filter_map(|l| serde_json::from_str::<Value>(l).ok()?["eval"][metric].as_f64()).collect()
+}
+
+/// The manifest `examples/<file>`.
+pub fn example(file: &str) -> Value {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples").join(file);
+    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    serde_yaml::from_str(&text).unwrap_or_else(|e| panic!("{} is not YAML: {e}", path.display()))
+}
+
 /// Waits until the stage has logged step `step` (read live from its storage).
 pub async fn wait_for_step(stage_dir: &Path, step: u64, timeout: Duration) {
     wait_until(&format!("step {step} in {}", stage_dir.display()), timeout, || {
@@ -138,6 +151,21 @@ pub fn tiny_job(name: &str, stages: Value) -> Value {
             "stages": stages
         }),
     )
+}
+
+/// A one-stage SFT job whose gang is `nodes` pods of one GPU.
+pub fn sft_job(name: &str, nodes: u32, steps: u32) -> serde_json::Value {
+    tiny_job(
+        name,
+        json!([{"name": "sft", "kind": "sft", "parallelism": {"nodes": nodes, "gpusPerNode": 1},
+                "dataset": {"synthetic": {"task": "copy", "samples": 512, "seed": 1}},
+                "training": {"batchSize": 8 * nodes, "microBatchSize": 8, "maxSteps": steps, "maxLength": 32, "learningRate": 0.002}}]),
+    )
+}
+
+/// The status of stage `name`; panics (naming it) when there is none.
+pub fn stage<'a>(status: &'a RLHFJobStatus, name: &str) -> &'a StageStatus {
+    status.stages.iter().find(|s| s.name == name).unwrap_or_else(|| panic!("no stage {name} in {status:?}"))
 }
 
 /// The names of pods, for messages.
