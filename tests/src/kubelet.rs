@@ -7,8 +7,12 @@ use kube::api::{Api, Patch, PatchParams, PostParams};
 use kube::Client;
 use serde_json::json;
 
-/// Registers a Ready Node with `gpus` allocatable `nvidia.com/gpu` and no not-ready taint.
-pub async fn register_node(client: &Client, name: &str, gpus: u32, labels: BTreeMap<String, String>) -> Result<()> {
+/// Registers a Ready Node with `gpus` allocatable `nvidia.com/gpu` and no not-ready taint, and
+/// the well-known labels a kubelet sets (hostname, os, arch) besides `labels`.
+pub async fn register_node(client: &Client, name: &str, gpus: u32, mut labels: BTreeMap<String, String>) -> Result<()> {
+    for (key, value) in [("kubernetes.io/hostname", name), ("kubernetes.io/os", "linux"), ("kubernetes.io/arch", "amd64")] {
+        labels.entry(key.to_string()).or_insert_with(|| value.to_string());
+    }
     let nodes: Api<Node> = Api::all(client.clone());
     let node: Node = serde_json::from_value(json!({
         "apiVersion": "v1", "kind": "Node",

@@ -222,8 +222,8 @@ const NAMESPACED: &[(&str, &str, &[&str])] = &[
     ("", "configmaps", ALL_VERBS),
     ("", "persistentvolumeclaims", &["get", "create", "patch"]),
     ("events.k8s.io", "events", &["create", "patch"]),
-    ("scheduling.volcano.sh", "podgroups", &["get", "create", "patch"]),
-    ("scheduling.x-k8s.io", "podgroups", &["get", "create", "patch"]),
+    ("scheduling.volcano.sh", "podgroups", &["get", "create", "patch", "delete"]),
+    ("scheduling.x-k8s.io", "podgroups", &["get", "create", "patch", "delete"]),
 ];
 
 /// Cluster-scoped reads of gang admission and NotReady detection.
@@ -577,6 +577,7 @@ async fn the_default_render_is_accepted_by_the_api_server_and_its_rbac_works() {
         &["list", "priorityclasses.scheduling.k8s.io"],
         &["patch", "podgroups.scheduling.volcano.sh", "-n", n],
         &["create", "podgroups.scheduling.x-k8s.io", "-n", n],
+        &["delete", "podgroups.scheduling.volcano.sh", "-n", n],
         &["update", "leases.coordination.k8s.io", "-n", n],
     ];
     let refused: &[&[&str]] = &[
@@ -588,7 +589,7 @@ async fn the_default_render_is_accepted_by_the_api_server_and_its_rbac_works() {
         &["create", "events", "-n", n],
         &["patch", "nodes"],
         &["create", "priorityclasses.scheduling.k8s.io"],
-        &["delete", "podgroups.scheduling.volcano.sh", "-n", n],
+        &["update", "podgroups.scheduling.volcano.sh", "-n", n],
         &["update", "leases.coordination.k8s.io", "-n", "kube-system"],
         &["create", "clusterroles.rbac.authorization.k8s.io"],
     ];

@@ -159,4 +159,15 @@ async fn batch_scheduled_gangs_get_pod_groups_and_pods_addressed_to_their_schedu
         .map(|p| (p.name_any(), p.status.and_then(|s| s.phase)))
         .collect();
     assert!(phases.values().all(|p| p.as_deref() == Some("Pending")), "{phases:?}");
+
+    // A stage removed from the spec takes its PodGroup with it; the others stay.
+    let remove_rm_and_ppo = r#"[{"op": "remove", "path": "/spec/stages/2"}, {"op": "remove", "path": "/spec/stages/1"}]"#;
+    let (ok, out) = scene.cluster.kubectl(&["patch", "rlhfjob", "vc", "-n", ns, "--type=json", "-p", remove_rm_and_ppo], "").await;
+    assert!(ok, "kubectl patch: {out}");
+    wait_until("vc-rm's PodGroup deleted", WAIT, || {
+        let volcano = volcano.clone();
+        async move { volcano.get_opt("vc-rm").await.map(|g| g.is_none().then_some(())).map_err(|e| e.to_string()) }
+    })
+    .await;
+    assert!(volcano.get_opt("vc-sft").await.expect("reading vc-sft").is_some(), "the remaining stage's PodGroup went too");
 }

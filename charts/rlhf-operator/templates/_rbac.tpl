@@ -35,14 +35,15 @@ creates what is absent), so "create" and "patch" go together.
 - apiGroups: ["events.k8s.io"]
   resources: ["events"]
   verbs: ["create", "patch"]
-# PodGroups of gangs run by Volcano (scheduling.gang: volcano), applied before the pods.
+# PodGroups of gangs run by Volcano (scheduling.gang: volcano), applied before the pods and
+# deleted with a stage removed from the spec.
 - apiGroups: ["scheduling.volcano.sh"]
   resources: ["podgroups"]
-  verbs: ["get", "create", "patch"]
+  verbs: ["get", "create", "patch", "delete"]
 # PodGroups of gangs run by scheduler-plugins' coscheduling (scheduling.gang: coscheduling).
 - apiGroups: ["scheduling.x-k8s.io"]
   resources: ["podgroups"]
-  verbs: ["get", "create", "patch"]
+  verbs: ["get", "create", "patch", "delete"]
 {{- end -}}
 
 {{- define "rlhf-operator.rules.cluster" -}}

@@ -3,8 +3,10 @@
 //! selector and whose taints it tolerates, counting the GPUs already requested there, so no
 //! partial gang ever holds GPUs. The queue is ordered by priority (higher first), then creation
 //! time, then name; admission stops at the first gang that does not fit (a smaller gang behind it
-//! does not jump ahead), so big gangs are not starved by a stream of small ones.
-use std::collections::BTreeMap;
+//! does not jump ahead), so big gangs are not starved by a stream of small ones. The gangs of a
+//! job whose volume only one node can mount all go to one node: where its pods already are, or
+//! where its first gang is placed.
+use std::collections::{BTreeMap, BTreeSet};
 
 use k8s_openapi::api::core::v1::{Taint, Toleration};
 
@@ -19,6 +21,8 @@ pub struct NodeCapacity {
     pub gpus: u32,
     /// GPUs requested by the pods bound to the node that are not finished.
     pub gpus_in_use: u32,
+    /// Colocated jobs (`<namespace>/<job>`) with unfinished pods on the node.
+    pub colocated_jobs: BTreeSet<String>,
 }
 
 /// A stage's gang waiting to start.
@@ -33,6 +37,8 @@ pub struct GangRequest {
     pub gpus_per_pod: u32,
     pub node_selector: BTreeMap<String, String>,
     pub tolerations: Vec<Toleration>,
+    /// `<namespace>/<job>` when every gang of the job must share one node (ReadWriteOnce volume).
+    pub colocate: Option<String>,
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -67,31 +73,55 @@ pub fn fits_node(gang: &GangRequest, node: &NodeCapacity) -> bool {
     node.ready && selected && tolerated
 }
 
-/// Places the gang's pods on nodes with free GPUs (most free first, so big pods find room);
-/// the chosen node per pod, or None when the whole gang does not fit.
-fn place(gang: &GangRequest, nodes: &[NodeCapacity], free: &mut BTreeMap<String, u32>) -> Option<Vec<String>> {
-    let mut trial = free.clone();
-    let mut chosen = Vec::with_capacity(gang.pods as usize);
-    for _ in 0..gang.pods {
-        let best = nodes
-            .iter()
-            .filter(|n| fits_node(gang, n) && trial[&n.name] >= gang.gpus_per_pod)
-            .max_by(|a, b| trial[&a.name].cmp(&trial[&b.name]).then_with(|| b.name.cmp(&a.name)))?;
-        *trial.get_mut(&best.name).expect("every node has an entry") -= gang.gpus_per_pod;
-        chosen.push(best.name.clone());
+/// Free GPUs per node, and the node each colocated job is bound to, as gangs are placed.
+struct Room {
+    free: BTreeMap<String, u32>,
+    homes: BTreeMap<String, String>,
+}
+
+impl Room {
+    fn of(nodes: &[NodeCapacity]) -> Self {
+        let free = nodes.iter().map(|n| (n.name.clone(), n.gpus.saturating_sub(n.gpus_in_use))).collect();
+        let homes = nodes.iter().flat_map(|n| n.colocated_jobs.iter().map(|job| (job.clone(), n.name.clone()))).collect();
+        Room { free, homes }
     }
-    *free = trial;
-    Some(chosen)
+
+    /// The node the gang must use, if its job already has one.
+    fn home(&self, gang: &GangRequest) -> Option<&String> {
+        gang.colocate.as_ref().and_then(|job| self.homes.get(job))
+    }
+
+    /// Places the gang's pods on nodes with free GPUs (most free first, so big pods find room);
+    /// the chosen node per pod, or None (and nothing taken) when the whole gang does not fit.
+    fn place(&mut self, gang: &GangRequest, nodes: &[NodeCapacity]) -> Option<Vec<String>> {
+        let home = self.home(gang);
+        let mut trial = self.free.clone();
+        let mut chosen = Vec::with_capacity(gang.pods as usize);
+        for _ in 0..gang.pods {
+            let best = nodes
+                .iter()
+                .filter(|n| fits_node(gang, n) && trial[&n.name] >= gang.gpus_per_pod && home.is_none_or(|h| *h == n.name))
+                .max_by(|a, b| trial[&a.name].cmp(&trial[&b.name]).then_with(|| b.name.cmp(&a.name)))?;
+            *trial.get_mut(&best.name).expect("every node has an entry") -= gang.gpus_per_pod;
+            chosen.push(best.name.clone());
+        }
+        self.free = trial;
+        if let (Some(job), Some(node)) = (&gang.colocate, chosen.first()) {
+            self.homes.entry(job.clone()).or_insert_with(|| node.clone());
+        }
+        Some(chosen)
+    }
 }
 
 /// Counts pods that were created but not bound yet as using GPUs on the nodes they will most
 /// likely land on (an admitted gang's pods hold their place before the scheduler binds them).
 pub fn reserve_unbound(nodes: &mut [NodeCapacity], unbound: &[GangRequest]) {
-    let mut free: BTreeMap<String, u32> = nodes.iter().map(|n| (n.name.clone(), n.gpus.saturating_sub(n.gpus_in_use))).collect();
+    let mut room = Room::of(nodes);
     for pod in unbound {
-        for node in place(pod, nodes, &mut free).unwrap_or_default() {
+        for node in room.place(pod, nodes).unwrap_or_default() {
             if let Some(n) = nodes.iter_mut().find(|n| n.name == node) {
                 n.gpus_in_use += pod.gpus_per_pod;
+                n.colocated_jobs.extend(pod.colocate.clone());
             }
         }
     }
@@ -104,7 +134,7 @@ fn queue_order(a: &GangRequest, b: &GangRequest) -> std::cmp::Ordering {
 
 /// One decision per gang of `queue` (in `queue`'s order).
 pub fn admit(nodes: &[NodeCapacity], queue: &[GangRequest]) -> Vec<Decision> {
-    let mut free: BTreeMap<String, u32> = nodes.iter().map(|n| (n.name.clone(), n.gpus.saturating_sub(n.gpus_in_use))).collect();
+    let mut room = Room::of(nodes);
     let mut order: Vec<usize> = (0..queue.len()).collect();
     order.sort_by(|&a, &b| queue_order(&queue[a], &queue[b]));
     let mut decisions = vec![None; queue.len()];
@@ -112,14 +142,14 @@ pub fn admit(nodes: &[NodeCapacity], queue: &[GangRequest]) -> Vec<Decision> {
     let mut waiting = 0;
     for i in order {
         let gang = &queue[i];
-        let placed = if blocked.is_none() { place(gang, nodes, &mut free) } else { None };
+        let placed = if blocked.is_none() { room.place(gang, nodes) } else { None };
         let decision = match placed {
             Some(nodes) => Decision::Admit { nodes },
             None => {
                 waiting += 1;
                 let reason = match &blocked {
                     Some(first) => format!("waiting behind {first}"),
-                    None => unfit_reason(gang, nodes, &free),
+                    None => unfit_reason(gang, nodes, &room),
                 };
                 blocked.get_or_insert_with(|| gang.key.clone());
                 Decision::Queued { position: waiting, reason }
@@ -130,17 +160,25 @@ pub fn admit(nodes: &[NodeCapacity], queue: &[GangRequest]) -> Vec<Decision> {
     decisions.into_iter().map(|d| d.expect("every gang decided")).collect()
 }
 
-/// Why a gang does not fit now (`free`: GPUs left after the gangs admitted before it): no
-/// eligible node at all, or not enough free GPUs on them.
-fn unfit_reason(gang: &GangRequest, nodes: &[NodeCapacity], free: &BTreeMap<String, u32>) -> String {
-    let eligible: Vec<&NodeCapacity> = nodes.iter().filter(|n| fits_node(gang, n)).collect();
+/// Why a gang does not fit now (`room`: what is left after the gangs admitted before it): no
+/// eligible node at all, or not enough free GPUs on them (or on its job's node).
+fn unfit_reason(gang: &GangRequest, nodes: &[NodeCapacity], room: &Room) -> String {
+    let home = room.home(gang);
+    let eligible: Vec<&NodeCapacity> = nodes.iter().filter(|n| fits_node(gang, n) && home.is_none_or(|h| *h == n.name)).collect();
     let need = gang.pods * gang.gpus_per_pod;
-    if eligible.is_empty() {
-        return format!("no ready node matches the gang's node selector and tolerations ({need} GPUs needed)");
-    }
-    let free: u32 = eligible.iter().map(|n| free[&n.name]).sum();
+    let free: u32 = eligible.iter().map(|n| room.free[&n.name]).sum();
     let total: u32 = eligible.iter().map(|n| n.gpus).sum();
-    format!("needs {} pods x {} GPUs; {free} of {total} GPUs free on {} eligible nodes", gang.pods, gang.gpus_per_pod, eligible.len())
+    match home {
+        Some(home) if eligible.is_empty() => {
+            format!("the job's other pods are on node {home}, which is not ready or not eligible for the gang; its ReadWriteOnce volume keeps the job on one node")
+        }
+        Some(home) => format!(
+            "needs {} pods x {} GPUs on node {home}, where the job's other pods are (its ReadWriteOnce volume keeps the job on one node); {free} of {total} GPUs free there",
+            gang.pods, gang.gpus_per_pod
+        ),
+        None if eligible.is_empty() => format!("no ready node matches the gang's node selector and tolerations ({need} GPUs needed)"),
+        None => format!("needs {} pods x {} GPUs; {free} of {total} GPUs free on {} eligible nodes", gang.pods, gang.gpus_per_pod, eligible.len()),
+    }
 }
 
 #[cfg(test)]

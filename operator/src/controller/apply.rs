@@ -77,13 +77,14 @@ impl Applier<'_> {
         Ok(())
     }
 
-    /// Deletes the pods, Services and ConfigMaps of stages that are no longer in the spec.
-    pub async fn delete_orphans(&self, job: &str, orphan_stages: &BTreeSet<String>) -> Result<()> {
+    /// Deletes the pods, Services, ConfigMaps and PodGroups of stages that are no longer in the spec.
+    pub async fn delete_orphans(&self, job: &ValidatedJob, orphan_stages: &BTreeSet<String>) -> Result<()> {
         for stage in orphan_stages {
-            let selector = format!("{},{}={stage}", names::job_selector(job), names::LABEL_STAGE);
+            let selector = format!("{},{}={stage}", names::job_selector(&job.name), names::LABEL_STAGE);
             self.delete_labelled::<Pod>(&selector).await?;
             self.delete_labelled::<Service>(&selector).await?;
             self.delete_labelled::<ConfigMap>(&selector).await?;
+            self.delete_pod_group(job, stage).await?;
         }
         Ok(())
     }

@@ -9,6 +9,7 @@ use kube::api::{Api, ListParams};
 use kube::{Client, ResourceExt};
 
 use super::admission::{GangRequest, NodeCapacity, reserve_unbound};
+use super::build;
 use super::validate::{GPU_RESOURCE, ValidatedJob, validate};
 use crate::crd::{RLHFJob, StagePhase};
 use crate::error::Result;
@@ -33,6 +34,7 @@ pub fn node_capacity(node: &Node) -> NodeCapacity {
         ready: ready && !spec.and_then(|s| s.unschedulable).unwrap_or(false),
         gpus,
         gpus_in_use: 0,
+        colocated_jobs: Default::default(),
     }
 }
 
@@ -68,6 +70,7 @@ pub async fn nodes_with_usage(client: &Client) -> Result<Vec<NodeCapacity>> {
             Some(bound) => {
                 if let Some(n) = nodes.iter_mut().find(|n| n.name == bound) {
                     n.gpus_in_use += gpus;
+                    n.colocated_jobs.extend(build::colocated_job(pod));
                 }
             }
             None if pod.labels().contains_key(names::LABEL_NATIVE_GANG) => {
@@ -80,6 +83,7 @@ pub async fn nodes_with_usage(client: &Client) -> Result<Vec<NodeCapacity>> {
                     gpus_per_pod: gpus,
                     node_selector: spec.and_then(|s| s.node_selector.clone()).unwrap_or_default(),
                     tolerations: spec.and_then(|s| s.tolerations.clone()).unwrap_or_default(),
+                    colocate: build::colocated_job(pod),
                 });
             }
             None => {}
@@ -100,6 +104,7 @@ pub fn gang_request(job: &ValidatedJob, stage: &str, priority: i32, created: &st
         gpus_per_pod: s.resolved.parallelism.gpus_per_node,
         node_selector: job.pod.node_selector.clone(),
         tolerations: job.pod.tolerations.clone(),
+        colocate: build::single_node_storage(job).then(|| format!("{}/{}", job.namespace, job.name)),
     })
 }
 

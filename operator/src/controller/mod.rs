@@ -159,7 +159,7 @@ async fn reconcile_job(job: &RLHFJob, ctx: &Context) -> Result<Action> {
             let mut decision = status::decide(&valid, &prev, &obs);
             gangs::launch(ctx, job, &valid, &applier, &observed, &mut decision, now).await?;
             gangs::clean_up(&applier, &name, &decision, &observed).await?;
-            applier.delete_orphans(&name, &orphan_stages(&valid, &prev, &observed)).await?;
+            applier.delete_orphans(&valid, &orphan_stages(&valid, &prev, &observed)).await?;
             decision
         }
     };

@@ -1,11 +1,11 @@
 use super::*;
 
 fn node(name: &str, gpus: u32, in_use: u32) -> NodeCapacity {
-    NodeCapacity { name: name.into(), labels: BTreeMap::new(), taints: vec![], ready: true, gpus, gpus_in_use: in_use }
+    NodeCapacity { name: name.into(), labels: BTreeMap::new(), taints: vec![], ready: true, gpus, gpus_in_use: in_use, colocated_jobs: BTreeSet::new() }
 }
 
 fn gang(key: &str, pods: u32, gpus_per_pod: u32) -> GangRequest {
-    GangRequest { key: key.into(), priority: 0, created: "2026-11-28T10:00:00Z".into(), pods, gpus_per_pod, node_selector: BTreeMap::new(), tolerations: vec![] }
+    GangRequest { key: key.into(), priority: 0, created: "2026-11-28T10:00:00Z".into(), pods, gpus_per_pod, node_selector: BTreeMap::new(), tolerations: vec![], colocate: None }
 }
 
 fn admitted(d: &Decision) -> bool {
@@ -95,4 +95,33 @@ fn unbound_pods_of_an_admitted_gang_hold_their_place() {
     let elsewhere = GangRequest { node_selector: BTreeMap::from([("pool".into(), "other".into())]), ..gang("ns/c/rm-0", 1, 4) };
     reserve_unbound(&mut nodes, &[elsewhere]);
     assert_eq!(nodes[0].gpus_in_use, 0);
+}
+
+#[test]
+fn a_single_node_volume_keeps_all_of_a_jobs_gangs_on_one_node() {
+    // sft and rm of one job (ReadWriteOnce volume) start together: one node takes both, even
+    // though spreading them would leave more room on each.
+    let nodes = [node("n1", 2, 0), node("n2", 2, 0)];
+    let colocated = |key: &str| GangRequest { colocate: Some("ns/j".into()), ..gang(key, 1, 1) };
+    let d = admit(&nodes, &[colocated("ns/j/sft"), colocated("ns/j/rm")]);
+    let Decision::Admit { nodes: first } = &d[0] else { panic!("{d:?}") };
+    assert_eq!(d[1], Decision::Admit { nodes: first.clone() }, "both on one node");
+
+    // With a pod of the job already on n1, its next gang goes there, though n2 is emptier ...
+    let settled = [NodeCapacity { colocated_jobs: BTreeSet::from(["ns/j".to_string()]), ..node("n1", 4, 2) }, node("n2", 4, 0)];
+    assert_eq!(admit(&settled, &[colocated("ns/j/ppo")])[0], Decision::Admit { nodes: vec!["n1".into()] });
+    // ... and waits when n1 is full, saying why; other jobs are free to use n2.
+    let full = [NodeCapacity { colocated_jobs: BTreeSet::from(["ns/j".to_string()]), ..node("n1", 4, 4) }, node("n2", 4, 0)];
+    let d = admit(&full, &[colocated("ns/j/ppo"), gang("ns/other/sft", 1, 1)]);
+    let Decision::Queued { reason, .. } = &d[0] else { panic!("{d:?}") };
+    assert!(reason.contains("on node n1, where the job's other pods are") && reason.contains("0 of 4 GPUs free there"), "{reason}");
+    assert_eq!(d[1], Decision::Queued { position: 2, reason: "waiting behind ns/j/ppo".into() }, "no jumping ahead");
+}
+
+#[test]
+fn unbound_colocated_pods_are_counted_on_their_jobs_node() {
+    let mut nodes = [NodeCapacity { colocated_jobs: BTreeSet::from(["ns/j".to_string()]), ..node("n1", 2, 1) }, node("n2", 8, 0)];
+    let unbound = GangRequest { colocate: Some("ns/j".into()), ..gang("ns/j-rm-0", 1, 1) };
+    reserve_unbound(&mut nodes, &[unbound]);
+    assert_eq!((nodes[0].gpus_in_use, nodes[1].gpus_in_use), (2, 0), "on n1 with its job, not on the emptier n2");
 }

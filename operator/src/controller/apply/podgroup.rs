@@ -1,6 +1,6 @@
 //! Server-side apply of a stage's PodGroup (gang: volcano or coscheduling) through an untyped API,
 //! since the operator does not depend on either scheduler's types.
-use kube::api::{Api, DynamicObject, Patch, PatchParams};
+use kube::api::{Api, DeleteParams, DynamicObject, Patch, PatchParams};
 
 use super::Applier;
 use crate::controller::build::{self, BatchScheduler};
@@ -21,6 +21,23 @@ impl Applier<'_> {
         api.patch(&name, &params, &Patch::Apply(&group)).await.map_err(|e| missing_crd(e, scheduler))?;
         self.metrics.objects_applied.with_label_values(&["PodGroup"]).inc();
         Ok(())
+    }
+
+    /// Deletes the PodGroup of a stage that is no longer in the spec (the job's other PodGroups
+    /// stay; all go with the job through their owner reference). Absent is fine.
+    pub async fn delete_pod_group(&self, job: &ValidatedJob, stage: &str) -> Result<()> {
+        let Some(scheduler) = build::batch_scheduler(job.scheduling.gang) else {
+            return Ok(());
+        };
+        let api: Api<DynamicObject> = Api::namespaced_with(self.client.clone(), self.namespace, &scheduler.api_resource());
+        match api.delete(&names::pod_group(&job.name, stage), &DeleteParams::background()).await {
+            Ok(_) => {
+                self.metrics.objects_deleted.with_label_values(&["PodGroup"]).inc();
+                Ok(())
+            }
+            Err(kube::Error::Api(e)) if e.code == 404 => Ok(()),
+            Err(e) => Err(e.into()),
+        }
     }
 }
 

@@ -1,11 +1,13 @@
 //! (pure) ValidatedJob -> the Kubernetes objects of a job. Every function here is deterministic,
 //! so applying its output again changes nothing (idempotent reconcile).
+mod colocation;
 mod config;
 mod pod;
 mod podgroup;
 mod service;
 mod storage;
 
+pub use colocation::{colocated_job, single_node_storage};
 pub use config::config_map;
 pub use pod::{Gang, gang};
 pub use podgroup::{BatchScheduler, COSCHEDULING, Membership, VOLCANO, batch_scheduler, pod_group};

@@ -6,7 +6,7 @@ use k8s_openapi::api::core::v1::{
 };
 use sha2::{Digest, Sha256};
 
-use super::{config::trainer_config, meta, podgroup::batch_scheduler};
+use super::{colocation, config::trainer_config, meta, podgroup::batch_scheduler};
 use crate::controller::validate::{ValidatedJob, ValidatedStage};
 use crate::crd::GangMode;
 use crate::names;
@@ -101,7 +101,7 @@ fn pod(job: &ValidatedJob, s: &ValidatedStage, rank: u32, generation: u32) -> Po
         image_pull_secrets: (!job.pod.pull_secrets.is_empty()).then(|| job.pod.pull_secrets.clone()),
         node_selector: (!job.pod.node_selector.is_empty()).then(|| job.pod.node_selector.clone()),
         tolerations: (!job.pod.tolerations.is_empty()).then(|| job.pod.tolerations.clone()),
-        affinity: job.pod.affinity.clone(),
+        affinity: colocation::pod_affinity(job),
         priority_class_name: job.pod.priority_class.clone(),
         volumes: Some(volumes),
         ..Default::default()

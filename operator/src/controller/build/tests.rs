@@ -344,3 +344,28 @@ fn batch_schedulers_map_to_their_podgroup_apis() {
     assert_eq!(COSCHEDULING.crd_name(), "podgroups.scheduling.x-k8s.io");
     assert_eq!(COSCHEDULING.membership, Membership::Label("scheduling.x-k8s.io/pod-group"));
 }
+
+#[test]
+fn a_read_write_once_volume_keeps_the_jobs_pods_on_one_node() {
+    // One-node stages on the default (ReadWriteOnce) storage, with an affinity of the user's.
+    let mut v = spec();
+    v.as_object_mut().unwrap().remove("storage");
+    v["parallelism"] = json!({"nodes": 1, "gpusPerNode": 2});
+    let zone = json!({"requiredDuringSchedulingIgnoredDuringExecution": {"nodeSelectorTerms": [
+        {"matchExpressions": [{"key": "zone", "operator": "In", "values": ["a"]}]}]}});
+    v["affinity"] = json!({"nodeAffinity": zone});
+    let pod = &gang(&validated(v), "rm", 0).unwrap().pods[0];
+    let affinity = serde_json::to_value(pod_spec(pod).affinity.as_ref().expect("an affinity")).unwrap();
+    assert_eq!(affinity["nodeAffinity"], zone, "the user's affinity stays");
+    assert_eq!(
+        affinity["podAffinity"],
+        json!({"requiredDuringSchedulingIgnoredDuringExecution": [
+            {"labelSelector": {"matchLabels": {"rlhf.dev/job": "chat"}}, "topologyKey": "kubernetes.io/hostname"}]})
+    );
+    assert_eq!(colocated_job(pod), Some("team-a/chat".to_string()));
+
+    // A ReadWriteMany volume lets the pods spread: no pod affinity, nothing colocated.
+    let shared = &sft_pods()[0];
+    assert!(pod_spec(shared).affinity.is_none());
+    assert_eq!(colocated_job(shared), None);
+}
