@@ -67,7 +67,12 @@ impl TestCluster {
 
     /// `kubectl apply -f file`, then waits until the API server serves the CRD `name`.
     async fn apply_crd(&self, file: &Path, name: &str) -> Result<()> {
-        let (ok, out) = self.kubectl(&["apply", "-f", &file.to_string_lossy()], "").await;
+        let file_arg = file.to_string_lossy();
+        let (mut ok, mut out) = self.kubectl(&["apply", "-f", &file_arg], "").await;
+        if !ok && out.contains("AlreadyExists") {
+            // Tests connecting at once raced to create it: apply again, now as an update.
+            (ok, out) = self.kubectl(&["apply", "-f", &file_arg], "").await;
+        }
         if !ok {
             bail!("kubectl apply -f {}: {out}", file.display());
         }

@@ -13,13 +13,20 @@ use rlhf_test_support::kubelet::PodOutcome;
 use rlhf_test_support::{OperatorProcess, TestCluster, wait_until};
 use serde_json::json;
 
-/// name -> resourceVersion of every object of the job, of one kind.
+/// name -> what the operator last did to each object of the job, of one kind: the object's uid
+/// (a re-creation changes it) and the operator's managed-fields entries (any write of the
+/// operator's changes their time or fields). Not the resourceVersion: the scheduler updates
+/// pending pods' conditions on its own whenever the cluster's nodes change.
 async fn versions<K>(client: &Client, ns: &str, job: &str) -> BTreeMap<String, String>
 where
     K: kube::Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()> + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
 {
     let list = list_labelled::<K>(client, ns, &format!("rlhf.dev/job={job}")).await;
-    list.iter().map(|o| (o.name_any(), o.resource_version().unwrap_or_default())).collect()
+    let operators = |o: &K| -> Vec<String> {
+        let entries = o.meta().managed_fields.iter().flatten().filter(|f| f.manager.as_deref() == Some(rlhf_operator::names::FIELD_MANAGER));
+        entries.map(|f| serde_json::to_string(f).expect("managed fields serialize")).collect()
+    };
+    list.iter().map(|o| (o.name_any(), format!("{} {:?}", o.uid().unwrap_or_default(), operators(o)))).collect()
 }
 
 async fn snapshot(client: &Client, ns: &str, job: &str) -> [BTreeMap<String, String>; 3] {
