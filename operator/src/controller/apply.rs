@@ -137,10 +137,19 @@ impl Applier<'_> {
         Ok(())
     }
 
-    pub async fn patch_status(&self, job: &str, status: &RLHFJobStatus) -> Result<()> {
-        let body = serde_json::json!({"apiVersion": "rlhf.dev/v1alpha1", "kind": "RLHFJob", "status": status});
+    /// Writes the status decided from `job` as it was read, only if the job has not changed since
+    /// (its resourceVersion is the precondition): a decision made from a cached copy that lags
+    /// behind our own last status write must not overwrite it; it fails with a conflict and the
+    /// reconcile runs again on the fresh object.
+    pub async fn patch_status(&self, job: &RLHFJob, status: &RLHFJobStatus) -> Result<()> {
+        let name = job.name_any();
+        let body = serde_json::json!({
+            "apiVersion": "rlhf.dev/v1alpha1", "kind": "RLHFJob",
+            "metadata": {"name": name, "resourceVersion": job.resource_version()},
+            "status": status,
+        });
         let params = PatchParams::apply(names::FIELD_MANAGER).force();
-        self.api::<RLHFJob>().patch_status(job, &params, &Patch::Apply(&body)).await?;
+        self.api::<RLHFJob>().patch_status(&name, &params, &Patch::Apply(&body)).await?;
         Ok(())
     }
 }

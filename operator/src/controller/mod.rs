@@ -205,7 +205,7 @@ fn orphan_stages(job: &validate::ValidatedJob, prev: &crate::crd::RLHFJobStatus,
 /// Patches the status when it changed, then records the transitions as Events.
 async fn publish(job: &RLHFJob, prev: &crate::crd::RLHFJobStatus, decision: Decision, applier: &Applier<'_>, ctx: &Context) -> Result<()> {
     if &decision.status != prev {
-        applier.patch_status(&job.name_any(), &decision.status).await?;
+        applier.patch_status(job, &decision.status).await?;
     }
     let reference = job.object_ref(&());
     let namespace = job.namespace().unwrap_or_default();
