@@ -13,6 +13,7 @@ use k8s_openapi::api::core::v1::Pod;
 use kube::ResourceExt;
 use kube::api::{Api, DeleteParams};
 use nix::sys::signal::Signal;
+use rlhf_test_support::wait_until;
 use rlhf_operator::crd::{JobPhase, RLHFJobStatus, StagePhase};
 use serde_json::json;
 
@@ -66,11 +67,18 @@ async fn restarts_stop_at_the_backoff_limit_then_pods_are_cleaned_and_the_job_ex
 
     // cleanPodPolicy All: the failed stage's pods go while the job itself is still there; then,
     // ttlSecondsAfterFinished after it failed, the job is deleted.
-    wait_until_pods_gone(&scene, job).await;
+    wait_until("cleanPodPolicy All to delete the pods", Duration::from_secs(TTL_SECONDS), || {
+        let scene = &scene;
+        async move {
+            let left = scene.pods_of(job).await;
+            if left.is_empty() { Ok(Some(())) } else { Err(format!("pods left: {:?}", names(&left))) }
+        }
+    })
+    .await;
     assert!(jobs(&scene.client, &scene.ns).get_opt(job).await.unwrap().is_some(), "the job went before its TTL");
     let failed_at = failed.completion_time.expect("a completion time").0;
     let jobs_api = jobs(&scene.client, &scene.ns);
-    rlhf_test_support::wait_until(&format!("{job} deleted by its TTL"), Duration::from_secs(TTL_SECONDS + 40), || {
+    wait_until(&format!("{job} deleted by its TTL"), Duration::from_secs(TTL_SECONDS + 40), || {
         let jobs_api = jobs_api.clone();
         async move { jobs_api.get_opt(job).await.map(|j| j.is_none().then_some(())).map_err(|e| e.to_string()) }
     })
@@ -78,16 +86,4 @@ async fn restarts_stop_at_the_backoff_limit_then_pods_are_cleaned_and_the_job_ex
     let lived = k8s_openapi::jiff::Timestamp::now().duration_since(failed_at).as_secs();
     assert!(lived >= TTL_SECONDS as i64, "deleted {lived}s after it failed, before its TTL of {TTL_SECONDS}s");
     assert!(generations.iter().all(|g| g == "1"), "pods of generations {generations:?} after the second failure");
-}
-
-async fn wait_until_pods_gone(scene: &TrainingScene, job: &str) {
-    let started = Instant::now();
-    loop {
-        let left = scene.pods_of(job).await;
-        if left.is_empty() {
-            return;
-        }
-        assert!(started.elapsed() < Duration::from_secs(TTL_SECONDS), "cleanPodPolicy All left {:?}", names(&left));
-        tokio::time::sleep(Duration::from_millis(300)).await;
-    }
 }

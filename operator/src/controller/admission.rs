@@ -91,16 +91,21 @@ impl Room {
         gang.colocate.as_ref().and_then(|job| self.homes.get(job))
     }
 
+    /// Whether the gang may use `node` at all: it fits the node, and the node is its job's home
+    /// when it has one.
+    fn allows(&self, gang: &GangRequest, node: &NodeCapacity) -> bool {
+        fits_node(gang, node) && self.home(gang).is_none_or(|home| *home == node.name)
+    }
+
     /// Places the gang's pods on nodes with free GPUs (most free first, so big pods find room);
     /// the chosen node per pod, or None (and nothing taken) when the whole gang does not fit.
     fn place(&mut self, gang: &GangRequest, nodes: &[NodeCapacity]) -> Option<Vec<String>> {
-        let home = self.home(gang);
         let mut trial = self.free.clone();
         let mut chosen = Vec::with_capacity(gang.pods as usize);
         for _ in 0..gang.pods {
             let best = nodes
                 .iter()
-                .filter(|n| fits_node(gang, n) && trial[&n.name] >= gang.gpus_per_pod && home.is_none_or(|h| *h == n.name))
+                .filter(|n| self.allows(gang, n) && trial[&n.name] >= gang.gpus_per_pod)
                 .max_by(|a, b| trial[&a.name].cmp(&trial[&b.name]).then_with(|| b.name.cmp(&a.name)))?;
             *trial.get_mut(&best.name).expect("every node has an entry") -= gang.gpus_per_pod;
             chosen.push(best.name.clone());
@@ -164,7 +169,7 @@ pub fn admit(nodes: &[NodeCapacity], queue: &[GangRequest]) -> Vec<Decision> {
 /// eligible node at all, or not enough free GPUs on them (or on its job's node).
 fn unfit_reason(gang: &GangRequest, nodes: &[NodeCapacity], room: &Room) -> String {
     let home = room.home(gang);
-    let eligible: Vec<&NodeCapacity> = nodes.iter().filter(|n| fits_node(gang, n) && home.is_none_or(|h| *h == n.name)).collect();
+    let eligible: Vec<&NodeCapacity> = nodes.iter().filter(|n| room.allows(gang, n)).collect();
     let need = gang.pods * gang.gpus_per_pod;
     let free: u32 = eligible.iter().map(|n| room.free[&n.name]).sum();
     let total: u32 = eligible.iter().map(|n| n.gpus).sum();

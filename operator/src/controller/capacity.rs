@@ -104,7 +104,7 @@ pub fn gang_request(job: &ValidatedJob, stage: &str, priority: i32, created: &st
         gpus_per_pod: s.resolved.parallelism.gpus_per_node,
         node_selector: job.pod.node_selector.clone(),
         tolerations: job.pod.tolerations.clone(),
-        colocate: build::single_node_storage(job).then(|| format!("{}/{}", job.namespace, job.name)),
+        colocate: build::colocation_of(job),
     })
 }
 

@@ -16,8 +16,18 @@ pub const HOSTNAME_TOPOLOGY: &str = "kubernetes.io/hostname";
 
 /// Whether the job's pods must share one node: its volume is an operator-made claim that no
 /// access mode lets several nodes mount. (An existing claim is the user's to place.)
-pub fn single_node_storage(job: &ValidatedJob) -> bool {
+fn single_node_storage(job: &ValidatedJob) -> bool {
     matches!(&job.claim, Claim::Owned { access_modes, .. } if !access_modes.contains(&AccessMode::ReadWriteMany))
+}
+
+/// How admission names a colocated job.
+fn job_key(namespace: &str, job: &str) -> String {
+    format!("{namespace}/{job}")
+}
+
+/// `<namespace>/<job>` when the job's pods must share one node.
+pub fn colocation_of(job: &ValidatedJob) -> Option<String> {
+    single_node_storage(job).then(|| job_key(&job.namespace, &job.name))
 }
 
 fn colocation_term(job: &str) -> PodAffinityTerm {
@@ -44,5 +54,5 @@ pub fn colocated_job(pod: &Pod) -> Option<String> {
     let job = pod.labels().get(names::LABEL_JOB)?;
     let affinity = pod.spec.as_ref()?.affinity.as_ref()?.pod_affinity.as_ref()?;
     let terms = affinity.required_during_scheduling_ignored_during_execution.as_ref()?;
-    terms.contains(&colocation_term(job)).then(|| format!("{}/{job}", pod.namespace().unwrap_or_default()))
+    terms.contains(&colocation_term(job)).then(|| job_key(&pod.namespace().unwrap_or_default(), job))
 }

@@ -7,7 +7,7 @@ mod podgroup;
 mod service;
 mod storage;
 
-pub use colocation::{colocated_job, single_node_storage};
+pub use colocation::{colocated_job, colocation_of};
 pub use config::config_map;
 pub use pod::{Gang, gang};
 pub use podgroup::{BatchScheduler, COSCHEDULING, Membership, VOLCANO, batch_scheduler, pod_group};
