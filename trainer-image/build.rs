@@ -4,7 +4,9 @@ use std::path::{Path, PathBuf};
 fn main() {
     println!("cargo:rerun-if-env-changed=LIBTORCH");
     println!("cargo:rerun-if-changed=csrc/cuda_memory.cpp");
-    let libtorch = PathBuf::from(std::env::var("LIBTORCH").expect("LIBTORCH must point at libtorch (the Makefile sets it)"));
+    let libtorch = PathBuf::from(
+        std::env::var("LIBTORCH").expect("LIBTORCH must point at libtorch (the Makefile sets it)"),
+    );
     // Find libtorch where it was built against without LD_LIBRARY_PATH (the GPU machines set
     // LD_LIBRARY_PATH to their own copy, which takes precedence over a RUNPATH).
     println!("cargo:rustc-link-arg=-Wl,-rpath,{}/lib", libtorch.display());
@@ -20,7 +22,11 @@ fn main() {
 fn nccl_includes(libtorch: &Path) -> Option<Vec<PathBuf>> {
     let nvidia = libtorch.join("../nvidia");
     let dirs = vec![nvidia.join("cu13/include"), nvidia.join("nccl/include")];
-    let needed = [dirs[0].join("cuda_runtime_api.h"), dirs[0].join("crt/host_config.h"), dirs[1].join("nccl.h")];
+    let needed = [
+        dirs[0].join("cuda_runtime_api.h"),
+        dirs[0].join("crt/host_config.h"),
+        dirs[1].join("nccl.h"),
+    ];
     needed.iter().all(|f| f.exists()).then_some(dirs)
 }
 
@@ -28,7 +34,12 @@ fn nccl_includes(libtorch: &Path) -> Option<Vec<PathBuf>> {
 /// NCCL's headers, ProcessGroupNCCL (in libtorch_cuda) behind a C interface. The wheel has no
 /// Gloo headers; csrc/gloo-stubs declares what c10d's header needs.
 fn build_process_group_shim(libtorch: &Path) {
-    for file in ["csrc/process_group.cpp", "csrc/process_group_nccl.cpp", "csrc/process_group_no_nccl.cpp", "csrc/gloo-stubs"] {
+    for file in [
+        "csrc/process_group.cpp",
+        "csrc/process_group_nccl.cpp",
+        "csrc/process_group_no_nccl.cpp",
+        "csrc/gloo-stubs",
+    ] {
         println!("cargo:rerun-if-changed={file}");
     }
     let mut build = cc::Build::new();
@@ -44,13 +55,17 @@ fn build_process_group_shim(libtorch: &Path) {
         .warnings(false);
     match nccl_includes(libtorch) {
         Some(dirs) => {
-            build.file("csrc/process_group_nccl.cpp").define("USE_C10D_NCCL", None);
+            build
+                .file("csrc/process_group_nccl.cpp")
+                .define("USE_C10D_NCCL", None);
             for dir in dirs {
                 build.include(dir);
             }
         }
         None => {
-            println!("cargo:warning=NCCL or CUDA headers not found next to libtorch: building without NCCL");
+            println!(
+                "cargo:warning=NCCL or CUDA headers not found next to libtorch: building without NCCL"
+            );
             build.file("csrc/process_group_no_nccl.cpp");
         }
     }

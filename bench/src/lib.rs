@@ -10,7 +10,9 @@ pub fn machine() -> Value {
         let line = text.lines().find(|l| l.starts_with(key))?;
         Some(line.split_once(':')?.1.trim().to_string())
     };
-    let mem_kib: f64 = proc("/proc/meminfo", "MemTotal").and_then(|v| v.trim_end_matches(" kB").parse().ok()).unwrap_or(0.0);
+    let mem_kib: f64 = proc("/proc/meminfo", "MemTotal")
+        .and_then(|v| v.trim_end_matches(" kB").parse().ok())
+        .unwrap_or(0.0);
     json!({
         "cpus": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0),
         "cpuModel": proc("/proc/cpuinfo", "model name").unwrap_or_else(|| "unknown".into()),

@@ -10,7 +10,9 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, anyhow, bail};
 use clap::Parser;
-use k8s_openapi::api::core::v1::{ConfigMap, Event, Namespace, PersistentVolumeClaim, Pod, Service};
+use k8s_openapi::api::core::v1::{
+    ConfigMap, Event, Namespace, PersistentVolumeClaim, Pod, Service,
+};
 use kube::api::{Api, DeleteParams, ListParams, PostParams};
 use kube::{Client, Resource};
 use rlhf_operator::controller::{build, validate};
@@ -30,7 +32,10 @@ const CLAIM: &str = "bench-storage";
 const TIMEOUT: Duration = Duration::from_secs(600);
 
 #[derive(Parser, Debug)]
-#[command(name = "rlhf-bench-scale", about = "Pods through the operator vs direct pod creates")]
+#[command(
+    name = "rlhf-bench-scale",
+    about = "Pods through the operator vs direct pod creates"
+)]
 struct Args {
     /// Kubeconfig of the control plane to measure (a throw-away one: it gets a lot of pods).
     #[arg(long)]
@@ -56,7 +61,10 @@ async fn main() -> Result<()> {
     let cluster = TestCluster::at(args.kubeconfig.clone()).await?;
     let kubernetes = cluster.client.apiserver_version().await?.git_version;
     let pods = args.jobs * args.pods_per_job;
-    println!("{} jobs x {} pods = {pods} pods against Kubernetes {kubernetes}", args.jobs, args.pods_per_job);
+    println!(
+        "{} jobs x {} pods = {pods} pods against Kubernetes {kubernetes}",
+        args.jobs, args.pods_per_job
+    );
 
     let mut rounds = Vec::new();
     for round in 1..=args.rounds.max(1) {
@@ -79,14 +87,22 @@ async fn main() -> Result<()> {
     }
     let report = Report::new(kubernetes, args.jobs, args.pods_per_job, rounds);
     let (md, json) = report.write(&args.out)?;
-    println!("median ratio operator/direct: {:.2}\nwrote {} and {}", report.ratio(), md.display(), json.display());
+    println!(
+        "median ratio operator/direct: {:.2}\nwrote {} and {}",
+        report.ratio(),
+        md.display(),
+        json.display()
+    );
     Ok(())
 }
 
 async fn delete_namespace(client: &Client, ns: &str) -> Result<()> {
     let namespaces: Api<Namespace> = Api::all(client.clone());
     namespaces.delete(ns, &DeleteParams::background()).await?;
-    poll(TIMEOUT, "the namespace to be deleted", || async { Ok(namespaces.get_opt(ns).await?.is_none()) }).await
+    poll(TIMEOUT, "the namespace to be deleted", || async {
+        Ok(namespaces.get_opt(ns).await?.is_none())
+    })
+    .await
 }
 
 /// A namespace of its own with the shared claim every job names.
@@ -96,7 +112,9 @@ async fn fresh_namespace(cluster: &TestCluster, prefix: &str) -> Result<String> 
         "metadata": {"name": CLAIM},
         "spec": {"accessModes": ["ReadWriteMany"], "resources": {"requests": {"storage": "1Gi"}}}
     }))?;
-    Api::<PersistentVolumeClaim>::namespaced(cluster.client.clone(), &ns).create(&PostParams::default(), &claim).await?;
+    Api::<PersistentVolumeClaim>::namespaced(cluster.client.clone(), &ns)
+        .create(&PostParams::default(), &claim)
+        .await?;
     Ok(ns)
 }
 
@@ -124,8 +142,15 @@ fn job(i: u32, ns: &str, nodes: u32) -> Result<RLHFJob> {
 async fn direct_creates(client: &Client, ns: &str, args: &Args) -> Result<Direct> {
     let mut pods = Vec::new();
     for i in 0..args.jobs {
-        let valid = validate::validate(&job(i, ns, args.pods_per_job)?)
-            .map_err(|e| anyhow!("the bench job is invalid: {}", e.iter().map(|e| e.to_string()).collect::<Vec<_>>().join("; ")))?;
+        let valid = validate::validate(&job(i, ns, args.pods_per_job)?).map_err(|e| {
+            anyhow!(
+                "the bench job is invalid: {}",
+                e.iter()
+                    .map(|e| e.to_string())
+                    .collect::<Vec<_>>()
+                    .join("; ")
+            )
+        })?;
         let gang = build::gang(&valid, STAGE, 0).context("the bench job has its stage")?;
         // No job object exists here to own them (and an owner needs a uid).
         pods.extend(gang.pods.into_iter().map(|mut p| {
@@ -138,13 +163,18 @@ async fn direct_creates(client: &Client, ns: &str, args: &Args) -> Result<Direct
     for pod in &pods {
         api.create(&PostParams::default(), pod).await?;
     }
-    Ok(Direct { seconds: start.elapsed().as_secs_f64() })
+    Ok(Direct {
+        seconds: start.elapsed().as_secs_f64(),
+    })
 }
 
 /// Starts the operator on `ns`, creates the jobs, and times the pods' arrival and the jobs' first status.
 async fn through_operator(cluster: &TestCluster, ns: &str, args: &Args) -> Result<Operator> {
     let mut operator = OperatorProcess::start(&cluster.kubeconfig, ns);
-    poll(Duration::from_secs(30), "the operator to start", || async { Ok(operator.log_text().contains("rlhf-operator started")) }).await?;
+    poll(Duration::from_secs(30), "the operator to start", || async {
+        Ok(operator.log_text().contains("rlhf-operator started"))
+    })
+    .await?;
     tokio::time::sleep(Duration::from_secs(1)).await; // let its watches open
     let jobs: Api<RLHFJob> = Api::namespaced(cluster.client.clone(), ns);
     let pods: Api<Pod> = Api::namespaced(cluster.client.clone(), ns);
@@ -152,13 +182,27 @@ async fn through_operator(cluster: &TestCluster, ns: &str, args: &Args) -> Resul
 
     let start = Instant::now();
     for i in 0..args.jobs {
-        jobs.create(&PostParams::default(), &job(i, ns, args.pods_per_job)?).await?;
+        jobs.create(&PostParams::default(), &job(i, ns, args.pods_per_job)?)
+            .await?;
     }
     let seconds_to_creates = start.elapsed().as_secs_f64();
-    poll(TIMEOUT, "every pod", || async { Ok(pods.list_metadata(&ListParams::default()).await?.items.len() >= want) }).await?;
+    poll(TIMEOUT, "every pod", || async {
+        Ok(pods
+            .list_metadata(&ListParams::default())
+            .await?
+            .items
+            .len()
+            >= want)
+    })
+    .await?;
     let seconds_to_pods = start.elapsed().as_secs_f64();
     poll(TIMEOUT, "every job's status", || async {
-        Ok(jobs.list(&ListParams::default()).await?.items.iter().all(|j| j.status.as_ref().is_some_and(|s| s.phase.is_some())))
+        Ok(jobs
+            .list(&ListParams::default())
+            .await?
+            .items
+            .iter()
+            .all(|j| j.status.as_ref().is_some_and(|s| s.phase.is_some())))
     })
     .await?;
     let seconds_to_statuses = start.elapsed().as_secs_f64();
@@ -166,7 +210,11 @@ async fn through_operator(cluster: &TestCluster, ns: &str, args: &Args) -> Resul
     let pid = operator.pid().context("the operator is running")?;
     let peak_rss_mib = vm_hwm_kib(pid)? as f64 / 1024.0;
     operator.kill().await;
-    let ours = ListParams::default().labels(&format!("{}={}", names::LABEL_MANAGED_BY, names::FIELD_MANAGER));
+    let ours = ListParams::default().labels(&format!(
+        "{}={}",
+        names::LABEL_MANAGED_BY,
+        names::FIELD_MANAGER
+    ));
     Ok(Operator {
         seconds_to_creates,
         seconds_to_pods,
@@ -174,7 +222,12 @@ async fn through_operator(cluster: &TestCluster, ns: &str, args: &Args) -> Resul
         peak_rss_mib,
         services: count::<Service>(&cluster.client, ns, &ours).await?,
         config_maps: count::<ConfigMap>(&cluster.client, ns, &ours).await?,
-        events: count::<Event>(&cluster.client, ns, &ListParams::default().fields("involvedObject.kind=RLHFJob")).await?,
+        events: count::<Event>(
+            &cluster.client,
+            ns,
+            &ListParams::default().fields("involvedObject.kind=RLHFJob"),
+        )
+        .await?,
     })
 }
 
@@ -197,14 +250,28 @@ where
 /// Objects of kind K in `ns` that `params` selects.
 async fn count<K>(client: &Client, ns: &str, params: &ListParams) -> Result<usize>
 where
-    K: Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()> + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+    K: Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>
+        + Clone
+        + serde::de::DeserializeOwned
+        + std::fmt::Debug,
 {
-    Ok(Api::<K>::namespaced(client.clone(), ns).list_metadata(params).await?.items.len())
+    Ok(Api::<K>::namespaced(client.clone(), ns)
+        .list_metadata(params)
+        .await?
+        .items
+        .len())
 }
 
 /// The process's peak resident set size (VmHWM) in KiB.
 fn vm_hwm_kib(pid: u32) -> Result<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
-    let line = status.lines().find(|l| l.starts_with("VmHWM:")).context("VmHWM in /proc/<pid>/status")?;
-    Ok(line.split_whitespace().nth(1).context("VmHWM value")?.parse()?)
+    let line = status
+        .lines()
+        .find(|l| l.starts_with("VmHWM:"))
+        .context("VmHWM in /proc/<pid>/status")?;
+    Ok(line
+        .split_whitespace()
+        .nth(1)
+        .context("VmHWM value")?
+        .parse()?)
 }

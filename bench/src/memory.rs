@@ -11,7 +11,10 @@ use rlhf_bench::workload::{self, CPU_S, GPT2_124M, Model};
 use serde_json::json;
 
 #[derive(Parser, Debug)]
-#[command(name = "rlhf-bench-memory", about = "Peak memory of PPO under each memory lever")]
+#[command(
+    name = "rlhf-bench-memory",
+    about = "Peak memory of PPO under each memory lever"
+)]
 struct Args {
     #[arg(long, default_value = "target/release/rlhf-trainer")]
     trainer: PathBuf,
@@ -29,18 +32,32 @@ const LEVERS: [(&str, &str, u32); 5] = [
     ("none", "{}", 8),
     ("lora", "{lora: {rank: 8}}", 8),
     ("offload", "{offload: all}", 8),
-    ("lora+offload+checkpointing", "{lora: {rank: 8}, offload: all, gradientCheckpointing: true}", 8),
-    ("zero2 (2 ranks)", "{nodes: 1, gpusPerNode: 2, strategy: zero2}", 4),
+    (
+        "lora+offload+checkpointing",
+        "{lora: {rank: 8}, offload: all, gradientCheckpointing: true}",
+        8,
+    ),
+    (
+        "zero2 (2 ranks)",
+        "{nodes: 1, gpusPerNode: 2, strategy: zero2}",
+        4,
+    ),
 ];
 
 fn main() -> Result<()> {
     let args = Args::parse();
-    let models: Vec<&Model> = if args.small_only { vec![&CPU_S] } else { vec![&CPU_S, &GPT2_124M] };
+    let models: Vec<&Model> = if args.small_only {
+        vec![&CPU_S]
+    } else {
+        vec![&CPU_S, &GPT2_124M]
+    };
     let mut rows = Vec::new();
     for model in models {
         for (lever, parallelism, micro) in LEVERS {
             println!("== {} / {lever}", model.name);
-            let records = workload::run(&args.trainer, &args.work, |prompts| workload::manifest(model, prompts, parallelism, micro, Some(2)))?;
+            let records = workload::run(&args.trainer, &args.work, |prompts| {
+                workload::manifest(model, prompts, parallelism, micro, Some(2))
+            })?;
             let peak = workload::peak_rss_mib(&records);
             println!("== {} / {lever}: peak RSS {peak:.0} MiB", model.name);
             rows.push(json!({"model": model.name, "lever": lever, "parallelism": parallelism, "peakRssMiB": peak}));
@@ -59,14 +76,26 @@ fn main() -> Result<()> {
         m["memoryGiB"].as_f64().unwrap_or(0.0)
     );
     for row in &rows {
-        let base = rows.iter().find(|r| r["model"] == row["model"] && r["lever"] == "none").and_then(|r| r["peakRssMiB"].as_f64()).unwrap_or(f64::NAN);
+        let base = rows
+            .iter()
+            .find(|r| r["model"] == row["model"] && r["lever"] == "none")
+            .and_then(|r| r["peakRssMiB"].as_f64())
+            .unwrap_or(f64::NAN);
         let peak = row["peakRssMiB"].as_f64().unwrap_or(f64::NAN);
-        md.push_str(&format!("| {} | {} | {peak:.0} | {:.2} |\n", row["model"].as_str().unwrap_or(""), row["lever"].as_str().unwrap_or(""), peak / base));
+        md.push_str(&format!(
+            "| {} | {} | {peak:.0} | {:.2} |\n",
+            row["model"].as_str().unwrap_or(""),
+            row["lever"].as_str().unwrap_or(""),
+            peak / base
+        ));
     }
     std::fs::create_dir_all(&args.out)?;
     let path = args.out.join(format!("memory-{date}.md"));
     std::fs::write(&path, &md)?;
-    std::fs::write(path.with_extension("json"), serde_json::to_string_pretty(&json!({"date": date, "machine": m, "rows": rows}))? + "\n")?;
+    std::fs::write(
+        path.with_extension("json"),
+        serde_json::to_string_pretty(&json!({"date": date, "machine": m, "rows": rows}))? + "\n",
+    )?;
     println!("{md}\nwrote {} and .json", path.display());
     Ok(())
 }

@@ -38,9 +38,17 @@ fn rate(rounds: &[&Value], phase: &str) -> (f64, f64) {
 
 fn main() -> Result<()> {
     let args = Args::parse();
-    println!("cpu-s PPO: {PROMPTS} prompts x {PROMPT_TOKENS} tokens, {THREADS} threads; run in {}", args.work.display());
-    let records = workload::run(&args.trainer, &args.work, |prompts| workload::manifest(&CPU_S, prompts, "{}", 8, None))?;
-    let rounds: Vec<&Value> = records.iter().filter(|r| r.get("phases").is_some()).collect();
+    println!(
+        "cpu-s PPO: {PROMPTS} prompts x {PROMPT_TOKENS} tokens, {THREADS} threads; run in {}",
+        args.work.display()
+    );
+    let records = workload::run(&args.trainer, &args.work, |prompts| {
+        workload::manifest(&CPU_S, prompts, "{}", 8, None)
+    })?;
+    let rounds: Vec<&Value> = records
+        .iter()
+        .filter(|r| r.get("phases").is_some())
+        .collect();
     if rounds.len() < 2 {
         bail!("expected several PPO rounds, got {}", rounds.len());
     }
@@ -79,7 +87,10 @@ fn main() -> Result<()> {
     std::fs::create_dir_all(&args.out)?;
     let path = args.out.join(format!("ppo-cpu-s-{date}.md"));
     std::fs::write(&path, &md)?;
-    std::fs::write(path.with_extension("json"), serde_json::to_string_pretty(&result)? + "\n")?;
+    std::fs::write(
+        path.with_extension("json"),
+        serde_json::to_string_pretty(&result)? + "\n",
+    )?;
     println!("{md}\nwrote {} and .json", path.display());
     Ok(())
 }

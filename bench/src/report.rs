@@ -45,11 +45,24 @@ fn ratio((direct, operator): &(Direct, Operator)) -> f64 {
 }
 
 impl Report {
-    pub fn new(kubernetes: String, jobs: u32, pods_per_job: u32, mut rounds: Vec<(Direct, Operator)>) -> Self {
+    pub fn new(
+        kubernetes: String,
+        jobs: u32,
+        pods_per_job: u32,
+        mut rounds: Vec<(Direct, Operator)>,
+    ) -> Self {
         assert!(!rounds.is_empty(), "at least one round");
         rounds.sort_by(|a, b| ratio(a).total_cmp(&ratio(b)));
-        let date = k8s_openapi::jiff::Timestamp::now().strftime("%Y-%m-%d").to_string();
-        Self { date, kubernetes, jobs, pods_per_job, rounds }
+        let date = k8s_openapi::jiff::Timestamp::now()
+            .strftime("%Y-%m-%d")
+            .to_string();
+        Self {
+            date,
+            kubernetes,
+            jobs,
+            pods_per_job,
+            rounds,
+        }
     }
 
     /// The median round (the detailed figures come from it).
@@ -104,7 +117,11 @@ impl Report {
 
     fn markdown(&self) -> String {
         let ((d, o), m) = (self.median(), machine());
-        let ratios: Vec<String> = self.round_ratios().iter().map(|r| format!("{r:.2}")).collect();
+        let ratios: Vec<String> = self
+            .round_ratios()
+            .iter()
+            .map(|r| format!("{r:.2}"))
+            .collect();
         let pods = self.pods();
         format!(
             "# Scale benchmark, {date}\n\n\

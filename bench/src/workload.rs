@@ -10,7 +10,10 @@ use serde_json::{Value, json};
 
 /// Words that are one GPT-2 token each with their leading space, so a prompt of 64 of them is
 /// 64 tokens.
-const WORDS: [&str; 16] = [" the", " of", " and", " to", " in", " is", " that", " for", " it", " as", " was", " with", " be", " by", " on", " not"];
+const WORDS: [&str; 16] = [
+    " the", " of", " and", " to", " in", " is", " that", " for", " it", " as", " was", " with",
+    " be", " by", " on", " not",
+];
 pub const PROMPT_TOKENS: usize = 64;
 /// 64 trained + 9 held out (the trainer holds out an eighth for its evaluation).
 pub const PROMPTS: usize = 73;
@@ -28,14 +31,34 @@ pub struct Model {
 }
 
 /// The issue's cpu-s workload: 4 layers, 4 heads, hidden 256, context 512.
-pub const CPU_S: Model = Model { name: "cpu-s", hidden: 256, layers: 4, heads: 4, context: 512 };
+pub const CPU_S: Model = Model {
+    name: "cpu-s",
+    hidden: 256,
+    layers: 4,
+    heads: 4,
+    context: 512,
+};
 /// GPT-2 124M: 12 layers, 12 heads, hidden 768, context 1024.
-pub const GPT2_124M: Model = Model { name: "gpt2-124m", hidden: 768, layers: 12, heads: 12, context: 1024 };
+pub const GPT2_124M: Model = Model {
+    name: "gpt2-124m",
+    hidden: 768,
+    layers: 12,
+    heads: 12,
+    context: 1024,
+};
 
 /// The RLHFJob of `model` with `parallelism` (a YAML flow mapping), micro-batches of `micro`,
 /// and at most `max_rounds` PPO rounds.
-pub fn manifest(model: &Model, prompts: &Path, parallelism: &str, micro: u32, max_rounds: Option<u32>) -> String {
-    let max_steps = max_rounds.map(|n| format!(", maxSteps: {n}")).unwrap_or_default();
+pub fn manifest(
+    model: &Model,
+    prompts: &Path,
+    parallelism: &str,
+    micro: u32,
+    max_rounds: Option<u32>,
+) -> String {
+    let max_steps = max_rounds
+        .map(|n| format!(", maxSteps: {n}"))
+        .unwrap_or_default();
     format!(
         "apiVersion: rlhf.dev/v1alpha1\nkind: RLHFJob\nmetadata: {{name: {name}}}\nspec:\n  image: unused\n  model:\n    family: gpt2\n    init: random\n    \
          architecture: {{vocabSize: 50257, hiddenSize: {hidden}, numLayers: {layers}, numHeads: {heads}, maxPositions: {context}}}\n  \
@@ -61,7 +84,9 @@ pub fn prompts() -> String {
         .map(|_| {
             let text: String = (0..PROMPT_TOKENS)
                 .map(|_| {
-                    state = state.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407); // Knuth's LCG
+                    state = state
+                        .wrapping_mul(6364136223846793005)
+                        .wrapping_add(1442695040888963407); // Knuth's LCG
                     WORDS[(state >> 33) as usize % WORDS.len()]
                 })
                 .collect();
@@ -71,11 +96,17 @@ pub fn prompts() -> String {
 }
 
 /// Runs `manifest` in a fresh `work` folder with `trainer`; returns the PPO stage's records.
-pub fn run(trainer: &Path, work: &Path, manifest: impl FnOnce(&Path) -> String) -> Result<Vec<Value>> {
+pub fn run(
+    trainer: &Path,
+    work: &Path,
+    manifest: impl FnOnce(&Path) -> String,
+) -> Result<Vec<Value>> {
     let _ = std::fs::remove_dir_all(work);
     std::fs::create_dir_all(work)?;
     let work = work.canonicalize()?;
-    let trainer = trainer.canonicalize().with_context(|| format!("{} (run `make build`)", trainer.display()))?;
+    let trainer = trainer
+        .canonicalize()
+        .with_context(|| format!("{} (run `make build`)", trainer.display()))?;
     std::fs::write(work.join("prompts.jsonl"), prompts())?;
     std::fs::write(work.join("job.yaml"), manifest(&work.join("prompts.jsonl")))?;
     let status = Command::new(&trainer)
@@ -89,15 +120,24 @@ pub fn run(trainer: &Path, work: &Path, manifest: impl FnOnce(&Path) -> String) 
         bail!("rlhf-trainer failed in {}: {status}", work.display());
     }
     let log = std::fs::read_to_string(work.join("run/ppo/metrics.jsonl"))?;
-    Ok(log.lines().map(serde_json::from_str).collect::<Result<_, _>>()?)
+    Ok(log
+        .lines()
+        .map(serde_json::from_str)
+        .collect::<Result<_, _>>()?)
 }
 
 /// The highest peak RSS (VmHWM, MiB) in the records.
 pub fn peak_rss_mib(records: &[Value]) -> f64 {
-    records.iter().filter_map(|r| r["memory"]["cpu"]["peak"].as_f64()).fold(0.0, f64::max) / f64::from(1 << 20)
+    records
+        .iter()
+        .filter_map(|r| r["memory"]["cpu"]["peak"].as_f64())
+        .fold(0.0, f64::max)
+        / f64::from(1 << 20)
 }
 
 /// Today, as the results' file names carry it.
 pub fn today() -> String {
-    k8s_openapi::jiff::Timestamp::now().strftime("%Y-%m-%d").to_string()
+    k8s_openapi::jiff::Timestamp::now()
+        .strftime("%Y-%m-%d")
+        .to_string()
 }

@@ -86,7 +86,12 @@ mod tests {
 
     #[test]
     fn transitive_dependency() {
-        let g = graph(&[("ppo", &["sft"]), ("sft", &["pre"]), ("pre", &[]), ("rm", &[])]);
+        let g = graph(&[
+            ("ppo", &["sft"]),
+            ("sft", &["pre"]),
+            ("pre", &[]),
+            ("rm", &[]),
+        ]);
         assert!(depends_transitively(&g, "ppo", "pre"));
         assert!(!depends_transitively(&g, "ppo", "rm"));
         assert!(!depends_transitively(&g, "pre", "ppo"));

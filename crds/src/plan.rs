@@ -45,8 +45,15 @@ pub struct ResolvedModel {
 #[derive(Deserialize, Serialize, Clone, Debug, PartialEq)]
 #[serde(rename_all = "camelCase")]
 pub enum ResolvedDataset {
-    File { path: String, format: DatasetFormat },
-    Synthetic { task: SyntheticTask, samples: u32, seed: u64 },
+    File {
+        path: String,
+        format: DatasetFormat,
+    },
+    Synthetic {
+        task: SyntheticTask,
+        samples: u32,
+        seed: u64,
+    },
 }
 
 #[derive(Deserialize, Serialize, Clone, Debug, PartialEq)]
@@ -157,7 +164,10 @@ pub struct ResolvedStage {
 
 /// Where a stage writes: `<storage>/<namespace>/<job>/<stage>/` (ARCHITECTURE.md).
 pub fn stage_output_dir(storage_root: &str, namespace: &str, job: &str, stage: &str) -> String {
-    format!("{}/{namespace}/{job}/{stage}", storage_root.trim_end_matches('/'))
+    format!(
+        "{}/{namespace}/{job}/{stage}",
+        storage_root.trim_end_matches('/')
+    )
 }
 
 /// Everything one stage's trainer processes need; the operator renders it into the stage's

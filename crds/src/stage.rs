@@ -277,7 +277,10 @@ pub struct DpoParams {
 #[serde(rename_all = "camelCase")]
 pub struct StageSpec {
     /// Unique within the job; a DNS label (it names pods and output folders).
-    #[schemars(length(min = 1, max = 20), regex(pattern = r"^[a-z]([-a-z0-9]*[a-z0-9])?$"))]
+    #[schemars(
+        length(min = 1, max = 20),
+        regex(pattern = r"^[a-z]([-a-z0-9]*[a-z0-9])?$")
+    )]
     pub name: String,
     /// What the stage trains.
     pub kind: StageKind,

@@ -8,7 +8,11 @@ use crate::error::{Error, Result};
 use crate::{controller, crd, leader, metrics::Metrics, server};
 
 #[derive(Parser, Debug)]
-#[command(name = "rlhf-operator", version, about = "Runs RLHFJobs as gangs of trainer pods")]
+#[command(
+    name = "rlhf-operator",
+    version,
+    about = "Runs RLHFJobs as gangs of trainer pods"
+)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
@@ -45,30 +49,47 @@ pub async fn main(cli: Cli) -> Result<()> {
             print!("{}", crd::crd_yaml());
             Ok(())
         }
-        Command::Run { metrics_addr, namespaces, leader_election_namespace, lease_duration_seconds, lease_renew_seconds } => {
+        Command::Run {
+            metrics_addr,
+            namespaces,
+            leader_election_namespace,
+            lease_duration_seconds,
+            lease_renew_seconds,
+        } => {
             let timings = leader::Timings::new(lease_duration_seconds, lease_renew_seconds)?;
             let metrics = Metrics::new()?;
             // /healthz answers from here on; /readyz once this replica leads or stands by healthily.
             let ready = Arc::new(AtomicBool::new(false));
             server::serve(&metrics_addr, metrics.clone(), ready.clone()).await?;
-            let client = kube::Client::try_default().await.map_err(|e| Error::Config(e.to_string()))?;
+            let client = kube::Client::try_default()
+                .await
+                .map_err(|e| Error::Config(e.to_string()))?;
             let reconcile = {
                 let (client, metrics) = (client.clone(), metrics.clone());
                 async move {
-                    let watched = if namespaces.is_empty() { "<all>".to_string() } else { namespaces.join(",") };
+                    let watched = if namespaces.is_empty() {
+                        "<all>".to_string()
+                    } else {
+                        namespaces.join(",")
+                    };
                     tracing::info!(namespace = %watched, "rlhf-operator started");
                     controller::run(client, namespaces, metrics).await;
                 }
             };
-            let lease_namespace = leader_election_namespace.or_else(|| std::env::var("POD_NAMESPACE").ok()).filter(|ns| !ns.is_empty());
+            let lease_namespace = leader_election_namespace
+                .or_else(|| std::env::var("POD_NAMESPACE").ok())
+                .filter(|ns| !ns.is_empty());
             let Some(lease_namespace) = lease_namespace else {
-                tracing::info!("leader election off (no --leader-election-namespace, no POD_NAMESPACE): reconciling at once");
+                tracing::info!(
+                    "leader election off (no --leader-election-namespace, no POD_NAMESPACE): reconciling at once"
+                );
                 metrics.is_leader.set(1);
                 ready.store(true, Ordering::Relaxed);
                 reconcile.await;
                 return Ok(());
             };
-            let elector = leader::Elector::new(client, &lease_namespace, leader::identity(), timings);
+            let elector =
+                leader::Elector::new(client, &lease_namespace, leader::identity(), timings);
             leader::lead(elector, &metrics, ready, reconcile).await
         }
     }

@@ -337,7 +337,8 @@ pub struct RLHFJobStatus {
 
 /// The CRD as installed. schemars writes `Option<enum>` as an enum listing `null`, which
 /// Kubernetes rejects; `nullable: true` already says the same, so the `null` entries are dropped.
-pub fn crd() -> k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition {
+pub fn crd()
+-> k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition {
     use kube::CustomResourceExt;
     let mut value = serde_json::to_value(RLHFJob::crd()).expect("a CRD always serializes");
     drop_null_enum_values(&mut value);

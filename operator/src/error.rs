@@ -6,19 +6,36 @@ pub enum Error {
     #[error("kubeconfig: {0}")]
     Config(String),
     #[error("metrics server on {addr}: {source}")]
-    Server { addr: String, source: std::io::Error },
+    Server {
+        addr: String,
+        source: std::io::Error,
+    },
     #[error("prometheus: {0}")]
     Metrics(#[from] prometheus::Error),
     #[error(
         "spec.scheduling.gang: {mode} needs the CRD {crd} ({api_version} PodGroup), which the cluster does not serve; install that scheduler or choose another gang mode"
     )]
-    PodGroupCrdMissing { mode: &'static str, crd: String, api_version: String },
+    PodGroupCrdMissing {
+        mode: &'static str,
+        crd: String,
+        api_version: String,
+    },
     #[error("leader election: {0}")]
     LeaderElection(String),
 }
 
 /// Every value `Error::category` returns (the metric starts each at 0, so dashboards have a series).
-pub const CATEGORIES: &[&str] = &["forbidden", "conflict", "api", "transport", "config", "server", "metrics", "crd_missing", "leader_election"];
+pub const CATEGORIES: &[&str] = &[
+    "forbidden",
+    "conflict",
+    "api",
+    "transport",
+    "config",
+    "server",
+    "metrics",
+    "crd_missing",
+    "leader_election",
+];
 
 impl Error {
     /// Short label for the reconcile-errors metric (one of `CATEGORIES`).

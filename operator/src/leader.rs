@@ -20,8 +20,8 @@ use std::time::{Duration, Instant};
 use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime;
 use k8s_openapi::jiff::{SignedDuration, Timestamp};
-use kube::api::{Api, ObjectMeta, PostParams};
 use kube::Client;
+use kube::api::{Api, ObjectMeta, PostParams};
 
 use crate::error::{Error, Result};
 use crate::metrics::Metrics;
@@ -43,7 +43,11 @@ pub struct Timings {
 
 impl Default for Timings {
     fn default() -> Self {
-        Self { lease_duration: LEASE_DURATION, renew: RENEW_INTERVAL, retry: RETRY_INTERVAL }
+        Self {
+            lease_duration: LEASE_DURATION,
+            renew: RENEW_INTERVAL,
+            retry: RETRY_INTERVAL,
+        }
     }
 }
 
@@ -51,9 +55,15 @@ impl Timings {
     /// The defaults with the lease duration and renew interval given on the command line.
     pub fn new(lease_duration_seconds: u64, renew_seconds: u64) -> Result<Self> {
         if i32::try_from(lease_duration_seconds).is_err() {
-            return Err(Error::LeaderElection(format!("--lease-duration-seconds ({lease_duration_seconds}) is too large")));
+            return Err(Error::LeaderElection(format!(
+                "--lease-duration-seconds ({lease_duration_seconds}) is too large"
+            )));
         }
-        let t = Self { lease_duration: Duration::from_secs(lease_duration_seconds), renew: Duration::from_secs(renew_seconds), ..Self::default() };
+        let t = Self {
+            lease_duration: Duration::from_secs(lease_duration_seconds),
+            renew: Duration::from_secs(renew_seconds),
+            ..Self::default()
+        };
         if renew_seconds == 0 || t.renew >= t.renew_deadline() {
             return Err(Error::LeaderElection(format!(
                 "--lease-renew-seconds ({renew_seconds}) must be at least 1 and less than two thirds of --lease-duration-seconds ({lease_duration_seconds})"
@@ -89,7 +99,9 @@ pub enum Decision {
 /// May `me` take or keep the Lease (`None`: it does not exist) at `now`? A Lease without a
 /// duration counts as lasting [`LEASE_DURATION`]; one without a renew time as expired.
 pub fn decide(lease: Option<&LeaseSpec>, me: &str, now: Timestamp) -> Decision {
-    let Some(spec) = lease else { return Decision::Take };
+    let Some(spec) = lease else {
+        return Decision::Take;
+    };
     let holder = spec.holder_identity.as_deref().unwrap_or_default();
     if holder.is_empty() {
         return Decision::Take;
@@ -97,15 +109,34 @@ pub fn decide(lease: Option<&LeaseSpec>, me: &str, now: Timestamp) -> Decision {
     if holder == me {
         return Decision::Keep;
     }
-    let Some(renewed) = &spec.renew_time else { return Decision::Take };
-    let duration = spec.lease_duration_seconds.map_or(LEASE_DURATION.as_secs() as i64, i64::from);
-    let expires = renewed.0.saturating_add(SignedDuration::from_secs(duration)).unwrap_or(Timestamp::MAX);
-    if expires < now { Decision::Take } else { Decision::Wait { holder: holder.to_string(), expires } }
+    let Some(renewed) = &spec.renew_time else {
+        return Decision::Take;
+    };
+    let duration = spec
+        .lease_duration_seconds
+        .map_or(LEASE_DURATION.as_secs() as i64, i64::from);
+    let expires = renewed
+        .0
+        .saturating_add(SignedDuration::from_secs(duration))
+        .unwrap_or(Timestamp::MAX);
+    if expires < now {
+        Decision::Take
+    } else {
+        Decision::Wait {
+            holder: holder.to_string(),
+            expires,
+        }
+    }
 }
 
 /// The Lease `me` writes to take or renew it at `now`: a new term (acquire time now, one more
 /// transition) unless it was already `me`'s.
-pub fn claimed(prev: Option<&LeaseSpec>, me: &str, lease_duration: Duration, now: Timestamp) -> LeaseSpec {
+pub fn claimed(
+    prev: Option<&LeaseSpec>,
+    me: &str,
+    lease_duration: Duration,
+    now: Timestamp,
+) -> LeaseSpec {
     let existed = prev.is_some();
     let prev = prev.cloned().unwrap_or_default();
     let ours = prev.holder_identity.as_deref() == Some(me);
@@ -113,9 +144,17 @@ pub fn claimed(prev: Option<&LeaseSpec>, me: &str, lease_duration: Duration, now
     LeaseSpec {
         holder_identity: Some(me.to_string()),
         lease_duration_seconds: Some(i32::try_from(lease_duration.as_secs()).unwrap_or(i32::MAX)),
-        acquire_time: if ours { prev.acquire_time.clone().or(Some(MicroTime(now))) } else { Some(MicroTime(now)) },
+        acquire_time: if ours {
+            prev.acquire_time.clone().or(Some(MicroTime(now)))
+        } else {
+            Some(MicroTime(now))
+        },
         renew_time: Some(MicroTime(now)),
-        lease_transitions: Some(if ours || !existed { transitions } else { transitions.saturating_add(1) }),
+        lease_transitions: Some(if ours || !existed {
+            transitions
+        } else {
+            transitions.saturating_add(1)
+        }),
         ..prev
     }
 }
@@ -124,8 +163,14 @@ pub fn claimed(prev: Option<&LeaseSpec>, me: &str, lease_duration: Duration, now
 /// past, so every candidate may take it at once.
 pub fn released(prev: &LeaseSpec, now: Timestamp) -> LeaseSpec {
     let duration = prev.lease_duration_seconds.unwrap_or(1).max(1);
-    let past = now.saturating_sub(SignedDuration::from_secs(i64::from(duration) + 1)).unwrap_or(Timestamp::MIN);
-    LeaseSpec { holder_identity: None, renew_time: Some(MicroTime(past)), ..prev.clone() }
+    let past = now
+        .saturating_sub(SignedDuration::from_secs(i64::from(duration) + 1))
+        .unwrap_or(Timestamp::MIN);
+    LeaseSpec {
+        holder_identity: None,
+        renew_time: Some(MicroTime(past)),
+        ..prev.clone()
+    }
 }
 
 /// This replica's name in the Lease: env POD_NAME, else hostname and process id.
@@ -164,7 +209,11 @@ pub struct Elector {
 
 impl Elector {
     pub fn new(client: Client, namespace: &str, identity: String, timings: Timings) -> Self {
-        Self { api: Api::namespaced(client, namespace), identity, timings }
+        Self {
+            api: Api::namespaced(client, namespace),
+            identity,
+            timings,
+        }
     }
 
     /// Reads the Lease and takes or renews it when [`decide`] allows.
@@ -178,14 +227,22 @@ impl Elector {
         let spec = claimed(spec, &self.identity, self.timings.lease_duration, now);
         let written = match current {
             None => {
-                let lease = Lease { metadata: ObjectMeta { name: Some(names::LEADER_LEASE.into()), ..Default::default() }, spec: Some(spec) };
+                let lease = Lease {
+                    metadata: ObjectMeta {
+                        name: Some(names::LEADER_LEASE.into()),
+                        ..Default::default()
+                    },
+                    spec: Some(spec),
+                };
                 self.api.create(&PostParams::default(), &lease).await
             }
             Some(mut lease) => {
                 // Replace with the resourceVersion we read: a concurrent writer makes this a 409.
                 lease.metadata.managed_fields = None;
                 lease.spec = Some(spec);
-                self.api.replace(names::LEADER_LEASE, &PostParams::default(), &lease).await
+                self.api
+                    .replace(names::LEADER_LEASE, &PostParams::default(), &lease)
+                    .await
             }
         };
         match written {
@@ -242,9 +299,13 @@ impl Elector {
                     ready.store(true, Ordering::Relaxed);
                 }
                 Ok(Ok(Attempt::Standby { holder })) => {
-                    return Error::LeaderElection(format!("lost the lease: {holder} holds it now; exiting so that only one replica reconciles"));
+                    return Error::LeaderElection(format!(
+                        "lost the lease: {holder} holds it now; exiting so that only one replica reconciles"
+                    ));
                 }
-                Ok(Ok(Attempt::Conflict)) => tracing::warn!("the leader lease changed while renewing it; retrying"),
+                Ok(Ok(Attempt::Conflict)) => {
+                    tracing::warn!("the leader lease changed while renewing it; retrying")
+                }
                 Ok(Err(e)) => {
                     ready.store(false, Ordering::Relaxed);
                     tracing::warn!(error = %e, "cannot renew the leader lease; retrying");
@@ -252,7 +313,9 @@ impl Elector {
                 Err(_) => {}
             }
             if renewed.elapsed() >= deadline {
-                return Error::LeaderElection(format!("could not renew the lease for {deadline:?}; exiting before a standby may take it over"));
+                return Error::LeaderElection(format!(
+                    "could not renew the lease for {deadline:?}; exiting before a standby may take it over"
+                ));
             }
         }
     }
@@ -260,16 +323,29 @@ impl Elector {
     /// Gives the Lease up if it is still ours (best effort: otherwise it expires).
     async fn release(&self) {
         let result = async {
-            let Some(mut lease) = self.api.get_opt(names::LEADER_LEASE).await? else { return Ok(false) };
-            let Some(spec) = lease.spec.as_ref().filter(|s| s.holder_identity.as_deref() == Some(self.identity.as_str())) else { return Ok(false) };
+            let Some(mut lease) = self.api.get_opt(names::LEADER_LEASE).await? else {
+                return Ok(false);
+            };
+            let Some(spec) = lease
+                .spec
+                .as_ref()
+                .filter(|s| s.holder_identity.as_deref() == Some(self.identity.as_str()))
+            else {
+                return Ok(false);
+            };
             lease.spec = Some(released(spec, Timestamp::now()));
             lease.metadata.managed_fields = None;
-            self.api.replace(names::LEADER_LEASE, &PostParams::default(), &lease).await.map(|_| true)
+            self.api
+                .replace(names::LEADER_LEASE, &PostParams::default(), &lease)
+                .await
+                .map(|_| true)
         };
         match result.await {
             Ok(true) => tracing::info!("released the leader lease"),
             Ok(false) => tracing::info!("the leader lease is no longer ours; nothing to release"),
-            Err(e) => tracing::warn!(error = %e, "could not release the leader lease; it expires on its own"),
+            Err(e) => {
+                tracing::warn!(error = %e, "could not release the leader lease; it expires on its own")
+            }
         }
     }
 }
@@ -278,8 +354,17 @@ impl Elector {
 /// Ok on SIGTERM or Ctrl-C meanwhile), runs `work` while renewing, and releases the Lease when
 /// `work` returns. Losing the Lease drops `work` at once and returns the error (the process must
 /// exit: it cannot know what the new leader has done since).
-pub async fn lead<F: Future<Output = ()>>(elector: Elector, metrics: &Metrics, ready: Arc<AtomicBool>, work: F) -> Result<()> {
-    let lease = format!("{}/{}", elector.api.namespace().unwrap_or_default(), names::LEADER_LEASE);
+pub async fn lead<F: Future<Output = ()>>(
+    elector: Elector,
+    metrics: &Metrics,
+    ready: Arc<AtomicBool>,
+    work: F,
+) -> Result<()> {
+    let lease = format!(
+        "{}/{}",
+        elector.api.namespace().unwrap_or_default(),
+        names::LEADER_LEASE
+    );
     tracing::info!(lease = %lease, identity = %elector.identity, duration = ?elector.timings.lease_duration, renew = ?elector.timings.renew, "leader election on: waiting for the lease");
     metrics.is_leader.set(0);
     let renewed = tokio::select! {
@@ -355,46 +440,89 @@ mod tests {
 
     #[test]
     fn expired_lease_of_another_is_taken() {
-        assert_eq!(decide(Some(&held("other", 0, 15)), "me", at(16)), Decision::Take);
-        let no_renew = LeaseSpec { renew_time: None, ..held("other", 0, 15) };
+        assert_eq!(
+            decide(Some(&held("other", 0, 15)), "me", at(16)),
+            Decision::Take
+        );
+        let no_renew = LeaseSpec {
+            renew_time: None,
+            ..held("other", 0, 15)
+        };
         assert_eq!(decide(Some(&no_renew), "me", at(0)), Decision::Take);
     }
 
     #[test]
     fn fresh_lease_of_another_is_waited_for() {
         let expires = at(15);
-        assert_eq!(decide(Some(&held("other", 0, 15)), "me", at(5)), Decision::Wait { holder: "other".into(), expires });
+        assert_eq!(
+            decide(Some(&held("other", 0, 15)), "me", at(5)),
+            Decision::Wait {
+                holder: "other".into(),
+                expires
+            }
+        );
         // Without a duration the default applies.
-        let no_duration = LeaseSpec { lease_duration_seconds: None, ..held("other", 0, 15) };
-        assert_eq!(decide(Some(&no_duration), "me", at(14)), Decision::Wait { holder: "other".into(), expires });
+        let no_duration = LeaseSpec {
+            lease_duration_seconds: None,
+            ..held("other", 0, 15)
+        };
+        assert_eq!(
+            decide(Some(&no_duration), "me", at(14)),
+            Decision::Wait {
+                holder: "other".into(),
+                expires
+            }
+        );
     }
 
     #[test]
     fn own_lease_is_kept_even_when_expired() {
-        assert_eq!(decide(Some(&held("me", 0, 15)), "me", at(5)), Decision::Keep);
-        assert_eq!(decide(Some(&held("me", 0, 15)), "me", at(100)), Decision::Keep);
+        assert_eq!(
+            decide(Some(&held("me", 0, 15)), "me", at(5)),
+            Decision::Keep
+        );
+        assert_eq!(
+            decide(Some(&held("me", 0, 15)), "me", at(100)),
+            Decision::Keep
+        );
     }
 
     #[test]
     fn lease_expires_only_strictly_after_renew_plus_duration() {
         let spec = held("other", 0, 15);
-        assert!(matches!(decide(Some(&spec), "me", at(15)), Decision::Wait { .. }));
+        assert!(matches!(
+            decide(Some(&spec), "me", at(15)),
+            Decision::Wait { .. }
+        ));
         let just_after = at(15).checked_add(SignedDuration::from_micros(1)).unwrap();
         assert_eq!(decide(Some(&spec), "me", just_after), Decision::Take);
         let just_before = at(15).checked_sub(SignedDuration::from_micros(1)).unwrap();
-        assert!(matches!(decide(Some(&spec), "me", just_before), Decision::Wait { .. }));
+        assert!(matches!(
+            decide(Some(&spec), "me", just_before),
+            Decision::Wait { .. }
+        ));
     }
 
     #[test]
     fn claiming_starts_a_term_unless_renewing() {
-        let taken = claimed(Some(&held("other", 0, 15)), "me", Duration::from_secs(6), at(20));
+        let taken = claimed(
+            Some(&held("other", 0, 15)),
+            "me",
+            Duration::from_secs(6),
+            at(20),
+        );
         assert_eq!(taken.holder_identity.as_deref(), Some("me"));
         assert_eq!(taken.lease_duration_seconds, Some(6));
         assert_eq!(taken.acquire_time, Some(MicroTime(at(20))));
         assert_eq!(taken.renew_time, Some(MicroTime(at(20))));
         assert_eq!(taken.lease_transitions, Some(4));
 
-        let renewed = claimed(Some(&held("me", 0, 15)), "me", Duration::from_secs(15), at(5));
+        let renewed = claimed(
+            Some(&held("me", 0, 15)),
+            "me",
+            Duration::from_secs(15),
+            at(5),
+        );
         assert_eq!(renewed.acquire_time, Some(MicroTime(at(0))));
         assert_eq!(renewed.renew_time, Some(MicroTime(at(5))));
         assert_eq!(renewed.lease_transitions, Some(3));
@@ -411,10 +539,22 @@ mod tests {
         assert_eq!(spec.lease_transitions, Some(3));
         assert_eq!(decide(Some(&spec), "other", at(11)), Decision::Take);
         // Even a reader that ignores the empty holder sees it expired.
-        let named = LeaseSpec { holder_identity: Some("me".into()), ..spec };
+        let named = LeaseSpec {
+            holder_identity: Some("me".into()),
+            ..spec
+        };
         assert_eq!(decide(Some(&named), "other", at(11)), Decision::Take);
         // ... and taking it over counts a transition.
-        assert_eq!(claimed(Some(&released(&held("me", 10, 15), at(11))), "other", LEASE_DURATION, at(12)).lease_transitions, Some(4));
+        assert_eq!(
+            claimed(
+                Some(&released(&held("me", 10, 15), at(11))),
+                "other",
+                LEASE_DURATION,
+                at(12)
+            )
+            .lease_transitions,
+            Some(4)
+        );
     }
 
     #[test]

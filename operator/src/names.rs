@@ -47,7 +47,10 @@ pub fn storage_claim(job: &str) -> String {
 
 /// Labels every object of a job carries.
 pub fn job_labels(job: &str) -> BTreeMap<String, String> {
-    BTreeMap::from([(LABEL_JOB.to_string(), job.to_string()), (LABEL_MANAGED_BY.to_string(), FIELD_MANAGER.to_string())])
+    BTreeMap::from([
+        (LABEL_JOB.to_string(), job.to_string()),
+        (LABEL_MANAGED_BY.to_string(), FIELD_MANAGER.to_string()),
+    ])
 }
 
 pub fn stage_labels(job: &str, stage: &str) -> BTreeMap<String, String> {
@@ -56,7 +59,12 @@ pub fn stage_labels(job: &str, stage: &str) -> BTreeMap<String, String> {
     labels
 }
 
-pub fn pod_labels(job: &str, stage: &str, node_rank: u32, generation: u32) -> BTreeMap<String, String> {
+pub fn pod_labels(
+    job: &str,
+    stage: &str,
+    node_rank: u32,
+    generation: u32,
+) -> BTreeMap<String, String> {
     let mut labels = stage_labels(job, stage);
     labels.insert(LABEL_RANK.to_string(), node_rank.to_string());
     labels.insert(LABEL_GENERATION.to_string(), generation.to_string());

@@ -13,19 +13,32 @@ use crate::error::{Error, Result};
 use crate::metrics::Metrics;
 
 /// Binds now (so a bad address fails at start-up) and serves until the process ends.
-pub async fn serve(addr: &str, metrics: Metrics, ready: Arc<AtomicBool>) -> Result<tokio::task::JoinHandle<()>> {
-    let listener = TcpListener::bind(addr).await.map_err(|source| Error::Server { addr: addr.into(), source })?;
+pub async fn serve(
+    addr: &str,
+    metrics: Metrics,
+    ready: Arc<AtomicBool>,
+) -> Result<tokio::task::JoinHandle<()>> {
+    let listener = TcpListener::bind(addr)
+        .await
+        .map_err(|source| Error::Server {
+            addr: addr.into(),
+            source,
+        })?;
     tracing::info!(addr = %listener.local_addr().map(|a| a.to_string()).unwrap_or_default(), "metrics and health server listening");
     Ok(tokio::spawn(async move {
         loop {
-            let Ok((stream, _)) = listener.accept().await else { continue };
+            let Ok((stream, _)) = listener.accept().await else {
+                continue;
+            };
             let (metrics, ready) = (metrics.clone(), ready.clone());
             tokio::spawn(async move {
                 let svc = hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| {
                     let resp = route(req.uri().path(), &metrics, &ready);
                     async move { Ok::<_, Infallible>(resp) }
                 });
-                let _ = hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), svc).await;
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), svc)
+                    .await;
             });
         }
     }))

@@ -27,7 +27,10 @@ pub fn chart_dir() -> PathBuf {
 }
 
 fn repo_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("tests/ sits in the repository root").to_path_buf()
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("tests/ sits in the repository root")
+        .to_path_buf()
 }
 
 /// The Python that has helm-python-sdk: RLHF_HELM_PYTHON (the Makefile sets it), or the one
@@ -36,9 +39,15 @@ pub fn helm_python() -> Result<PathBuf> {
     if let Some(p) = std::env::var_os("RLHF_HELM_PYTHON") {
         return Ok(PathBuf::from(p));
     }
-    let out = Command::new("bash").arg(repo_root().join("scripts/install-helm-sdk.sh")).output().context("running scripts/install-helm-sdk.sh")?;
+    let out = Command::new("bash")
+        .arg(repo_root().join("scripts/install-helm-sdk.sh"))
+        .output()
+        .context("running scripts/install-helm-sdk.sh")?;
     if !out.status.success() {
-        bail!("scripts/install-helm-sdk.sh failed: {}", String::from_utf8_lossy(&out.stderr));
+        bail!(
+            "scripts/install-helm-sdk.sh failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
     let venv = String::from_utf8(out.stdout)?.trim().to_string();
     Ok(PathBuf::from(venv).join("bin/python"))
@@ -46,18 +55,37 @@ pub fn helm_python() -> Result<PathBuf> {
 
 /// Runs `scripts/helm.py ARGS`; returns its stdout, or an error with its output.
 pub fn helm(args: &[&str]) -> Result<String> {
-    let out = Command::new(helm_python()?).arg(repo_root().join("scripts/helm.py")).args(args).output().context("running scripts/helm.py")?;
+    let out = Command::new(helm_python()?)
+        .arg(repo_root().join("scripts/helm.py"))
+        .args(args)
+        .output()
+        .context("running scripts/helm.py")?;
     if !out.status.success() {
-        bail!("scripts/helm.py {args:?} failed:\n{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+        bail!(
+            "scripts/helm.py {args:?} failed:\n{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
     Ok(String::from_utf8(out.stdout)?)
 }
 
 /// The chart's manifests for `release` in `namespace` (with a values file if given), one value
 /// per document.
-pub fn render(namespace: &str, release: &str, values: Option<&Path>) -> Result<Vec<serde_yaml::Value>> {
+pub fn render(
+    namespace: &str,
+    release: &str,
+    values: Option<&Path>,
+) -> Result<Vec<serde_yaml::Value>> {
     let chart = chart_dir();
-    let mut args = vec!["render".to_string(), chart.to_string_lossy().into_owned(), "--namespace".into(), namespace.into(), "--release".into(), release.into()];
+    let mut args = vec![
+        "render".to_string(),
+        chart.to_string_lossy().into_owned(),
+        "--namespace".into(),
+        namespace.into(),
+        "--release".into(),
+        release.into(),
+    ];
     if let Some(v) = values {
         args.extend(["--values".to_string(), v.to_string_lossy().into_owned()]);
     }

@@ -18,14 +18,23 @@ pub fn workspace_binary(name: &str) -> PathBuf {
         dir = dir.parent().expect("target/<profile>/deps");
     }
     let bin = dir.join(name);
-    assert!(bin.exists(), "{} is missing: build it first (`cargo build --release --bins`; make test does)", bin.display());
+    assert!(
+        bin.exists(),
+        "{} is missing: build it first (`cargo build --release --bins`; make test does)",
+        bin.display()
+    );
     bin
 }
 
 impl OperatorProcess {
     /// Starts `rlhf-operator run` watching only `namespace`, logging to a file named after it.
     pub fn start(kubeconfig: &Path, namespace: &str) -> Self {
-        Self::spawn(kubeconfig, namespace, &[], std::env::temp_dir().join(format!("rlhf-operator-{namespace}.log")))
+        Self::spawn(
+            kubeconfig,
+            namespace,
+            &[],
+            std::env::temp_dir().join(format!("rlhf-operator-{namespace}.log")),
+        )
     }
 
     /// As `start`, with `extra_args` after the usual ones (e.g. leader election settings) and a
@@ -33,13 +42,28 @@ impl OperatorProcess {
     pub fn start_with(kubeconfig: &Path, namespace: &str, extra_args: &[&str]) -> Self {
         static STARTED: AtomicU32 = AtomicU32::new(0);
         let n = STARTED.fetch_add(1, Ordering::SeqCst);
-        Self::spawn(kubeconfig, namespace, extra_args, std::env::temp_dir().join(format!("rlhf-operator-{namespace}-{n}.log")))
+        Self::spawn(
+            kubeconfig,
+            namespace,
+            extra_args,
+            std::env::temp_dir().join(format!("rlhf-operator-{namespace}-{n}.log")),
+        )
     }
 
     fn spawn(kubeconfig: &Path, namespace: &str, extra_args: &[&str], log: PathBuf) -> Self {
-        let file = std::fs::OpenOptions::new().create(true).append(true).open(&log).expect("operator log file");
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log)
+            .expect("operator log file");
         let child = Command::new(workspace_binary("rlhf-operator"))
-            .args(["run", "--metrics-addr", "127.0.0.1:0", "--namespace", namespace])
+            .args([
+                "run",
+                "--metrics-addr",
+                "127.0.0.1:0",
+                "--namespace",
+                namespace,
+            ])
             .args(extra_args)
             .env("KUBECONFIG", kubeconfig)
             // Leader election only where a test asks for it, and distinct identities (hostname + pid).
@@ -71,7 +95,9 @@ impl OperatorProcess {
     /// The address its metrics server reports it listens on (from its log), once it does.
     pub fn metrics_addr(&self) -> Option<String> {
         let text = strip_ansi(&self.log_text());
-        let line = text.lines().find(|l| l.contains("metrics and health server listening"))?;
+        let line = text
+            .lines()
+            .find(|l| l.contains("metrics and health server listening"))?;
         let addr = line.split("addr=").nth(1)?.split_whitespace().next()?;
         Some(addr.to_string())
     }
@@ -83,7 +109,11 @@ impl OperatorProcess {
 
     /// The exit code once the process has exited (None while it runs or if a signal ended it).
     pub fn exit_code(&mut self) -> Option<i32> {
-        self.child.try_wait().ok().flatten().and_then(|status| status.code())
+        self.child
+            .try_wait()
+            .ok()
+            .flatten()
+            .and_then(|status| status.code())
     }
 }
 

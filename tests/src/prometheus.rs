@@ -17,7 +17,10 @@ pub struct PrometheusProcess {
 
 /// A loopback port nobody listens on now.
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind(("127.0.0.1", 0)).and_then(|l| l.local_addr()).map(|a| a.port()).expect("a free port")
+    std::net::TcpListener::bind(("127.0.0.1", 0))
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
 }
 
 impl PrometheusProcess {
@@ -31,7 +34,10 @@ impl PrometheusProcess {
         let file = std::fs::File::create(&log).expect("prometheus log");
         let child = Command::new("prometheus")
             .arg(format!("--config.file={}", config_file.display()))
-            .arg(format!("--storage.tsdb.path={}", dir.join("data").display()))
+            .arg(format!(
+                "--storage.tsdb.path={}",
+                dir.join("data").display()
+            ))
             .arg(format!("--web.listen-address=127.0.0.1:{port}"))
             .stdout(Stdio::from(file.try_clone().expect("log handle")))
             .stderr(Stdio::from(file))
@@ -40,10 +46,14 @@ impl PrometheusProcess {
         let url = format!("http://127.0.0.1:{port}");
         let this = Self { child, url, log };
         let ready = format!("{}/-/ready", this.url);
-        wait_until(&format!("prometheus to be ready (log {})", this.log.display()), Duration::from_secs(30), || {
-            let ready = ready.clone();
-            async move { Ok(curl(&["-sf", &ready]).ok().map(|_| ())) }
-        })
+        wait_until(
+            &format!("prometheus to be ready (log {})", this.log.display()),
+            Duration::from_secs(30),
+            || {
+                let ready = ready.clone();
+                async move { Ok(curl(&["-sf", &ready]).ok().map(|_| ())) }
+            },
+        )
         .await;
         this
     }
@@ -63,7 +73,8 @@ impl PrometheusProcess {
             "--data-urlencode",
             &format!("step={step}"),
         ])?;
-        let v: Value = serde_json::from_str(&body).with_context(|| format!("prometheus answered {body}"))?;
+        let v: Value =
+            serde_json::from_str(&body).with_context(|| format!("prometheus answered {body}"))?;
         if v["status"] != "success" {
             bail!("query {expr}: {}", v["error"]);
         }
@@ -74,7 +85,12 @@ impl PrometheusProcess {
     pub fn metric_names(&self) -> Result<Vec<String>> {
         let body = curl(&["-sS", &format!("{}/api/v1/label/__name__/values", self.url)])?;
         let v: Value = serde_json::from_str(&body)?;
-        Ok(v["data"].as_array().into_iter().flatten().filter_map(|n| n.as_str().map(str::to_string)).collect())
+        Ok(v["data"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|n| n.as_str().map(str::to_string))
+            .collect())
     }
 
     /// The scrape targets and their health (`up`), for messages.
@@ -91,7 +107,10 @@ impl Drop for PrometheusProcess {
 }
 
 fn curl(args: &[&str]) -> Result<String> {
-    let out = Command::new("curl").args(args).output().context("running curl")?;
+    let out = Command::new("curl")
+        .args(args)
+        .output()
+        .context("running curl")?;
     if !out.status.success() {
         bail!("curl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
     }

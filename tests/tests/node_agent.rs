@@ -25,7 +25,9 @@ where
     K: kube::Resource + Clone + serde::de::DeserializeOwned + serde::Serialize + std::fmt::Debug,
 {
     let object: K = serde_json::from_value(value).expect("a valid object");
-    api.create(&PostParams::default(), &object).await.expect("creating an object")
+    api.create(&PostParams::default(), &object)
+        .await
+        .expect("creating an object")
 }
 
 /// A one-container pod on the test's nodes, asking for `gpus` GPUs.
@@ -36,7 +38,9 @@ fn pod(ns: &str, name: &str, gpus: u32, container: Value, extra_spec: Value) -> 
         "containers": [container],
     });
     spec["containers"][0]["resources"] = json!({"limits": {"nvidia.com/gpu": gpus.to_string()}});
-    spec.as_object_mut().unwrap().extend(extra_spec.as_object().unwrap().clone());
+    spec.as_object_mut()
+        .unwrap()
+        .extend(extra_spec.as_object().unwrap().clone());
     json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": name, "labels": {"rlhf.dev/gang-generation": "0"}}, "spec": spec})
 }
 
@@ -45,30 +49,50 @@ fn sh(script: &str) -> Value {
 }
 
 async fn wait_phase(pods: &Api<Pod>, name: &str, phase: &str, agent: &NodeAgentProcess) -> Pod {
-    wait_until(&format!("pod {name} to be {phase} (agent log {})", agent.log.display()), WAIT, || async move {
-        let pod = pods.get(name).await.map_err(|e| e.to_string())?;
-        let now = pod.status.as_ref().and_then(|s| s.phase.clone());
-        Ok((now.as_deref() == Some(phase)).then_some(pod))
-    })
+    wait_until(
+        &format!(
+            "pod {name} to be {phase} (agent log {})",
+            agent.log.display()
+        ),
+        WAIT,
+        || async move {
+            let pod = pods.get(name).await.map_err(|e| e.to_string())?;
+            let now = pod.status.as_ref().and_then(|s| s.phase.clone());
+            Ok((now.as_deref() == Some(phase)).then_some(pod))
+        },
+    )
     .await
 }
 
 fn terminated(pod: &Pod) -> (i32, String) {
-    let state = pod.status.as_ref().unwrap().container_statuses.as_ref().unwrap()[0].state.clone().unwrap();
+    let state = pod
+        .status
+        .as_ref()
+        .unwrap()
+        .container_statuses
+        .as_ref()
+        .unwrap()[0]
+        .state
+        .clone()
+        .unwrap();
     let t = state.terminated.expect("a terminated container state");
     (t.exit_code, t.reason.unwrap_or_default())
 }
 
 async fn wait_file(path: &Path) -> String {
-    wait_until(&format!("{} to be written", path.display()), WAIT, || async move {
-        Ok(std::fs::read_to_string(path).ok().filter(|s| !s.is_empty()))
-    })
+    wait_until(
+        &format!("{} to be written", path.display()),
+        WAIT,
+        || async move { Ok(std::fs::read_to_string(path).ok().filter(|s| !s.is_empty())) },
+    )
     .await
 }
 
 async fn http_get(ip: Ipv4Addr, port: u16, path: &str) -> std::io::Result<String> {
     let mut stream = tokio::net::TcpStream::connect((ip, port)).await?;
-    stream.write_all(format!("GET {path} HTTP/1.0\r\n\r\n").as_bytes()).await?;
+    stream
+        .write_all(format!("GET {path} HTTP/1.0\r\n\r\n").as_bytes())
+        .await?;
     let mut text = String::new();
     stream.read_to_string(&mut text).await?;
     Ok(text)
@@ -80,13 +104,25 @@ fn group_alive(pgid: i32) -> bool {
 
 /// Killed processes linger briefly as zombies until init reaps them.
 async fn wait_group_gone(pgid: i32, what: &str) {
-    wait_until(what, Duration::from_secs(3), || async move { Ok((!group_alive(pgid)).then_some(())) }).await;
+    wait_until(what, Duration::from_secs(3), || async move {
+        Ok((!group_alive(pgid)).then_some(()))
+    })
+    .await;
 }
 
 async fn wait_gone(pods: &Api<Pod>, name: &str, within: Duration) {
-    wait_until(&format!("pod {name} to be removed"), within, || async move {
-        Ok(pods.get_opt(name).await.map_err(|e| e.to_string())?.is_none().then_some(()))
-    })
+    wait_until(
+        &format!("pod {name} to be removed"),
+        within,
+        || async move {
+            Ok(pods
+                .get_opt(name)
+                .await
+                .map_err(|e| e.to_string())?
+                .is_none()
+                .then_some(()))
+        },
+    )
     .await;
 }
 
@@ -127,7 +163,14 @@ async fn node_agent_runs_pods_as_local_processes() {
     let ns = cluster.namespace("agent").await;
     let work = std::env::temp_dir().join(format!("rlhf-node-agent-test-{ns}"));
     let _ = std::fs::remove_dir_all(&work);
-    let agent = NodeAgentProcess::start(&cluster.kubeconfig, &work, 2, 4, &format!("{ns}-node"), &[(POOL_LABEL, &ns)]);
+    let agent = NodeAgentProcess::start(
+        &cluster.kubeconfig,
+        &work,
+        2,
+        4,
+        &format!("{ns}-node"),
+        &[(POOL_LABEL, &ns)],
+    );
     agent.wait_ready(&client).await;
 
     let data = work.join("pv-data");
@@ -140,7 +183,10 @@ async fn node_agent_runs_pods_as_local_processes() {
     let master = format!("web-0.web.{ns}.svc");
     let field = |name: &str, path: &str| json!({"name": name, "valueFrom": {"fieldRef": {"fieldPath": path}}});
     let gang_env = |extra: Vec<Value>| {
-        let mut env = vec![json!({"name": "MASTER_ADDR", "value": master}), json!({"name": "MASTER_PORT", "value": "29500"})];
+        let mut env = vec![
+            json!({"name": "MASTER_ADDR", "value": master}),
+            json!({"name": "MASTER_PORT", "value": "29500"}),
+        ];
         env.extend(extra);
         Value::Array(env)
     };
@@ -151,7 +197,8 @@ async fn node_agent_runs_pods_as_local_processes() {
     member["env"] = gang_env(vec![]);
     member["volumeMounts"] = json!([{"name": "data", "mountPath": "/data"}]);
     let mut web1 = pod(&ns, "web-1", 1, member, dns("web-1"));
-    web1["spec"]["volumes"] = json!([{"name": "data", "persistentVolumeClaim": {"claimName": "data"}}]);
+    web1["spec"]["volumes"] =
+        json!([{"name": "data", "persistentVolumeClaim": {"claimName": "data"}}]);
     create(&pods, web1).await;
 
     // Rank 0: records what it sees, then serves "metrics" for two local ranks.
@@ -191,22 +238,52 @@ exec python3 -m http.server --bind 0.0.0.0 --directory r0 "$RLHF_METRICS_PORT""#
 
     create(&pods, pod(&ns, "ok", 1, sh("echo fine"), json!({}))).await;
     create(&pods, pod(&ns, "killed", 1, sh("kill -9 $$"), json!({}))).await;
-    create(&pods, pod(&ns, "no-command", 1, json!({"name": "main", "image": "none"}), json!({}))).await;
+    create(
+        &pods,
+        pod(
+            &ns,
+            "no-command",
+            1,
+            json!({"name": "main", "image": "none"}),
+            json!({}),
+        ),
+    )
+    .await;
     let mut stubborn = sh("trap '' TERM; echo up > /data/stubborn; sleep 1000");
     stubborn["volumeMounts"] = json!([{"name": "data", "mountPath": "/data"}]);
-    let mut stubborn = pod(&ns, "stubborn", 1, stubborn, json!({"terminationGracePeriodSeconds": 2}));
-    stubborn["spec"]["volumes"] = json!([{"name": "data", "persistentVolumeClaim": {"claimName": "data"}}]);
+    let mut stubborn = pod(
+        &ns,
+        "stubborn",
+        1,
+        stubborn,
+        json!({"terminationGracePeriodSeconds": 2}),
+    );
+    stubborn["spec"]["volumes"] =
+        json!([{"name": "data", "persistentVolumeClaim": {"claimName": "data"}}]);
     create(&pods, stubborn).await;
 
     // Exit codes and reasons.
     let ok = wait_phase(&pods, "ok", "Succeeded", &agent).await;
     assert_eq!(terminated(&ok), (0, "Completed".to_string()));
-    assert_eq!(agent.pod_log(&ns, "ok").unwrap_or_default().lines().nth(1), Some("fine"), "the container's output is logged after the agent's header");
-    assert_eq!(terminated(&wait_phase(&pods, "killed", "Failed", &agent).await), (137, "Error".to_string()));
-    assert_eq!(terminated(&wait_phase(&pods, "web-1", "Failed", &agent).await), (3, "Error".to_string()));
+    assert_eq!(
+        agent.pod_log(&ns, "ok").unwrap_or_default().lines().nth(1),
+        Some("fine"),
+        "the container's output is logged after the agent's header"
+    );
+    assert_eq!(
+        terminated(&wait_phase(&pods, "killed", "Failed", &agent).await),
+        (137, "Error".to_string())
+    );
+    assert_eq!(
+        terminated(&wait_phase(&pods, "web-1", "Failed", &agent).await),
+        (3, "Error".to_string())
+    );
     let bad = wait_phase(&pods, "no-command", "Failed", &agent).await;
     let message = bad.status.unwrap().message.unwrap_or_default();
-    assert!(message.contains("no-command") && message.contains("no command"), "{message}");
+    assert!(
+        message.contains("no-command") && message.contains("no command"),
+        "{message}"
+    );
 
     // Rank 0 runs with its volumes, names, environment and ports.
     let ip = pod_ip(&ns, "web-0");
@@ -214,51 +291,105 @@ exec python3 -m http.server --bind 0.0.0.0 --directory r0 "$RLHF_METRICS_PORT""#
     let status = running.status.clone().unwrap();
     assert_eq!(status.pod_ip.as_deref(), Some(ip.to_string().as_str()));
     assert_eq!(status.host_ip.as_deref(), Some("127.0.0.1"));
-    assert!(status.conditions.unwrap().iter().any(|c| c.type_ == "Ready" && c.status == "True"));
+    assert!(
+        status
+            .conditions
+            .unwrap()
+            .iter()
+            .any(|c| c.type_ == "Ready" && c.status == "True")
+    );
     let container = &status.container_statuses.unwrap()[0];
-    assert!(container.name == "main" && container.ready && container.state.as_ref().unwrap().running.is_some());
-    assert!(running.spec.unwrap().node_name.unwrap().starts_with(&format!("{ns}-node-")), "bound by the scheduler to our nodes");
+    assert!(
+        container.name == "main"
+            && container.ready
+            && container.state.as_ref().unwrap().running.is_some()
+    );
+    assert!(
+        running
+            .spec
+            .unwrap()
+            .node_name
+            .unwrap()
+            .starts_with(&format!("{ns}-node-")),
+        "bound by the scheduler to our nodes"
+    );
     wait_file(&data.join("ready")).await;
-    let read = |f: &str| std::fs::read_to_string(data.join(f)).unwrap_or_default().trim().to_string();
+    let read = |f: &str| {
+        std::fs::read_to_string(data.join(f))
+            .unwrap_or_default()
+            .trim()
+            .to_string()
+    };
     assert_eq!(read("greeting"), "hello from a configMap");
     assert_eq!(read("configmap"), "read-only");
     assert_eq!(read("hostname"), "web-0");
     assert_eq!(read("pwd"), "/scratch-agent-test");
-    assert!(read("resolved").starts_with(&pod_ip(&ns, "web-1").to_string()), "web-1's name resolves: {}", read("resolved"));
+    assert!(
+        read("resolved").starts_with(&pod_ip(&ns, "web-1").to_string()),
+        "web-1's name resolves: {}",
+        read("resolved")
+    );
     let ports = agent.pod_ports(&ns, "web-0").expect("ports.json of web-0");
-    let metrics_base = ports.metrics_port.expect("RLHF_METRICS_PORT remapped").assigned;
+    let metrics_base = ports
+        .metrics_port
+        .expect("RLHF_METRICS_PORT remapped")
+        .assigned;
     let master_port = ports.master_port.expect("MASTER_PORT remapped").assigned;
     assert_eq!(ports.local_ranks, 2);
     assert_eq!(ports.forwards.len(), 2, "{ports:?}");
-    assert_eq!(read("env"), format!("{master_port} {metrics_base} web-0 {ip}"));
+    assert_eq!(
+        read("env"),
+        format!("{master_port} {metrics_base} web-0 {ip}")
+    );
     assert_ne!(master_port, 29500);
-    assert_eq!(read("web-1-master"), master_port.to_string(), "one MASTER_PORT per gang");
+    assert_eq!(
+        read("web-1-master"),
+        master_port.to_string(),
+        "one MASTER_PORT per gang"
+    );
     // The operator scrapes podIP:declared port, exactly as in a cluster.
     for (port, body) in [(9400, "rank0"), (9401, "rank1")] {
         let text = wait_until(&format!("{ip}:{port} to answer"), WAIT, || async move {
             // Until the server listens, the forwarder accepts and closes: an empty answer.
-            Ok(http_get(ip, port, "/metrics").await.ok().filter(|t| !t.is_empty()))
+            Ok(http_get(ip, port, "/metrics")
+                .await
+                .ok()
+                .filter(|t| !t.is_empty()))
         })
         .await;
-        assert!(text.starts_with("HTTP/1.0 200") && text.trim_end().ends_with(body), "{ip}:{port}: {text}");
+        assert!(
+            text.starts_with("HTTP/1.0 200") && text.trim_end().ends_with(body),
+            "{ip}:{port}: {text}"
+        );
     }
 
     // Deleting a pod stops its whole process group, its forwarders, and removes it.
     let pgid = agent.pod_process(&ns, "web-0").expect("pid of web-0");
     assert!(group_alive(pgid));
-    pods.delete("web-0", &DeleteParams::default()).await.unwrap();
+    pods.delete("web-0", &DeleteParams::default())
+        .await
+        .unwrap();
     wait_gone(&pods, "web-0", Duration::from_secs(10)).await;
     wait_group_gone(pgid, "web-0's processes to be gone").await;
-    assert!(http_get(ip, 9400, "/metrics").await.is_err(), "the forwarder is gone");
+    assert!(
+        http_get(ip, 9400, "/metrics").await.is_err(),
+        "the forwarder is gone"
+    );
 
     // A stopped process that ignores SIGTERM is killed after the grace period.
     wait_file(&data.join("stubborn")).await;
     let pgid = agent.pod_process(&ns, "stubborn").expect("pid of stubborn");
     killpg(Pid::from_raw(pgid), Signal::SIGSTOP).unwrap();
     let asked = std::time::Instant::now();
-    pods.delete("stubborn", &DeleteParams::default()).await.unwrap();
+    pods.delete("stubborn", &DeleteParams::default())
+        .await
+        .unwrap();
     wait_gone(&pods, "stubborn", Duration::from_secs(10)).await;
-    assert!(asked.elapsed() >= Duration::from_millis(1500), "waited for the grace period: {:?}", asked.elapsed());
+    assert!(
+        asked.elapsed() >= Duration::from_millis(1500),
+        "waited for the grace period: {:?}",
+        asked.elapsed()
+    );
     wait_group_gone(pgid, "stubborn's processes to be gone").await;
 
     // Finished pods are removed at once.
@@ -267,10 +398,19 @@ exec python3 -m http.server --bind 0.0.0.0 --directory r0 "$RLHF_METRICS_PORT""#
 
     let pid = agent.pid();
     drop(agent);
-    assert!(nix::sys::signal::kill(Pid::from_raw(pid as i32), None).is_err(), "the agent exits when dropped");
+    assert!(
+        nix::sys::signal::kill(Pid::from_raw(pid as i32), None).is_err(),
+        "the agent exits when dropped"
+    );
     // No pv-protection controller runs here, so its finalizer would keep the volume forever.
     let volumes = Api::<PersistentVolume>::all(client.clone());
-    let _ = volumes.patch(&pv, &PatchParams::default(), &Patch::Merge(json!({"metadata": {"finalizers": null}}))).await;
+    let _ = volumes
+        .patch(
+            &pv,
+            &PatchParams::default(),
+            &Patch::Merge(json!({"metadata": {"finalizers": null}})),
+        )
+        .await;
     let _ = volumes.delete(&pv, &DeleteParams::default()).await;
     let _ = std::fs::remove_dir_all(&work);
 }

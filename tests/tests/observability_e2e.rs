@@ -23,7 +23,10 @@ use rlhf_test_support::{OperatorProcess, TestCluster, wait_until};
 use serde_json::{Value, json};
 
 fn now() -> f64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).expect("after 1970").as_secs_f64()
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .expect("after 1970")
+        .as_secs_f64()
 }
 
 /// Prometheus: the operator by address; trainer processes from a file_sd file that
@@ -72,7 +75,9 @@ async fn discover_trainer_pods(client: kube::Client, ns: String, file: std::path
 /// Every PromQL expression of the dashboard (rows' panels included), with its panel title.
 fn dashboard_queries() -> Vec<(String, String)> {
     let path = chart::chart_dir().join("dashboards/rlhf.json");
-    let dashboard: Value = serde_json::from_str(&std::fs::read_to_string(&path).expect("the dashboard")).expect("dashboard JSON");
+    let dashboard: Value =
+        serde_json::from_str(&std::fs::read_to_string(&path).expect("the dashboard"))
+            .expect("dashboard JSON");
     fn walk(panels: &Value, out: &mut Vec<(String, String)>) {
         for panel in panels.as_array().into_iter().flatten() {
             let title = panel["title"].as_str().unwrap_or_default().to_string();
@@ -91,41 +96,93 @@ fn dashboard_queries() -> Vec<(String, String)> {
 
 /// Grafana's variables as a dashboard user would pick them for this job.
 fn substitute(expr: &str, ns: &str, job: &str) -> String {
-    expr.replace("$__rate_interval", "1m").replace("$__interval", "10s").replace("$__range", "5m").replace("${namespace}", ns).replace("$namespace", ns).replace("${rlhf_job}", job).replace("$rlhf_job", job)
+    expr.replace("$__rate_interval", "1m")
+        .replace("$__interval", "10s")
+        .replace("$__range", "5m")
+        .replace("${namespace}", ns)
+        .replace("$namespace", ns)
+        .replace("${rlhf_job}", job)
+        .replace("$rlhf_job", job)
 }
 
 #[tokio::test]
 async fn the_charts_operator_trains_under_rbac_and_every_dashboard_query_has_data() {
     let cluster = TestCluster::connect().await;
     let ns = cluster.namespace("obs").await;
-    let dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("e2e").join(&ns);
+    let dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR"))
+        .join("e2e")
+        .join(&ns);
     std::fs::create_dir_all(&dir).unwrap();
 
     // The chart's objects, as `helm install` would create them (the CRD is already installed; the
     // Deployment's image cannot run without a container runtime, so its operator runs as a
     // process with the same ServiceAccount; no prometheus-operator CRDs here).
     let docs = chart::render(&ns, &ns, None).expect("rendering the chart");
-    let skip = ["CustomResourceDefinition", "Deployment", "ServiceMonitor", "PodMonitor"];
-    let objects: Vec<&serde_yaml::Value> = docs.iter().filter(|d| !skip.contains(&chart::kind(d))).collect();
-    let stream: String = objects.iter().map(|d| format!("---\n{}", serde_yaml::to_string(d).unwrap())).collect();
-    let (ok, out) = cluster.kubectl(&["apply", "-n", &ns, "-f", "-"], &stream).await;
+    let skip = [
+        "CustomResourceDefinition",
+        "Deployment",
+        "ServiceMonitor",
+        "PodMonitor",
+    ];
+    let objects: Vec<&serde_yaml::Value> = docs
+        .iter()
+        .filter(|d| !skip.contains(&chart::kind(d)))
+        .collect();
+    let stream: String = objects
+        .iter()
+        .map(|d| format!("---\n{}", serde_yaml::to_string(d).unwrap()))
+        .collect();
+    let (ok, out) = cluster
+        .kubectl(&["apply", "-n", &ns, "-f", "-"], &stream)
+        .await;
     assert!(ok, "applying the chart's objects: {out}");
-    let account = docs.iter().find(|d| chart::kind(d) == "ServiceAccount").and_then(|d| d["metadata"]["name"].as_str()).expect("the chart's ServiceAccount");
-    let role_name = docs.iter().find(|d| chart::kind(d) == "ClusterRole").and_then(|d| d["metadata"]["name"].as_str()).expect("the chart's ClusterRole").to_string();
-    let kubeconfig = cluster.kubeconfig_for_service_account(&ns, account, &dir.join("operator.kubeconfig")).await.expect("a kubeconfig for the ServiceAccount");
+    let account = docs
+        .iter()
+        .find(|d| chart::kind(d) == "ServiceAccount")
+        .and_then(|d| d["metadata"]["name"].as_str())
+        .expect("the chart's ServiceAccount");
+    let role_name = docs
+        .iter()
+        .find(|d| chart::kind(d) == "ClusterRole")
+        .and_then(|d| d["metadata"]["name"].as_str())
+        .expect("the chart's ClusterRole")
+        .to_string();
+    let kubeconfig = cluster
+        .kubeconfig_for_service_account(&ns, account, &dir.join("operator.kubeconfig"))
+        .await
+        .expect("a kubeconfig for the ServiceAccount");
 
-    let agent = NodeAgentProcess::start(&cluster.kubeconfig, &dir.join("agent"), 1, 2, &ns, &[(POOL_LABEL, &ns)]);
+    let agent = NodeAgentProcess::start(
+        &cluster.kubeconfig,
+        &dir.join("agent"),
+        1,
+        2,
+        &ns,
+        &[(POOL_LABEL, &ns)],
+    );
     agent.wait_ready(&cluster.client).await;
     let mut operator = OperatorProcess::start(&kubeconfig, &ns);
-    let operator_addr = wait_until("the operator's metrics address in its log", Duration::from_secs(30), || {
-        let addr = operator.metrics_addr();
-        async move { Ok(addr) }
-    })
+    let operator_addr = wait_until(
+        "the operator's metrics address in its log",
+        Duration::from_secs(30),
+        || {
+            let addr = operator.metrics_addr();
+            async move { Ok(addr) }
+        },
+    )
     .await;
     let targets = dir.join("trainer-targets.json");
     std::fs::write(&targets, "[]").unwrap();
-    let discovery = tokio::spawn(discover_trainer_pods(cluster.client.clone(), ns.clone(), targets.clone()));
-    let prometheus = PrometheusProcess::start(&dir.join("prometheus"), &prometheus_config(&operator_addr, &targets)).await;
+    let discovery = tokio::spawn(discover_trainer_pods(
+        cluster.client.clone(),
+        ns.clone(),
+        targets.clone(),
+    ));
+    let prometheus = PrometheusProcess::start(
+        &dir.join("prometheus"),
+        &prometheus_config(&operator_addr, &targets),
+    )
+    .await;
 
     // A pipeline with all three kinds (so every trainer metric exists), 2 local ranks per pod, and
     // one killed PPO process (so a gang restart is counted).
@@ -145,19 +202,48 @@ async fn the_charts_operator_trains_under_rbac_and_every_dashboard_query_has_dat
     manifest["spec"]["nodeSelector"] = json!({POOL_LABEL: ns});
     reserve_storage(&cluster.client, &ns, job, &scene_storage).await;
     let started = now();
-    let (ok, out) = cluster.kubectl(&["apply", "-n", &ns, "-f", "-"], &manifest.to_string()).await;
+    let (ok, out) = cluster
+        .kubectl(&["apply", "-n", &ns, "-f", "-"], &manifest.to_string())
+        .await;
     assert!(ok, "{out}");
 
-    let status_of = |what: &'static str, timeout: Duration, check: fn(&rlhf_operator::crd::RLHFJobStatus) -> bool| {
+    let status_of = |what: &'static str,
+                     timeout: Duration,
+                     check: fn(&rlhf_operator::crd::RLHFJobStatus) -> bool| {
         common::wait_for_status_within(&cluster.client, &ns, job, what, timeout, check)
     };
-    status_of("ppo running", Duration::from_secs(300), |s| common::stage_phase(s, "ppo") == Some(StagePhase::Running)).await;
-    wait_for_step(&scene_storage.join(&ns).join(job).join("ppo"), 6, Duration::from_secs(300)).await;
-    let pgid = agent.pod_process(&ns, &format!("{job}-ppo-0")).expect("ppo's process");
-    nix::sys::signal::killpg(nix::unistd::Pid::from_raw(pgid), Signal::SIGKILL).expect("killing ppo");
-    let done = status_of("finished", Duration::from_secs(600), |s| matches!(s.phase, Some(JobPhase::Succeeded | JobPhase::Failed))).await;
-    assert_eq!(done.phase, Some(JobPhase::Succeeded), "under the chart's RBAC: {done:?}\noperator log: {}", operator.log_text());
-    assert_eq!(done.stages.iter().find(|s| s.name == "ppo").map(|s| s.restarts), Some(1));
+    status_of("ppo running", Duration::from_secs(300), |s| {
+        common::stage_phase(s, "ppo") == Some(StagePhase::Running)
+    })
+    .await;
+    wait_for_step(
+        &scene_storage.join(&ns).join(job).join("ppo"),
+        6,
+        Duration::from_secs(300),
+    )
+    .await;
+    let pgid = agent
+        .pod_process(&ns, &format!("{job}-ppo-0"))
+        .expect("ppo's process");
+    nix::sys::signal::killpg(nix::unistd::Pid::from_raw(pgid), Signal::SIGKILL)
+        .expect("killing ppo");
+    let done = status_of("finished", Duration::from_secs(600), |s| {
+        matches!(s.phase, Some(JobPhase::Succeeded | JobPhase::Failed))
+    })
+    .await;
+    assert_eq!(
+        done.phase,
+        Some(JobPhase::Succeeded),
+        "under the chart's RBAC: {done:?}\noperator log: {}",
+        operator.log_text()
+    );
+    assert_eq!(
+        done.stages
+            .iter()
+            .find(|s| s.name == "ppo")
+            .map(|s| s.restarts),
+        Some(1)
+    );
     tokio::time::sleep(Duration::from_secs(6)).await; // a few more scrapes of the operator
     let ended = now();
     discovery.abort();
@@ -165,10 +251,17 @@ async fn the_charts_operator_trains_under_rbac_and_every_dashboard_query_has_dat
     // Every trainer metric of ARCHITECTURE.md was scraped, with its labels.
     let names = prometheus.metric_names().expect("metric names");
     for metric in chart::TRAINER_METRICS {
-        assert!(names.iter().any(|n| n == metric), "{metric} was not scraped; targets: {}", prometheus.targets());
+        assert!(
+            names.iter().any(|n| n == metric),
+            "{metric} was not scraped; targets: {}",
+            prometheus.targets()
+        );
     }
     let step = prometheus.query_range(&format!("rlhf_trainer_step{{namespace=\"{ns}\",rlhf_job=\"{job}\",stage=\"ppo\",rank=\"1\"}}"), started, ended, "2s").unwrap();
-    assert!(!step.is_empty(), "rank 1's step, labelled per ARCHITECTURE.md");
+    assert!(
+        !step.is_empty(),
+        "rank 1's step, labelled per ARCHITECTURE.md"
+    );
     // Every dashboard query returns data for this job.
     let queries = dashboard_queries();
     assert!(queries.len() >= 15, "{} queries", queries.len());
@@ -181,7 +274,11 @@ async fn the_charts_operator_trains_under_rbac_and_every_dashboard_query_has_dat
             Err(e) => empty.push(format!("{title}: {e}")),
         }
     }
-    assert!(empty.is_empty(), "dashboard queries without data:\n{}", empty.join("\n"));
+    assert!(
+        empty.is_empty(),
+        "dashboard queries without data:\n{}",
+        empty.join("\n")
+    );
 
     // Take away pod creation: the next job fails visibly, and the operator keeps running.
     let roles: Api<ClusterRole> = Api::all(cluster.client.clone());
@@ -191,25 +288,53 @@ async fn the_charts_operator_trains_under_rbac_and_every_dashboard_query_has_dat
             rule.verbs.retain(|v| v != "create");
         }
     }
-    roles.patch(&role_name, &PatchParams::default(), &Patch::Merge(json!({"rules": role.rules}))).await.unwrap();
+    roles
+        .patch(
+            &role_name,
+            &PatchParams::default(),
+            &Patch::Merge(json!({"rules": role.rules})),
+        )
+        .await
+        .unwrap();
     let mut second = manifest.clone();
     second["metadata"]["name"] = json!("denied");
     second["spec"]["scheduling"] = json!({"gang": "none"});
-    let (ok, out) = cluster.kubectl(&["apply", "-n", &ns, "-f", "-"], &second.to_string()).await;
+    let (ok, out) = cluster
+        .kubectl(&["apply", "-n", &ns, "-f", "-"], &second.to_string())
+        .await;
     assert!(ok, "{out}");
     let metrics_url = format!("http://{operator_addr}/metrics");
-    wait_until("a forbidden reconcile error in the operator's metrics", Duration::from_secs(60), || {
-        let url = metrics_url.clone();
-        async move {
-            let text = std::process::Command::new("curl").args(["-sf", &url]).output().map_err(|e| e.to_string())?.stdout;
-            let text = String::from_utf8_lossy(&text).into_owned();
-            let forbidden = text.lines().find(|l| l.starts_with("rlhf_operator_reconcile_errors_total{category=\"forbidden\"}"));
-            Ok(forbidden.and_then(|l| l.rsplit(' ').next()?.parse::<f64>().ok()).filter(|n| *n >= 1.0).map(|_| ()))
-        }
-    })
+    wait_until(
+        "a forbidden reconcile error in the operator's metrics",
+        Duration::from_secs(60),
+        || {
+            let url = metrics_url.clone();
+            async move {
+                let text = std::process::Command::new("curl")
+                    .args(["-sf", &url])
+                    .output()
+                    .map_err(|e| e.to_string())?
+                    .stdout;
+                let text = String::from_utf8_lossy(&text).into_owned();
+                let forbidden = text.lines().find(|l| {
+                    l.starts_with("rlhf_operator_reconcile_errors_total{category=\"forbidden\"}")
+                });
+                Ok(forbidden
+                    .and_then(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+                    .filter(|n| *n >= 1.0)
+                    .map(|_| ()))
+            }
+        },
+    )
     .await;
     let log = operator.log_text();
-    assert!(log.contains("forbidden") && log.contains("pods"), "the log names the refused request:\n{log}");
+    assert!(
+        log.contains("forbidden") && log.contains("pods"),
+        "the log names the refused request:\n{log}"
+    );
     tokio::time::sleep(Duration::from_secs(5)).await;
-    assert!(operator.is_running(), "the operator keeps running (no crash loop)");
+    assert!(
+        operator.is_running(),
+        "the operator keeps running (no crash loop)"
+    );
 }

@@ -39,10 +39,19 @@ fn assert_owned_by_job(group: &DynamicObject, job: &str, uid: &str) {
     assert_eq!(owners.len(), 1, "{owners:?}");
     let owner = &owners[0];
     assert_eq!(
-        (owner.api_version.as_str(), owner.kind.as_str(), owner.name.as_str(), owner.uid.as_str(), owner.controller),
+        (
+            owner.api_version.as_str(),
+            owner.kind.as_str(),
+            owner.name.as_str(),
+            owner.uid.as_str(),
+            owner.controller
+        ),
         ("rlhf.dev/v1alpha1", "RLHFJob", job, uid, Some(true))
     );
-    assert_eq!(group.labels().get("rlhf.dev/job").map(String::as_str), Some(job));
+    assert_eq!(
+        group.labels().get("rlhf.dev/job").map(String::as_str),
+        Some(job)
+    );
 }
 
 fn scheduler_of(pod: &Pod) -> Option<&str> {
@@ -50,7 +59,12 @@ fn scheduler_of(pod: &Pod) -> Option<&str> {
 }
 
 async fn job_uid(client: &Client, ns: &str, job: &str) -> String {
-    jobs(client, ns).get(job).await.expect("the job exists").uid().expect("a stored job has a uid")
+    jobs(client, ns)
+        .get(job)
+        .await
+        .expect("the job exists")
+        .uid()
+        .expect("a stored job has a uid")
 }
 
 /// A two-node, two-GPU pipeline (sft + rm, then ppo) with `scheduling` and CPU/memory requests.
@@ -104,13 +118,27 @@ fn cases() -> [Case; 2] {
 
 /// Applies the case's job and checks the PodGroups and pods of its two launched stages.
 async fn check_case(scene: &Scene, case: &Case) -> Api<DynamicObject> {
-    let Scene { cluster, client, ns, .. } = scene;
-    let (ok, out) = kubectl_apply(cluster, ns, &job_manifest(case.job, case.scheduling.clone())).await;
+    let Scene {
+        cluster,
+        client,
+        ns,
+        ..
+    } = scene;
+    let (ok, out) = kubectl_apply(
+        cluster,
+        ns,
+        &job_manifest(case.job, case.scheduling.clone()),
+    )
+    .await;
     assert!(ok, "kubectl apply: {out}");
     let uid = job_uid(client, ns, case.job).await;
     let api = pod_groups(client, ns, case.group, case.version);
     let mut expected = json!({"minMember": 2, "minResources": gang_resources()});
-    for (k, v) in case.extra_spec.as_object().expect("extra spec is an object") {
+    for (k, v) in case
+        .extra_spec
+        .as_object()
+        .expect("extra spec is an object")
+    {
         expected[k] = v.clone();
     }
     let (key, is_label) = case.member_key;
@@ -120,10 +148,23 @@ async fn check_case(scene: &Scene, case: &Case) -> Api<DynamicObject> {
         assert_owned_by_job(&group, case.job, &uid);
         assert_eq!(group.data["spec"], expected, "spec of PodGroup {name}");
         for pod in wait_for_pods(client, ns, case.job, stage, 2).await {
-            assert_eq!(scheduler_of(&pod), Some(case.scheduler_name), "schedulerName of {}", pod.name_any());
-            let (marked, other) = if is_label { (pod.labels(), pod.annotations()) } else { (pod.annotations(), pod.labels()) };
+            assert_eq!(
+                scheduler_of(&pod),
+                Some(case.scheduler_name),
+                "schedulerName of {}",
+                pod.name_any()
+            );
+            let (marked, other) = if is_label {
+                (pod.labels(), pod.annotations())
+            } else {
+                (pod.annotations(), pod.labels())
+            };
             assert_eq!(marked.get(key), Some(&name), "{key} of {}", pod.name_any());
-            assert!(!other.contains_key(key), "{key} of {} in the wrong map", pod.name_any());
+            assert!(
+                !other.contains_key(key),
+                "{key} of {} in the wrong map",
+                pod.name_any()
+            );
         }
     }
     api
@@ -132,7 +173,11 @@ async fn check_case(scene: &Scene, case: &Case) -> Api<DynamicObject> {
 #[tokio::test]
 async fn batch_scheduled_gangs_get_pod_groups_and_pods_addressed_to_their_scheduler() {
     let scene = scene("podgroups").await;
-    scene.cluster.install_pod_group_crds().await.expect("installing the PodGroup CRDs");
+    scene
+        .cluster
+        .install_pod_group_crds()
+        .await
+        .expect("installing the PodGroup CRDs");
     let [volcano_case, coscheduling_case] = cases();
     // Volcano: PodGroup with the queue; pods name it in an annotation.
     let volcano = check_case(&scene, &volcano_case).await;
@@ -143,31 +188,74 @@ async fn batch_scheduled_gangs_get_pod_groups_and_pods_addressed_to_their_schedu
     // Each job's groups live in its scheduler's API only, and only for launched stages:
     // ppo waits for sft and rm, which never run here (no scheduler binds their pods).
     tokio::time::sleep(Duration::from_secs(2)).await;
-    let names = |groups: Vec<DynamicObject>| groups.iter().map(ResourceExt::name_any).collect::<Vec<_>>();
+    let names =
+        |groups: Vec<DynamicObject>| groups.iter().map(ResourceExt::name_any).collect::<Vec<_>>();
     let listed = |api: &Api<DynamicObject>| {
         let api = api.clone();
-        async move { api.list(&Default::default()).await.expect("listing PodGroups").items }
+        async move {
+            api.list(&Default::default())
+                .await
+                .expect("listing PodGroups")
+                .items
+        }
     };
     let mut in_volcano = names(listed(&volcano).await);
     let mut in_coscheduling = names(listed(&coscheduling).await);
     in_volcano.sort();
     in_coscheduling.sort();
-    assert_eq!((in_volcano, in_coscheduling), (vec!["vc-rm".to_string(), "vc-sft".into()], vec!["cs-rm".to_string(), "cs-sft".into()]));
+    assert_eq!(
+        (in_volcano, in_coscheduling),
+        (
+            vec!["vc-rm".to_string(), "vc-sft".into()],
+            vec!["cs-rm".to_string(), "cs-sft".into()]
+        )
+    );
     let phases: BTreeMap<String, Option<String>> = list_labelled::<Pod>(client, ns, "rlhf.dev/job")
         .await
         .into_iter()
         .map(|p| (p.name_any(), p.status.and_then(|s| s.phase)))
         .collect();
-    assert!(phases.values().all(|p| p.as_deref() == Some("Pending")), "{phases:?}");
+    assert!(
+        phases.values().all(|p| p.as_deref() == Some("Pending")),
+        "{phases:?}"
+    );
 
     // A stage removed from the spec takes its PodGroup with it; the others stay.
     let remove_rm_and_ppo = r#"[{"op": "remove", "path": "/spec/stages/2"}, {"op": "remove", "path": "/spec/stages/1"}]"#;
-    let (ok, out) = scene.cluster.kubectl(&["patch", "rlhfjob", "vc", "-n", ns, "--type=json", "-p", remove_rm_and_ppo], "").await;
+    let (ok, out) = scene
+        .cluster
+        .kubectl(
+            &[
+                "patch",
+                "rlhfjob",
+                "vc",
+                "-n",
+                ns,
+                "--type=json",
+                "-p",
+                remove_rm_and_ppo,
+            ],
+            "",
+        )
+        .await;
     assert!(ok, "kubectl patch: {out}");
     wait_until("vc-rm's PodGroup deleted", WAIT, || {
         let volcano = volcano.clone();
-        async move { volcano.get_opt("vc-rm").await.map(|g| g.is_none().then_some(())).map_err(|e| e.to_string()) }
+        async move {
+            volcano
+                .get_opt("vc-rm")
+                .await
+                .map(|g| g.is_none().then_some(()))
+                .map_err(|e| e.to_string())
+        }
     })
     .await;
-    assert!(volcano.get_opt("vc-sft").await.expect("reading vc-sft").is_some(), "the remaining stage's PodGroup went too");
+    assert!(
+        volcano
+            .get_opt("vc-sft")
+            .await
+            .expect("reading vc-sft")
+            .is_some(),
+        "the remaining stage's PodGroup went too"
+    );
 }

@@ -19,7 +19,11 @@ const PIPELINE_TIMEOUT: Duration = Duration::from_secs(600);
 const STAGE_TIMEOUT: Duration = Duration::from_secs(300);
 
 fn restarts(status: &rlhf_operator::crd::RLHFJobStatus, name: &str) -> Option<u32> {
-    status.stages.iter().find(|s| s.name == name).map(|s| s.restarts)
+    status
+        .stages
+        .iter()
+        .find(|s| s.name == name)
+        .map(|s| s.restarts)
 }
 
 #[tokio::test]
@@ -29,35 +33,86 @@ async fn the_quickstart_pipeline_trains_to_success_and_its_reward_improves() {
 
     // SFT and RM start together (both gangs exist at once), PPO only after both succeeded.
     let status = scene
-        .wait_for("quickstart", "sft and rm running together", STAGE_TIMEOUT, |s| {
-            s.stages.iter().filter(|st| ["sft", "rm"].contains(&st.name.as_str()) && st.phase == StagePhase::Running).count() == 2
-                || s.stages.iter().any(|st| st.phase == StagePhase::Succeeded)
-        })
+        .wait_for(
+            "quickstart",
+            "sft and rm running together",
+            STAGE_TIMEOUT,
+            |s| {
+                s.stages
+                    .iter()
+                    .filter(|st| {
+                        ["sft", "rm"].contains(&st.name.as_str()) && st.phase == StagePhase::Running
+                    })
+                    .count()
+                    == 2
+                    || s.stages.iter().any(|st| st.phase == StagePhase::Succeeded)
+            },
+        )
         .await;
-    assert_eq!(stage(&status, "ppo").phase, StagePhase::Waiting, "{status:?}");
+    assert_eq!(
+        stage(&status, "ppo").phase,
+        StagePhase::Waiting,
+        "{status:?}"
+    );
     // The example's volume is ReadWriteOnce: the real scheduler put both gangs on one node
     // (2 nodes x 2 GPUs here, so spreading them was just as possible).
-    let nodes: BTreeSet<Option<String>> = scene.pods_of("quickstart").await.iter().map(|p| p.spec.as_ref().and_then(|s| s.node_name.clone())).collect();
-    assert!(nodes.len() == 1 && nodes.iter().all(Option::is_some), "sft and rm share a node: {nodes:?}");
-    let status = scene.wait_for("quickstart", "Succeeded", PIPELINE_TIMEOUT, |s| s.phase.is_some_and(|p| matches!(p, JobPhase::Succeeded | JobPhase::Failed))).await;
+    let nodes: BTreeSet<Option<String>> = scene
+        .pods_of("quickstart")
+        .await
+        .iter()
+        .map(|p| p.spec.as_ref().and_then(|s| s.node_name.clone()))
+        .collect();
+    assert!(
+        nodes.len() == 1 && nodes.iter().all(Option::is_some),
+        "sft and rm share a node: {nodes:?}"
+    );
+    let status = scene
+        .wait_for("quickstart", "Succeeded", PIPELINE_TIMEOUT, |s| {
+            s.phase
+                .is_some_and(|p| matches!(p, JobPhase::Succeeded | JobPhase::Failed))
+        })
+        .await;
     assert_eq!(status.phase, Some(JobPhase::Succeeded), "{status:?}");
-    let (sft, rm, ppo) = (stage(&status, "sft"), stage(&status, "rm"), stage(&status, "ppo"));
+    let (sft, rm, ppo) = (
+        stage(&status, "sft"),
+        stage(&status, "rm"),
+        stage(&status, "ppo"),
+    );
     assert!(ppo.start_time.as_ref().unwrap().0 >= sft.completion_time.as_ref().unwrap().0);
     assert!(ppo.start_time.as_ref().unwrap().0 >= rm.completion_time.as_ref().unwrap().0);
     // Progress came through the trainer's metrics endpoint into status.
-    let (first, last) = (ppo.first_reward.expect("a first PPO reward in status"), ppo.last_reward.expect("a last PPO reward"));
-    assert!(first != 0.0 && first.is_finite() && last.is_finite(), "PPO's training rewards in status: first {first}, last {last}");
+    let (first, last) = (
+        ppo.first_reward.expect("a first PPO reward in status"),
+        ppo.last_reward.expect("a last PPO reward"),
+    );
+    assert!(
+        first != 0.0 && first.is_finite() && last.is_finite(),
+        "PPO's training rewards in status: first {first}, last {last}"
+    );
     assert_eq!(status.last_reward, Some(last));
     // Training rewards are noisy rollouts; the held-out greedy reward the trainer logs before and
     // after PPO is the improvement that counts (deterministic per machine: 1.62 -> 4.28 on the CI machine).
-    let evals = logged_evals(&scene.stage_dir(&storage, "quickstart", "ppo"), "reward_mean");
-    assert!(evals.len() >= 2 && evals[evals.len() - 1] > evals[0] + 1.0, "held-out reward before/after PPO: {evals:?}");
+    let evals = logged_evals(
+        &scene.stage_dir(&storage, "quickstart", "ppo"),
+        "reward_mean",
+    );
+    assert!(
+        evals.len() >= 2 && evals[evals.len() - 1] > evals[0] + 1.0,
+        "held-out reward before/after PPO: {evals:?}"
+    );
     assert!(ppo.last_step.is_some_and(|s| s > 0) && sft.last_step.is_some());
     // The outputs are where the status says, on the job's volume.
     for st in [sft, rm, ppo] {
         let dir = scene.stage_dir(&storage, "quickstart", &st.name);
-        assert_eq!(st.output.as_deref(), Some(format!("/rlhf/{}/quickstart/{}", scene.ns, st.name).as_str()));
-        assert!(dir.join("model/model.safetensors").exists() || dir.join("model").is_dir(), "{} has the final model", dir.display());
+        assert_eq!(
+            st.output.as_deref(),
+            Some(format!("/rlhf/{}/quickstart/{}", scene.ns, st.name).as_str())
+        );
+        assert!(
+            dir.join("model/model.safetensors").exists() || dir.join("model").is_dir(),
+            "{} has the final model",
+            dir.display()
+        );
         assert_eq!(st.restarts, 0);
     }
 }
@@ -66,20 +121,53 @@ async fn the_quickstart_pipeline_trains_to_success_and_its_reward_improves() {
 async fn sft_then_a_two_rank_dpo_gang_succeeds_and_raises_the_preference_margin() {
     let scene = TrainingScene::start("e2e-dpo", 2, 1).await;
     let storage = scene.apply(example("dpo.yaml")).await;
-    let status = scene.wait_for("dpo", "finished", PIPELINE_TIMEOUT, |s| s.phase.is_some_and(|p| matches!(p, JobPhase::Succeeded | JobPhase::Failed))).await;
+    let status = scene
+        .wait_for("dpo", "finished", PIPELINE_TIMEOUT, |s| {
+            s.phase
+                .is_some_and(|p| matches!(p, JobPhase::Succeeded | JobPhase::Failed))
+        })
+        .await;
     assert_eq!(status.phase, Some(JobPhase::Succeeded), "{status:?}");
     let (sft, dpo) = (stage(&status, "sft"), stage(&status, "dpo"));
-    assert!(dpo.start_time.as_ref().unwrap().0 >= sft.completion_time.as_ref().unwrap().0, "dpo waits for sft by default");
+    assert!(
+        dpo.start_time.as_ref().unwrap().0 >= sft.completion_time.as_ref().unwrap().0,
+        "dpo waits for sft by default"
+    );
     // The dpo gang was two ranks of one world.
-    let dpo_pods: Vec<Pod> = scene.pods_of("dpo").await.into_iter().filter(|p| p.labels()["rlhf.dev/stage"] == "dpo").collect();
-    let worlds: Vec<Option<String>> = dpo_pods.iter().map(|p| env_value(p, "WORLD_SIZE")).collect();
-    assert_eq!(worlds, vec![Some("2".to_string()); 2], "{:?}", names(&dpo_pods));
+    let dpo_pods: Vec<Pod> = scene
+        .pods_of("dpo")
+        .await
+        .into_iter()
+        .filter(|p| p.labels()["rlhf.dev/stage"] == "dpo")
+        .collect();
+    let worlds: Vec<Option<String>> = dpo_pods
+        .iter()
+        .map(|p| env_value(p, "WORLD_SIZE"))
+        .collect();
+    assert_eq!(
+        worlds,
+        vec![Some("2".to_string()); 2],
+        "{:?}",
+        names(&dpo_pods)
+    );
     // Policy = reference at the start (margin 0); DPO prefers the copied answers afterwards.
     let dpo_dir = scene.stage_dir(&storage, "dpo", "dpo");
-    let (margins, wins) = (logged_evals(&dpo_dir, "margin"), logged_evals(&dpo_dir, "win_rate"));
-    assert!(margins.len() == 2 && margins[0].abs() < 1e-6 && margins[1] > 0.1, "held-out DPO margin before/after: {margins:?}");
-    assert!(wins.last().is_some_and(|w| *w > 0.6), "held-out share of pairs preferred: {wins:?}");
-    assert!(dpo_dir.join("model").is_dir(), "the DPO model is on the volume");
+    let (margins, wins) = (
+        logged_evals(&dpo_dir, "margin"),
+        logged_evals(&dpo_dir, "win_rate"),
+    );
+    assert!(
+        margins.len() == 2 && margins[0].abs() < 1e-6 && margins[1] > 0.1,
+        "held-out DPO margin before/after: {margins:?}"
+    );
+    assert!(
+        wins.last().is_some_and(|w| *w > 0.6),
+        "held-out share of pairs preferred: {wins:?}"
+    );
+    assert!(
+        dpo_dir.join("model").is_dir(),
+        "the DPO model is on the volume"
+    );
     assert_eq!(assert_each_step_once(&dpo_dir), 40);
 }
 
@@ -106,8 +194,17 @@ async fn a_killed_rank_restarts_the_whole_zero2_gang_which_resumes_and_succeeds(
     let storage = scene.apply(manifest).await;
     let ppo_dir = scene.stage_dir(&storage, "zero2", "ppo");
 
-    scene.wait_for("zero2", "ppo running on 2 pods", STAGE_TIMEOUT, |s| stage_phase(s, "ppo") == Some(StagePhase::Running)).await;
-    let gang = scene.pods_of("zero2").await.into_iter().filter(|p| p.labels()["rlhf.dev/stage"] == "ppo").collect::<Vec<_>>();
+    scene
+        .wait_for("zero2", "ppo running on 2 pods", STAGE_TIMEOUT, |s| {
+            stage_phase(s, "ppo") == Some(StagePhase::Running)
+        })
+        .await;
+    let gang = scene
+        .pods_of("zero2")
+        .await
+        .into_iter()
+        .filter(|p| p.labels()["rlhf.dev/stage"] == "ppo")
+        .collect::<Vec<_>>();
     assert_eq!(gang.len(), 2, "{:?}", names(&gang));
     for p in &gang {
         assert_eq!(env_value(p, "WORLD_SIZE").as_deref(), Some("2"));
@@ -115,17 +212,41 @@ async fn a_killed_rank_restarts_the_whole_zero2_gang_which_resumes_and_succeeds(
     // Past the first checkpoint (step 4), kill rank 1's trainer like an OOM kill would.
     wait_for_step(&ppo_dir, 6, STAGE_TIMEOUT).await;
     scene.signal_pod("zero2-ppo-1", Signal::SIGKILL);
-    let restarting = scene.wait_for("zero2", "a gang restart", Duration::from_secs(60), |s| restarts(s, "ppo") == Some(1)).await;
-    let message = stage(&restarting, "ppo").message.clone().unwrap_or_default();
-    assert!(message.contains("zero2-ppo-1") && message.contains("exit code 137"), "{message}");
+    let restarting = scene
+        .wait_for("zero2", "a gang restart", Duration::from_secs(60), |s| {
+            restarts(s, "ppo") == Some(1)
+        })
+        .await;
+    let message = stage(&restarting, "ppo")
+        .message
+        .clone()
+        .unwrap_or_default();
+    assert!(
+        message.contains("zero2-ppo-1") && message.contains("exit code 137"),
+        "{message}"
+    );
 
-    let done = scene.wait_for("zero2", "finished", PIPELINE_TIMEOUT, |s| s.phase.is_some_and(|p| matches!(p, JobPhase::Succeeded | JobPhase::Failed))).await;
+    let done = scene
+        .wait_for("zero2", "finished", PIPELINE_TIMEOUT, |s| {
+            s.phase
+                .is_some_and(|p| matches!(p, JobPhase::Succeeded | JobPhase::Failed))
+        })
+        .await;
     assert_eq!(done.phase, Some(JobPhase::Succeeded), "{done:?}");
     let ppo = stage(&done, "ppo");
-    assert_eq!((ppo.restarts, ppo.gang_generation), (1, 1), "exactly one whole-gang restart");
+    assert_eq!(
+        (ppo.restarts, ppo.gang_generation),
+        (1, 1),
+        "exactly one whole-gang restart"
+    );
     // Both pods of the final gang are generation 1: rank 0 was restarted too, not just rank 1.
-    let generations: BTreeSet<String> =
-        scene.pods_of("zero2").await.iter().filter(|p| p.labels()["rlhf.dev/stage"] == "ppo").map(|p| p.labels()["rlhf.dev/gang-generation"].clone()).collect();
+    let generations: BTreeSet<String> = scene
+        .pods_of("zero2")
+        .await
+        .iter()
+        .filter(|p| p.labels()["rlhf.dev/stage"] == "ppo")
+        .map(|p| p.labels()["rlhf.dev/gang-generation"].clone())
+        .collect();
     assert_eq!(generations, BTreeSet::from(["1".to_string()]));
     // It resumed from the checkpoint: every step logged exactly once, none lost, none repeated.
     assert_eq!(assert_each_step_once(&ppo_dir), 24);
@@ -142,12 +263,29 @@ async fn competing_jobs_never_hold_a_partial_gang_and_the_second_runs_after_the_
     // 3 GPUs; each job's gang needs 2 of them.
     let scene = TrainingScene::start("e2e-queue", 3, 1).await;
     scene.apply(sft_job("first", 2, 30)).await;
-    scene.wait_for("first", "admitted", STAGE_TIMEOUT, |s| matches!(stage_phase(s, "sft"), Some(StagePhase::Pending | StagePhase::Running))).await;
+    scene
+        .wait_for("first", "admitted", STAGE_TIMEOUT, |s| {
+            matches!(
+                stage_phase(s, "sft"),
+                Some(StagePhase::Pending | StagePhase::Running)
+            )
+        })
+        .await;
     scene.apply(sft_job("second", 2, 10)).await;
-    let queued = scene.wait_for("second", "queued", Duration::from_secs(60), |s| stage_phase(s, "sft") == Some(StagePhase::Queued)).await;
+    let queued = scene
+        .wait_for("second", "queued", Duration::from_secs(60), |s| {
+            stage_phase(s, "sft") == Some(StagePhase::Queued)
+        })
+        .await;
     assert_eq!(queued.phase, Some(JobPhase::Queued));
-    let why = condition(&queued, "Queued").expect("a Queued condition").message.clone();
-    assert!(why.contains("position 1") && why.contains("needs 2 pods x 1 GPUs; 1 of 3 GPUs free"), "{why}");
+    let why = condition(&queued, "Queued")
+        .expect("a Queued condition")
+        .message
+        .clone();
+    assert!(
+        why.contains("position 1") && why.contains("needs 2 pods x 1 GPUs; 1 of 3 GPUs free"),
+        "{why}"
+    );
 
     // Never more GPUs held than exist, never two pods on one 1-GPU node, never a partial gang.
     // The second job may start as soon as enough of the first gang's pods have terminated (rank 1
@@ -158,23 +296,55 @@ async fn competing_jobs_never_hold_a_partial_gang_and_the_second_runs_after_the_
     loop {
         let second = scene.pods_of("second").await;
         let first_pods = scene.pods_of("first").await;
-        let first = jobs(&scene.client, &scene.ns).get("first").await.unwrap().status.unwrap_or_default();
-        let first_done = first.phase.is_some_and(|p| matches!(p, JobPhase::Succeeded | JobPhase::Failed));
-        assert!(second.is_empty() || second.len() == 2, "a partial gang: {:?}", names(&second));
-        let holding: Vec<Pod> = second.into_iter().chain(first_pods).filter(holds_its_gpus).collect();
-        let bound: Vec<String> = holding.iter().filter_map(|p| p.spec.as_ref()?.node_name.clone()).collect();
+        let first = jobs(&scene.client, &scene.ns)
+            .get("first")
+            .await
+            .unwrap()
+            .status
+            .unwrap_or_default();
+        let first_done = first
+            .phase
+            .is_some_and(|p| matches!(p, JobPhase::Succeeded | JobPhase::Failed));
+        assert!(
+            second.is_empty() || second.len() == 2,
+            "a partial gang: {:?}",
+            names(&second)
+        );
+        let holding: Vec<Pod> = second
+            .into_iter()
+            .chain(first_pods)
+            .filter(holds_its_gpus)
+            .collect();
+        let bound: Vec<String> = holding
+            .iter()
+            .filter_map(|p| p.spec.as_ref()?.node_name.clone())
+            .collect();
         let distinct: BTreeSet<&String> = bound.iter().collect();
-        assert!(holding.len() <= 3 && distinct.len() == bound.len(), "GPUs oversubscribed: {:?} on {bound:?}", names(&holding));
+        assert!(
+            holding.len() <= 3 && distinct.len() == bound.len(),
+            "GPUs oversubscribed: {:?} on {bound:?}",
+            names(&holding)
+        );
         if first_done {
             assert_eq!(first.phase, Some(JobPhase::Succeeded));
             break;
         }
-        assert!(started.elapsed() < STAGE_TIMEOUT, "the first job did not finish");
+        assert!(
+            started.elapsed() < STAGE_TIMEOUT,
+            "the first job did not finish"
+        );
         tokio::time::sleep(Duration::from_millis(300)).await;
     }
-    let done = scene.wait_for("second", "Succeeded", STAGE_TIMEOUT, |s| s.phase == Some(JobPhase::Succeeded)).await;
+    let done = scene
+        .wait_for("second", "Succeeded", STAGE_TIMEOUT, |s| {
+            s.phase == Some(JobPhase::Succeeded)
+        })
+        .await;
     assert_eq!(stage(&done, "sft").restarts, 0);
-    assert_eq!(condition(&done, "Queued").map(|c| c.status.as_str()), Some("False"));
+    assert_eq!(
+        condition(&done, "Queued").map(|c| c.status.as_str()),
+        Some("False")
+    );
 }
 
 #[tokio::test]
@@ -185,27 +355,50 @@ async fn a_permanent_error_fails_the_stage_once_with_the_trainers_message() {
     let job = "bad-data";
     let storage = scene.storage_for(job).await;
     std::fs::create_dir_all(storage.join("data")).unwrap();
-    std::fs::write(storage.join("data/broken.jsonl"), "{\"prompt\": \"a\", \"response\": \"b\"}\n{not json\n").unwrap();
+    std::fs::write(
+        storage.join("data/broken.jsonl"),
+        "{\"prompt\": \"a\", \"response\": \"b\"}\n{not json\n",
+    )
+    .unwrap();
     manifest["spec"]["nodeSelector"] = json!({POOL_LABEL: scene.ns});
-    let (ok, out) = scene.cluster.kubectl(&["apply", "-n", &scene.ns, "-f", "-"], &manifest.to_string()).await;
+    let (ok, out) = scene
+        .cluster
+        .kubectl(
+            &["apply", "-n", &scene.ns, "-f", "-"],
+            &manifest.to_string(),
+        )
+        .await;
     assert!(ok, "{out}");
 
-    let failed = scene.wait_for(job, "Failed", STAGE_TIMEOUT, |s| s.phase == Some(JobPhase::Failed)).await;
+    let failed = scene
+        .wait_for(job, "Failed", STAGE_TIMEOUT, |s| {
+            s.phase == Some(JobPhase::Failed)
+        })
+        .await;
     let sft = stage(&failed, "sft");
     assert_eq!((sft.phase, sft.restarts), (StagePhase::Failed, 0));
     let why = condition(&failed, "Failed").unwrap().message.clone();
-    assert!(why.contains("exit code 2") && why.contains("broken.jsonl:2: not JSON"), "the trainer's message: {why}");
+    assert!(
+        why.contains("exit code 2") && why.contains("broken.jsonl:2: not JSON"),
+        "the trainer's message: {why}"
+    );
     // No retry: after well over the first backoff, still one pod of generation 0 and no restart.
     tokio::time::sleep(Duration::from_secs(8)).await;
     let pods = scene.pods_of(job).await;
     assert_eq!(pods.len(), 1, "{:?}", names(&pods));
     assert_eq!(pods[0].labels()["rlhf.dev/gang-generation"], "0");
-    let again = jobs(&scene.client, &scene.ns).get(job).await.unwrap().status.unwrap();
+    let again = jobs(&scene.client, &scene.ns)
+        .get(job)
+        .await
+        .unwrap()
+        .status
+        .unwrap();
     assert_eq!(stage(&again, "sft").restarts, 0);
 }
 
 #[tokio::test]
-async fn suspend_resumes_from_the_checkpoint_and_a_hung_rank_is_restarted_by_the_progress_deadline() {
+async fn suspend_resumes_from_the_checkpoint_and_a_hung_rank_is_restarted_by_the_progress_deadline()
+{
     let scene = TrainingScene::start("e2e-suspend", 1, 1).await;
     let job = "pausable";
     let mut manifest = sft_job(job, 1, 400);
@@ -218,26 +411,62 @@ async fn suspend_resumes_from_the_checkpoint_and_a_hung_rank_is_restarted_by_the
     // Suspend mid-stage (past a checkpoint): the pods go, the status says Suspended.
     wait_for_step(&dir, 12, STAGE_TIMEOUT).await;
     let suspend = |on: bool| json!({"spec": {"runPolicy": {"suspend": on}}});
-    jobs_api.patch(job, &PatchParams::default(), &Patch::Merge(suspend(true))).await.unwrap();
-    let suspended = scene.wait_for(job, "Suspended", Duration::from_secs(60), |s| s.phase == Some(JobPhase::Suspended)).await;
+    jobs_api
+        .patch(job, &PatchParams::default(), &Patch::Merge(suspend(true)))
+        .await
+        .unwrap();
+    let suspended = scene
+        .wait_for(job, "Suspended", Duration::from_secs(60), |s| {
+            s.phase == Some(JobPhase::Suspended)
+        })
+        .await;
     assert_eq!(stage(&suspended, "sft").phase, StagePhase::Suspended);
     wait_until_no_pods(&scene, job).await;
     let at_suspend = logged_steps(&dir).last().copied().unwrap();
     assert!(dir.join("checkpoints").is_dir(), "checkpoints are kept");
 
     // Resume: a new gang continues from the checkpoint.
-    jobs_api.patch(job, &PatchParams::default(), &Patch::Merge(suspend(false))).await.unwrap();
-    let resumed = scene.wait_for(job, "running again", Duration::from_secs(120), |s| stage_phase(s, "sft") == Some(StagePhase::Running)).await;
-    assert_eq!((stage(&resumed, "sft").gang_generation, stage(&resumed, "sft").restarts), (1, 0), "resuming is not a restart");
+    jobs_api
+        .patch(job, &PatchParams::default(), &Patch::Merge(suspend(false)))
+        .await
+        .unwrap();
+    let resumed = scene
+        .wait_for(job, "running again", Duration::from_secs(120), |s| {
+            stage_phase(s, "sft") == Some(StagePhase::Running)
+        })
+        .await;
+    assert_eq!(
+        (
+            stage(&resumed, "sft").gang_generation,
+            stage(&resumed, "sft").restarts
+        ),
+        (1, 0),
+        "resuming is not a restart"
+    );
     wait_for_step(&dir, at_suspend + 5, STAGE_TIMEOUT).await;
 
     // Freeze the trainer (a hung collective): it stops advancing without exiting.
     scene.signal_pod(&format!("{job}-sft-0"), Signal::SIGSTOP);
-    let restarted = scene.wait_for(job, "a restart by the progress deadline", Duration::from_secs(120), |s| restarts(s, "sft") == Some(1)).await;
+    let restarted = scene
+        .wait_for(
+            job,
+            "a restart by the progress deadline",
+            Duration::from_secs(120),
+            |s| restarts(s, "sft") == Some(1),
+        )
+        .await;
     let message = stage(&restarted, "sft").message.clone().unwrap_or_default();
-    assert!(message.contains("no progress for") && message.contains("progressDeadlineSeconds 20"), "{message}");
+    assert!(
+        message.contains("no progress for") && message.contains("progressDeadlineSeconds 20"),
+        "{message}"
+    );
 
-    let done = scene.wait_for(job, "Succeeded", PIPELINE_TIMEOUT, |s| s.phase.is_some_and(|p| matches!(p, JobPhase::Succeeded | JobPhase::Failed))).await;
+    let done = scene
+        .wait_for(job, "Succeeded", PIPELINE_TIMEOUT, |s| {
+            s.phase
+                .is_some_and(|p| matches!(p, JobPhase::Succeeded | JobPhase::Failed))
+        })
+        .await;
     assert_eq!(done.phase, Some(JobPhase::Succeeded), "{done:?}");
     assert_eq!(stage(&done, "sft").restarts, 1);
     let last = assert_each_step_once(&dir);
@@ -245,9 +474,13 @@ async fn suspend_resumes_from_the_checkpoint_and_a_hung_rank_is_restarted_by_the
 }
 
 async fn wait_until_no_pods(scene: &TrainingScene, job: &str) {
-    rlhf_test_support::wait_until(&format!("{job}'s pods to be deleted"), Duration::from_secs(60), || async {
-        let pods = scene.pods_of(job).await;
-        Ok(pods.is_empty().then_some(())).map_err(|e: String| e)
-    })
+    rlhf_test_support::wait_until(
+        &format!("{job}'s pods to be deleted"),
+        Duration::from_secs(60),
+        || async {
+            let pods = scene.pods_of(job).await;
+            Ok(pods.is_empty().then_some(())).map_err(|e: String| e)
+        },
+    )
     .await;
 }

@@ -18,9 +18,18 @@ pub struct SequenceBatch {
 
 /// Token ids of prompt + response (+ EOS), at most `max_length`: the prompt loses its start
 /// first, then the response its end.
-pub fn join(tok: &Tokenizer, prompt: &str, response: &str, max_length: usize) -> Result<(Vec<i64>, usize)> {
+pub fn join(
+    tok: &Tokenizer,
+    prompt: &str,
+    response: &str,
+    max_length: usize,
+) -> Result<(Vec<i64>, usize)> {
     let mut p: Vec<i64> = tok.encode(prompt)?.into_iter().map(i64::from).collect();
-    let mut r: Vec<i64> = tok.encode_continuation(response)?.into_iter().map(i64::from).collect();
+    let mut r: Vec<i64> = tok
+        .encode_continuation(response)?
+        .into_iter()
+        .map(i64::from)
+        .collect();
     r.extend(tok.eos_token_id.map(i64::from));
     r.truncate(max_length.saturating_sub(1).max(1));
     let room = max_length - r.len();
@@ -45,7 +54,11 @@ pub fn pad(rows: &[(Vec<i64>, usize)], pad_id: i64, device: Device) -> SequenceB
     }
     let shape = [rows.len() as i64, t as i64];
     let tensor = |v: Vec<i64>| Tensor::from_slice(&v).view(shape).to_device(device);
-    SequenceBatch { input_ids: tensor(ids), attention_mask: tensor(attn), loss_mask: tensor(learn).to_kind(Kind::Float) }
+    SequenceBatch {
+        input_ids: tensor(ids),
+        attention_mask: tensor(attn),
+        loss_mask: tensor(learn).to_kind(Kind::Float),
+    }
 }
 
 #[cfg(test)]
@@ -58,20 +71,42 @@ mod tests {
     fn join_ends_with_eos_and_truncates_the_prompt_first() {
         let tok = Tokenizer::load(&ResolvedTokenizer::Builtin(BuiltinTokenizer::Gpt2)).unwrap();
         let (ids, prompt_len) = join(&tok, "copy: cat dog =>", " cat dog.", 64).unwrap();
-        let prompt: Vec<i64> = tok.encode("copy: cat dog =>").unwrap().into_iter().map(i64::from).collect();
+        let prompt: Vec<i64> = tok
+            .encode("copy: cat dog =>")
+            .unwrap()
+            .into_iter()
+            .map(i64::from)
+            .collect();
         assert_eq!(&ids[..prompt_len], &prompt[..]);
         assert_eq!(*ids.last().unwrap(), 50256);
         let (short, short_prompt) = join(&tok, "copy: cat dog =>", " cat dog.", 6).unwrap();
         assert_eq!(short.len(), 6);
-        assert_eq!(&short[short_prompt..], &ids[prompt_len..], "the whole response survives");
-        assert_eq!(&short[..short_prompt], &prompt[prompt.len() - short_prompt..], "the prompt keeps its end");
+        assert_eq!(
+            &short[short_prompt..],
+            &ids[prompt_len..],
+            "the whole response survives"
+        );
+        assert_eq!(
+            &short[..short_prompt],
+            &prompt[prompt.len() - short_prompt..],
+            "the prompt keeps its end"
+        );
     }
 
     #[test]
     fn pads_right_and_marks_responses() {
         let b = pad(&[(vec![5, 6, 7], 2), (vec![8, 9], 1)], 0, Device::Cpu);
-        assert_eq!(Vec::<i64>::try_from(b.input_ids.view([-1])).unwrap(), [5, 6, 7, 8, 9, 0]);
-        assert_eq!(Vec::<i64>::try_from(b.attention_mask.view([-1])).unwrap(), [1, 1, 1, 1, 1, 0]);
-        assert_eq!(Vec::<f32>::try_from(b.loss_mask.view([-1])).unwrap(), [0.0, 0.0, 1.0, 0.0, 1.0, 0.0]);
+        assert_eq!(
+            Vec::<i64>::try_from(b.input_ids.view([-1])).unwrap(),
+            [5, 6, 7, 8, 9, 0]
+        );
+        assert_eq!(
+            Vec::<i64>::try_from(b.attention_mask.view([-1])).unwrap(),
+            [1, 1, 1, 1, 1, 0]
+        );
+        assert_eq!(
+            Vec::<f32>::try_from(b.loss_mask.view([-1])).unwrap(),
+            [0.0, 0.0, 1.0, 0.0, 1.0, 0.0]
+        );
     }
 }

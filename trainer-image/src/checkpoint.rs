@@ -60,11 +60,17 @@ fn parse_step(name: &str) -> Option<u64> {
 }
 
 fn sha256_hex(bytes: &[u8]) -> String {
-    Sha256::digest(bytes).iter().map(|b| format!("{b:02x}")).collect()
+    Sha256::digest(bytes)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
 }
 
 fn write_synced(path: &Path, bytes: &[u8]) -> Result<()> {
-    let io = |source| Error::Write { path: path.into(), source };
+    let io = |source| Error::Write {
+        path: path.into(),
+        source,
+    };
     let mut file = File::create(path).map_err(io)?;
     file.write_all(bytes).map_err(io)?;
     file.sync_all().map_err(io)
@@ -82,20 +88,41 @@ pub fn save(root: &Path, snap: &Snapshot) -> Result<PathBuf> {
     std::fs::create_dir_all(&partial).map_err(io(&partial))?;
     let tensors_path = partial.join(TENSORS);
     Tensor::write_safetensors(&snap.tensors, &tensors_path)?;
-    let tensor_bytes = std::fs::read(&tensors_path).map_err(|source| Error::Read { path: tensors_path.clone(), source })?;
-    File::open(&tensors_path).and_then(|f| f.sync_all()).map_err(io(&tensors_path))?;
+    let tensor_bytes = std::fs::read(&tensors_path).map_err(|source| Error::Read {
+        path: tensors_path.clone(),
+        source,
+    })?;
+    File::open(&tensors_path)
+        .and_then(|f| f.sync_all())
+        .map_err(io(&tensors_path))?;
     let state_bytes = serde_json::to_vec_pretty(&snap.state).expect("JSON values serialise");
     write_synced(&partial.join(STATE), &state_bytes)?;
     let files = [(TENSORS, &tensor_bytes), (STATE, &state_bytes)]
         .into_iter()
-        .map(|(name, bytes)| (name.to_string(), FileEntry { bytes: bytes.len() as u64, sha256: sha256_hex(bytes) }))
+        .map(|(name, bytes)| {
+            (
+                name.to_string(),
+                FileEntry {
+                    bytes: bytes.len() as u64,
+                    sha256: sha256_hex(bytes),
+                },
+            )
+        })
         .collect();
-    let manifest = Manifest { step: snap.step, files };
-    write_synced(&partial.join(MANIFEST), &serde_json::to_vec_pretty(&manifest).expect("manifests serialise"))?;
+    let manifest = Manifest {
+        step: snap.step,
+        files,
+    };
+    write_synced(
+        &partial.join(MANIFEST),
+        &serde_json::to_vec_pretty(&manifest).expect("manifests serialise"),
+    )?;
     let done = parent.join(step_dir_name(snap.step));
     let _ = std::fs::remove_dir_all(&done); // an older run's checkpoint of the same step
     std::fs::rename(&partial, &done).map_err(io(&done))?;
-    File::open(&parent).and_then(|d| d.sync_all()).map_err(io(&parent))?;
+    File::open(&parent)
+        .and_then(|d| d.sync_all())
+        .map_err(io(&parent))?;
     for old in complete_steps(&parent).into_iter().skip(KEEP) {
         let _ = std::fs::remove_dir_all(parent.join(step_dir_name(old)));
     }
@@ -105,7 +132,11 @@ pub fn save(root: &Path, snap: &Snapshot) -> Result<PathBuf> {
 /// Steps of the `step-<N>` folders under `parent`, newest first.
 fn complete_steps(parent: &Path) -> Vec<u64> {
     let mut steps: Vec<u64> = std::fs::read_dir(parent)
-        .map(|entries| entries.filter_map(|e| parse_step(&e.ok()?.file_name().to_string_lossy())).collect())
+        .map(|entries| {
+            entries
+                .filter_map(|e| parse_step(&e.ok()?.file_name().to_string_lossy()))
+                .collect()
+        })
         .unwrap_or_default();
     steps.sort_unstable_by(|a, b| b.cmp(a));
     steps
@@ -113,16 +144,25 @@ fn complete_steps(parent: &Path) -> Vec<u64> {
 
 /// Reads and verifies one checkpoint folder.
 fn read(dir: &Path) -> std::result::Result<Restored, String> {
-    let manifest_bytes = std::fs::read(dir.join(MANIFEST)).map_err(|e| format!("no readable {MANIFEST} ({e})"))?;
-    let manifest: Manifest = serde_json::from_slice(&manifest_bytes).map_err(|e| format!("{MANIFEST} is malformed ({e})"))?;
+    let manifest_bytes =
+        std::fs::read(dir.join(MANIFEST)).map_err(|e| format!("no readable {MANIFEST} ({e})"))?;
+    let manifest: Manifest = serde_json::from_slice(&manifest_bytes)
+        .map_err(|e| format!("{MANIFEST} is malformed ({e})"))?;
     let mut contents = HashMap::new();
     for (name, entry) in &manifest.files {
-        let bytes = std::fs::read(dir.join(name)).map_err(|e| format!("{name} is unreadable ({e})"))?;
+        let bytes =
+            std::fs::read(dir.join(name)).map_err(|e| format!("{name} is unreadable ({e})"))?;
         if bytes.len() as u64 != entry.bytes {
-            return Err(format!("{name} has {} bytes, the manifest says {} (truncated?)", bytes.len(), entry.bytes));
+            return Err(format!(
+                "{name} has {} bytes, the manifest says {} (truncated?)",
+                bytes.len(),
+                entry.bytes
+            ));
         }
         if sha256_hex(&bytes) != entry.sha256 {
-            return Err(format!("{name} does not match its SHA-256 in the manifest (corrupt)"));
+            return Err(format!(
+                "{name} does not match its SHA-256 in the manifest (corrupt)"
+            ));
         }
         contents.insert(name.as_str(), bytes);
     }
@@ -130,8 +170,14 @@ fn read(dir: &Path) -> std::result::Result<Restored, String> {
         return Err(format!("the manifest does not list {TENSORS} and {STATE}"));
     };
     let state = serde_json::from_slice(state).map_err(|e| format!("{STATE} is malformed ({e})"))?;
-    let tensors = Tensor::read_safetensors(dir.join(TENSORS)).map_err(|e| format!("{TENSORS}: {e}"))?;
-    Ok(Restored { step: manifest.step, tensors: tensors.into_iter().collect(), state, dir: dir.into() })
+    let tensors =
+        Tensor::read_safetensors(dir.join(TENSORS)).map_err(|e| format!("{TENSORS}: {e}"))?;
+    Ok(Restored {
+        step: manifest.step,
+        tensors: tensors.into_iter().collect(),
+        state,
+        dir: dir.into(),
+    })
 }
 
 /// The newest checkpoint under `<root>/checkpoints` that verifies; each one that does not is
@@ -142,7 +188,10 @@ pub fn latest(root: &Path) -> Option<Restored> {
         let dir = parent.join(step_dir_name(step));
         match read(&dir) {
             Ok(restored) => return Some(restored),
-            Err(reason) => eprintln!("rlhf-trainer: skipping checkpoint {}: {reason}", dir.display()),
+            Err(reason) => eprintln!(
+                "rlhf-trainer: skipping checkpoint {}: {reason}",
+                dir.display()
+            ),
         }
     }
     None

@@ -6,7 +6,10 @@ use rlhf_spec::TrainerConfig;
 use crate::error::{Error, Result};
 
 pub fn load(path: &Path) -> Result<TrainerConfig> {
-    let text = std::fs::read_to_string(path).map_err(|source| Error::Read { path: path.into(), source })?;
+    let text = std::fs::read_to_string(path).map_err(|source| Error::Read {
+        path: path.into(),
+        source,
+    })?;
     parse(path, &text)
 }
 
@@ -44,12 +47,19 @@ mod tests {
         let err = parse(Path::new("/etc/rlhf/trainer.json"), "{\n  \"job\": 3\n}").unwrap_err();
         let text = err.to_string();
         assert!(text.starts_with("/etc/rlhf/trainer.json:2:"), "{text}");
-        assert!(text.contains("invalid type: integer `3`, expected a string"), "{text}");
+        assert!(
+            text.contains("invalid type: integer `3`, expected a string"),
+            "{text}"
+        );
     }
 
     #[test]
     fn missing_file_is_reported_with_its_path() {
         let err = load(Path::new("/nonexistent/trainer.json")).unwrap_err();
-        assert!(err.to_string().starts_with("cannot read /nonexistent/trainer.json:"), "{err}");
+        assert!(
+            err.to_string()
+                .starts_with("cannot read /nonexistent/trainer.json:"),
+            "{err}"
+        );
     }
 }

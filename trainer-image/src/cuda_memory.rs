@@ -27,6 +27,10 @@ mod tests {
     fn one_entry_per_device_tch_sees() {
         let devices = super::devices();
         assert_eq!(devices.len() as i64, tch::Cuda::device_count());
-        assert!(devices.iter().all(|&(_, allocated, peak)| allocated >= 0.0 && peak >= allocated));
+        assert!(
+            devices
+                .iter()
+                .all(|&(_, allocated, peak)| allocated >= 0.0 && peak >= allocated)
+        );
     }
 }

@@ -24,15 +24,26 @@ struct Panel {
     eval: Option<&'static str>,
 }
 
-const fn panel(title: &'static str, train: Option<&'static str>, eval: Option<&'static str>) -> Panel {
+const fn panel(
+    title: &'static str,
+    train: Option<&'static str>,
+    eval: Option<&'static str>,
+) -> Panel {
     Panel { title, train, eval }
 }
 
 /// The panels of each stage kind, in drawing order (keys as the algorithms and stage.rs log them).
 fn panels(kind: StageKind) -> &'static [Panel] {
     const SFT: &[Panel] = &[panel("loss", Some("loss"), Some("loss"))];
-    const RM: &[Panel] = &[panel("loss", Some("loss"), None), panel("accuracy", Some("rm_accuracy"), Some("accuracy"))];
-    const DPO: &[Panel] = &[panel("loss", Some("loss"), None), panel("margin", None, Some("margin")), panel("win rate", None, Some("win_rate"))];
+    const RM: &[Panel] = &[
+        panel("loss", Some("loss"), None),
+        panel("accuracy", Some("rm_accuracy"), Some("accuracy")),
+    ];
+    const DPO: &[Panel] = &[
+        panel("loss", Some("loss"), None),
+        panel("margin", None, Some("margin")),
+        panel("win rate", None, Some("win_rate")),
+    ];
     const PPO: &[Panel] = &[
         panel("reward mean", Some("reward_mean"), Some("reward_mean")),
         panel("KL", Some("kl"), Some("kl")),
@@ -76,7 +87,11 @@ pub fn series(kind: StageKind, records: &[Value]) -> Vec<Series> {
     };
     panels(kind)
         .iter()
-        .map(|p| Series { title: p.title, train: points(p.train, false), eval: points(p.eval, true) })
+        .map(|p| Series {
+            title: p.title,
+            train: points(p.train, false),
+            eval: points(p.eval, true),
+        })
         .filter(|s| !s.train.is_empty() || !s.eval.is_empty())
         .collect()
 }
@@ -84,7 +99,12 @@ pub fn series(kind: StageKind, records: &[Value]) -> Vec<Series> {
 /// The span `[lo, hi]` of finite values, widened around a constant so it never has zero width;
 /// None without values.
 pub fn span(values: impl IntoIterator<Item = f64>) -> Option<(f64, f64)> {
-    let (lo, hi) = values.into_iter().filter(|v| v.is_finite()).fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), v| (lo.min(v), hi.max(v)));
+    let (lo, hi) = values
+        .into_iter()
+        .filter(|v| v.is_finite())
+        .fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), v| {
+            (lo.min(v), hi.max(v))
+        });
     if lo > hi {
         return None;
     }
@@ -109,8 +129,16 @@ pub fn downsample(points: &[(f64, f64)], max: usize) -> Vec<(f64, f64)> {
     let per = points.len().div_ceil((max / 2).max(1));
     let mut kept = Vec::with_capacity(max);
     for chunk in points.chunks(per) {
-        let low = chunk.iter().enumerate().min_by(|a, b| a.1.1.total_cmp(&b.1.1)).map_or(0, |(i, _)| i);
-        let high = chunk.iter().enumerate().max_by(|a, b| a.1.1.total_cmp(&b.1.1)).map_or(0, |(i, _)| i);
+        let low = chunk
+            .iter()
+            .enumerate()
+            .min_by(|a, b| a.1.1.total_cmp(&b.1.1))
+            .map_or(0, |(i, _)| i);
+        let high = chunk
+            .iter()
+            .enumerate()
+            .max_by(|a, b| a.1.1.total_cmp(&b.1.1))
+            .map_or(0, |(i, _)| i);
         kept.push(chunk[low.min(high)]);
         if low != high {
             kept.push(chunk[low.max(high)]);
@@ -130,11 +158,18 @@ pub fn label(v: f64) -> String {
     }
     let decimals = (3.0 - magnitude).max(0.0) as usize;
     let text = format!("{v:.decimals$}");
-    if text.contains('.') { text.trim_end_matches('0').trim_end_matches('.').to_string() } else { text }
+    if text.contains('.') {
+        text.trim_end_matches('0').trim_end_matches('.').to_string()
+    } else {
+        text
+    }
 }
 
 fn escape(text: &str) -> String {
-    text.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;").replace('"', "&quot;")
+    text.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+        .replace('"', "&quot;")
 }
 
 // Layout in pixels: panels in a grid of COLUMNS, each PANEL_W x PANEL_H, the plot inset by the margins.
@@ -159,17 +194,32 @@ pub fn render(stage: &str, kind: StageKind, series: &[Series]) -> String {
         svg,
         r#"<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" viewBox="0 0 {width} {height}" font-family="sans-serif" font-size="11">"#
     );
-    let _ = writeln!(svg, r#"<rect width="{width}" height="{height}" fill="white"/>"#);
-    let _ = writeln!(svg, r#"<text x="12" y="20" font-size="14" font-weight="bold">{} ({}): training curves</text>"#, escape(stage), kind.as_str());
+    let _ = writeln!(
+        svg,
+        r#"<rect width="{width}" height="{height}" fill="white"/>"#
+    );
+    let _ = writeln!(
+        svg,
+        r#"<text x="12" y="20" font-size="14" font-weight="bold">{} ({}): training curves</text>"#,
+        escape(stage),
+        kind.as_str()
+    );
     let _ = writeln!(
         svg,
         r##"<text x="12" y="38" fill="#555">line: training records by step; <tspan fill="{EVAL_COLOUR}">dots: held-out evaluations</tspan></text>"##
     );
     if series.is_empty() {
-        let _ = writeln!(svg, r#"<text x="12" y="{}">no metrics logged</text>"#, HEADER_H + 20.0);
+        let _ = writeln!(
+            svg,
+            r#"<text x="12" y="{}">no metrics logged</text>"#,
+            HEADER_H + 20.0
+        );
     }
     for (i, s) in series.iter().enumerate() {
-        let (x, y) = ((i % COLUMNS) as f64 * PANEL_W, HEADER_H + (i / COLUMNS) as f64 * PANEL_H);
+        let (x, y) = (
+            (i % COLUMNS) as f64 * PANEL_W,
+            HEADER_H + (i / COLUMNS) as f64 * PANEL_H,
+        );
         draw_panel(&mut svg, s, x, y);
     }
     svg.push_str("</svg>\n");
@@ -179,27 +229,89 @@ pub fn render(stage: &str, kind: StageKind, series: &[Series]) -> String {
 /// One panel with its top-left corner at (`x0`, `y0`).
 fn draw_panel(svg: &mut String, s: &Series, x0: f64, y0: f64) {
     let all = || s.train.iter().chain(&s.eval);
-    let (Some(xs), Some(ys)) = (span(all().map(|p| p.0)), span(all().map(|p| p.1))) else { return };
+    let (Some(xs), Some(ys)) = (span(all().map(|p| p.0)), span(all().map(|p| p.1))) else {
+        return;
+    };
     // Plot area corners.
-    let (left, right, top, bottom) = (x0 + LEFT, x0 + PANEL_W - RIGHT, y0 + TOP, y0 + PANEL_H - BOTTOM);
+    let (left, right, top, bottom) = (
+        x0 + LEFT,
+        x0 + PANEL_W - RIGHT,
+        y0 + TOP,
+        y0 + PANEL_H - BOTTOM,
+    );
     let at = |(sx, sy): (f64, f64)| (scale(sx, xs, (left, right)), scale(sy, ys, (bottom, top)));
     let _ = writeln!(svg, r#"<g>"#);
-    let _ = writeln!(svg, r#"<text x="{left}" y="{}" font-size="12" font-weight="bold">{}</text>"#, y0 + 18.0, escape(s.title));
-    let _ = writeln!(svg, r##"<path d="M{left},{top} V{bottom} H{right}" fill="none" stroke="#333"/>"##);
-    let _ = writeln!(svg, r##"<path d="M{},{top} H{left} M{},{bottom} H{left}" stroke="#333"/>"##, left - 4.0, left - 4.0);
-    let _ = writeln!(svg, r#"<text x="{}" y="{}" text-anchor="end">{}</text>"#, left - 6.0, top + 4.0, label(ys.1));
-    let _ = writeln!(svg, r#"<text x="{}" y="{}" text-anchor="end">{}</text>"#, left - 6.0, bottom + 4.0, label(ys.0));
-    let _ = writeln!(svg, r#"<text x="{left}" y="{}" text-anchor="start">{}</text>"#, bottom + 14.0, label(xs.0));
-    let _ = writeln!(svg, r#"<text x="{right}" y="{}" text-anchor="end">{}</text>"#, bottom + 14.0, label(xs.1));
-    let _ = writeln!(svg, r##"<text x="{}" y="{}" text-anchor="middle" fill="#555">step</text>"##, (left + right) / 2.0, bottom + 26.0);
+    let _ = writeln!(
+        svg,
+        r#"<text x="{left}" y="{}" font-size="12" font-weight="bold">{}</text>"#,
+        y0 + 18.0,
+        escape(s.title)
+    );
+    let _ = writeln!(
+        svg,
+        r##"<path d="M{left},{top} V{bottom} H{right}" fill="none" stroke="#333"/>"##
+    );
+    let _ = writeln!(
+        svg,
+        r##"<path d="M{},{top} H{left} M{},{bottom} H{left}" stroke="#333"/>"##,
+        left - 4.0,
+        left - 4.0
+    );
+    let _ = writeln!(
+        svg,
+        r#"<text x="{}" y="{}" text-anchor="end">{}</text>"#,
+        left - 6.0,
+        top + 4.0,
+        label(ys.1)
+    );
+    let _ = writeln!(
+        svg,
+        r#"<text x="{}" y="{}" text-anchor="end">{}</text>"#,
+        left - 6.0,
+        bottom + 4.0,
+        label(ys.0)
+    );
+    let _ = writeln!(
+        svg,
+        r#"<text x="{left}" y="{}" text-anchor="start">{}</text>"#,
+        bottom + 14.0,
+        label(xs.0)
+    );
+    let _ = writeln!(
+        svg,
+        r#"<text x="{right}" y="{}" text-anchor="end">{}</text>"#,
+        bottom + 14.0,
+        label(xs.1)
+    );
+    let _ = writeln!(
+        svg,
+        r##"<text x="{}" y="{}" text-anchor="middle" fill="#555">step</text>"##,
+        (left + right) / 2.0,
+        bottom + 26.0
+    );
     // The line: the training records, or (a series only evaluated) the evaluations, dashed.
-    let (line, colour, dash) = if s.train.is_empty() { (&s.eval, EVAL_COLOUR, r#" stroke-dasharray="4 3""#) } else { (&s.train, TRAIN_COLOUR, "") };
+    let (line, colour, dash) = if s.train.is_empty() {
+        (&s.eval, EVAL_COLOUR, r#" stroke-dasharray="4 3""#)
+    } else {
+        (&s.train, TRAIN_COLOUR, "")
+    };
     let drawn = downsample(line, MAX_POINTS);
-    let points: Vec<String> = drawn.iter().map(|&p| at(p)).map(|(px, py)| format!("{px:.1},{py:.1}")).collect();
-    let _ = writeln!(svg, r#"<polyline fill="none" stroke="{colour}" stroke-width="1.5"{dash} points="{}"/>"#, points.join(" "));
+    let points: Vec<String> = drawn
+        .iter()
+        .map(|&p| at(p))
+        .map(|(px, py)| format!("{px:.1},{py:.1}"))
+        .collect();
+    let _ = writeln!(
+        svg,
+        r#"<polyline fill="none" stroke="{colour}" stroke-width="1.5"{dash} points="{}"/>"#,
+        points.join(" ")
+    );
     if let [only] = drawn.as_slice() {
         let (px, py) = at(*only); // one point draws no line
-        let _ = writeln!(svg, r#"<circle cx="{px:.1}" cy="{py:.1}" r="2.5" fill="{colour}"/>"#);
+        let _ = writeln!(
+            svg,
+            r#"<circle cx="{px:.1}" cy="{py:.1}" r="2.5" fill="{colour}"/>"#
+        );
     }
     for &(step, value) in &downsample(&s.eval, MAX_POINTS) {
         let (px, py) = at((step, value));
@@ -217,7 +329,12 @@ fn draw_panel(svg: &mut String, s: &Series, x0: f64, y0: f64) {
 pub fn write(output: &Path, stage: &str, kind: StageKind) -> Result<PathBuf> {
     let records = read_log(&output.join(METRICS_LOG));
     let path = output.join(CURVES_FILE);
-    std::fs::write(&path, render(stage, kind, &series(kind, &records))).map_err(|source| Error::Write { path: path.clone(), source })?;
+    std::fs::write(&path, render(stage, kind, &series(kind, &records))).map_err(|source| {
+        Error::Write {
+            path: path.clone(),
+            source,
+        }
+    })?;
     Ok(path)
 }
 
@@ -234,15 +351,31 @@ mod tests {
         let mut rest = svg;
         while let Some(start) = rest.find('<') {
             let text = &rest[..start];
-            assert!(text.split('&').skip(1).all(|t| ["amp;", "lt;", "gt;", "quot;"].iter().any(|e| t.starts_with(e))), "bare & in {text:?}");
+            assert!(
+                text.split('&')
+                    .skip(1)
+                    .all(|t| ["amp;", "lt;", "gt;", "quot;"]
+                        .iter()
+                        .any(|e| t.starts_with(e))),
+                "bare & in {text:?}"
+            );
             let end = rest[start..].find('>').expect("a tag is closed") + start;
             let tag = &rest[start + 1..end];
             assert!(!tag.contains('<'), "< inside a tag: {tag}");
             assert_eq!(tag.matches('"').count() % 2, 0, "unpaired quote in {tag}");
             if let Some(name) = tag.strip_prefix('/') {
-                assert_eq!(open.pop().as_deref(), Some(name.trim()), "closing {name} out of order");
+                assert_eq!(
+                    open.pop().as_deref(),
+                    Some(name.trim()),
+                    "closing {name} out of order"
+                );
             } else {
-                let name = tag.split_whitespace().next().expect("a tag name").trim_end_matches('/').to_string();
+                let name = tag
+                    .split_whitespace()
+                    .next()
+                    .expect("a tag name")
+                    .trim_end_matches('/')
+                    .to_string();
                 names.push(name.clone());
                 if !tag.ends_with('/') {
                     open.push(name);
@@ -273,42 +406,106 @@ mod tests {
     fn ppo_draws_reward_kl_losses_with_held_out_points() {
         let s = series(StageKind::Ppo, &ppo_records());
         let titles: Vec<&str> = s.iter().map(|s| s.title).collect();
-        assert_eq!(titles, ["reward mean", "KL", "policy loss", "value loss", "entropy", "clip fraction"], "no ptx loss without ptx");
+        assert_eq!(
+            titles,
+            [
+                "reward mean",
+                "KL",
+                "policy loss",
+                "value loss",
+                "entropy",
+                "clip fraction"
+            ],
+            "no ptx loss without ptx"
+        );
         assert_eq!(s[0].train, [(1.0, 0.2), (2.0, 0.4)]);
         assert_eq!(s[0].eval, [(0.0, 0.1), (2.0, 0.5)]);
         assert!(s[2].eval.is_empty());
         let svg = render("ppo", StageKind::Ppo, &s);
         let names = well_formed(&svg);
         assert_eq!(count(&names, "polyline"), s.len());
-        assert_eq!(svg.matches("held-out at step").count(), 4, "two evaluations each on reward and KL");
+        assert_eq!(
+            svg.matches("held-out at step").count(),
+            4,
+            "two evaluations each on reward and KL"
+        );
         assert!(svg.contains(">reward mean<") && svg.contains(">KL<"));
     }
 
     #[test]
     fn sft_rm_and_dpo_draw_their_own_keys() {
-        let sft = series(StageKind::Sft, &[json!({"step": 0, "eval": {"loss": 3.0}}), json!({"step": 1, "loss": 2.5}), json!({"step": 1, "eval": {"loss": 2.4}})]);
-        assert_eq!(sft, [Series { title: "loss", train: vec![(1.0, 2.5)], eval: vec![(0.0, 3.0), (1.0, 2.4)] }]);
+        let sft = series(
+            StageKind::Sft,
+            &[
+                json!({"step": 0, "eval": {"loss": 3.0}}),
+                json!({"step": 1, "loss": 2.5}),
+                json!({"step": 1, "eval": {"loss": 2.4}}),
+            ],
+        );
+        assert_eq!(
+            sft,
+            [Series {
+                title: "loss",
+                train: vec![(1.0, 2.5)],
+                eval: vec![(0.0, 3.0), (1.0, 2.4)]
+            }]
+        );
 
-        let rm = series(StageKind::Rm, &[json!({"step": 0, "eval": {"accuracy": 0.5}}), json!({"step": 1, "loss": 0.7, "rm_accuracy": 0.6})]);
-        assert_eq!(rm.iter().map(|s| s.title).collect::<Vec<_>>(), ["loss", "accuracy"]);
-        assert_eq!((&rm[1].train, &rm[1].eval), (&vec![(1.0, 0.6)], &vec![(0.0, 0.5)]));
+        let rm = series(
+            StageKind::Rm,
+            &[
+                json!({"step": 0, "eval": {"accuracy": 0.5}}),
+                json!({"step": 1, "loss": 0.7, "rm_accuracy": 0.6}),
+            ],
+        );
+        assert_eq!(
+            rm.iter().map(|s| s.title).collect::<Vec<_>>(),
+            ["loss", "accuracy"]
+        );
+        assert_eq!(
+            (&rm[1].train, &rm[1].eval),
+            (&vec![(1.0, 0.6)], &vec![(0.0, 0.5)])
+        );
 
-        let dpo_log = [json!({"step": 0, "eval": {"margin": 0.0, "win_rate": 0.5}}), json!({"step": 1, "loss": 0.69}), json!({"step": 1, "eval": {"margin": 0.2, "win_rate": 0.75}})];
+        let dpo_log = [
+            json!({"step": 0, "eval": {"margin": 0.0, "win_rate": 0.5}}),
+            json!({"step": 1, "loss": 0.69}),
+            json!({"step": 1, "eval": {"margin": 0.2, "win_rate": 0.75}}),
+        ];
         let dpo = series(StageKind::Dpo, &dpo_log);
-        assert_eq!(dpo.iter().map(|s| s.title).collect::<Vec<_>>(), ["loss", "margin", "win rate"]);
+        assert_eq!(
+            dpo.iter().map(|s| s.title).collect::<Vec<_>>(),
+            ["loss", "margin", "win rate"]
+        );
         assert_eq!(dpo[1].eval, [(0.0, 0.0), (1.0, 0.2)]);
-        for (kind, s) in [(StageKind::Sft, sft), (StageKind::Rm, rm), (StageKind::Dpo, dpo)] {
-            assert_eq!(count(&well_formed(&render("a & <b>", kind, &s)), "polyline"), s.len(), "{kind:?}");
+        for (kind, s) in [
+            (StageKind::Sft, sft),
+            (StageKind::Rm, rm),
+            (StageKind::Dpo, dpo),
+        ] {
+            assert_eq!(
+                count(&well_formed(&render("a & <b>", kind, &s)), "polyline"),
+                s.len(),
+                "{kind:?}"
+            );
         }
     }
 
     #[test]
     fn unusable_values_are_skipped() {
         // serde_json writes NaN and infinities as null; strings and missing keys are no values either.
-        let records = [json!({"step": 1, "loss": null}), json!({"step": 2, "loss": "x"}), json!({"loss": 1.0}), json!({"step": 3, "loss": 1.5})];
+        let records = [
+            json!({"step": 1, "loss": null}),
+            json!({"step": 2, "loss": "x"}),
+            json!({"loss": 1.0}),
+            json!({"step": 3, "loss": 1.5}),
+        ];
         assert_eq!(series(StageKind::Sft, &records)[0].train, [(3.0, 1.5)]);
         assert!(series(StageKind::Sft, &[json!({"step": 1, "loss": null})]).is_empty());
-        assert_eq!(span([f64::NAN, 1.0, f64::INFINITY, 3.0, f64::NEG_INFINITY]), Some((1.0, 3.0)));
+        assert_eq!(
+            span([f64::NAN, 1.0, f64::INFINITY, 3.0, f64::NEG_INFINITY]),
+            Some((1.0, 3.0))
+        );
         assert_eq!(span([f64::NAN]), None);
         let svg = render("empty", StageKind::Ppo, &[]);
         assert_eq!(count(&well_formed(&svg), "polyline"), 0);
@@ -318,15 +515,26 @@ mod tests {
     #[test]
     fn scaling_maps_spans_and_survives_constants() {
         assert_eq!(scale(5.0, (0.0, 10.0), (100.0, 200.0)), 150.0);
-        assert_eq!(scale(0.0, (0.0, 10.0), (200.0, 100.0)), 200.0, "an SVG y axis runs downwards");
+        assert_eq!(
+            scale(0.0, (0.0, 10.0), (200.0, 100.0)),
+            200.0,
+            "an SVG y axis runs downwards"
+        );
         assert_eq!(scale(10.0, (0.0, 10.0), (200.0, 100.0)), 100.0);
         assert_eq!(span([2.0, 2.0, 2.0]), Some((1.8, 2.2)));
         assert_eq!(span([0.0]), Some((-1.0, 1.0)));
         let constant = span([-4.0]).unwrap();
         assert!(constant.0 < -4.0 && constant.1 > -4.0);
-        assert!((scale(2.0, span([2.0]).unwrap(), (0.0, 100.0)) - 50.0).abs() < 1e-9, "a constant sits in the middle");
+        assert!(
+            (scale(2.0, span([2.0]).unwrap(), (0.0, 100.0)) - 50.0).abs() < 1e-9,
+            "a constant sits in the middle"
+        );
         // A single point: a finite position and a marker, since a one-point line draws nothing.
-        let one = [Series { title: "loss", train: vec![(7.0, 0.25)], eval: vec![] }];
+        let one = [Series {
+            title: "loss",
+            train: vec![(7.0, 0.25)],
+            eval: vec![],
+        }];
         let svg = render("one", StageKind::Sft, &one);
         assert_eq!(count(&well_formed(&svg), "circle"), 1);
         assert!(!svg.contains("NaN") && !svg.contains("inf"), "{svg}");
@@ -334,14 +542,32 @@ mod tests {
 
     #[test]
     fn long_runs_are_thinned_keeping_extremes() {
-        let points: Vec<(f64, f64)> = (0..10_000).map(|i| (f64::from(i), (f64::from(i) / 50.0).sin() + if i == 4321 { 9.0 } else { 0.0 })).collect();
+        let points: Vec<(f64, f64)> = (0..10_000)
+            .map(|i| {
+                (
+                    f64::from(i),
+                    (f64::from(i) / 50.0).sin() + if i == 4321 { 9.0 } else { 0.0 },
+                )
+            })
+            .collect();
         let kept = downsample(&points, MAX_POINTS);
-        assert!(kept.len() <= MAX_POINTS && kept.len() > MAX_POINTS / 2, "{}", kept.len());
+        assert!(
+            kept.len() <= MAX_POINTS && kept.len() > MAX_POINTS / 2,
+            "{}",
+            kept.len()
+        );
         assert!(kept.windows(2).all(|w| w[0].0 < w[1].0), "in step order");
         assert!(kept.contains(&points[4321]), "the spike stays");
-        assert_eq!(span(kept.iter().map(|p| p.1)), span(points.iter().map(|p| p.1)));
+        assert_eq!(
+            span(kept.iter().map(|p| p.1)),
+            span(points.iter().map(|p| p.1))
+        );
         assert_eq!(downsample(&points[..3], MAX_POINTS), &points[..3]);
-        let s = [Series { title: "loss", train: points, eval: vec![(0.0, 1.0)] }];
+        let s = [Series {
+            title: "loss",
+            train: points,
+            eval: vec![(0.0, 1.0)],
+        }];
         let svg = render("long", StageKind::Sft, &s);
         let line = svg.lines().find(|l| l.starts_with("<polyline")).unwrap();
         assert!(line.matches(',').count() <= MAX_POINTS);

@@ -14,9 +14,16 @@ pub enum Example {
     /// SFT: learn `response` after `prompt`.
     Sft { prompt: String, response: String },
     /// RM and DPO: `chosen` is preferred over `rejected` after `prompt`.
-    Preference { prompt: String, chosen: String, rejected: String },
+    Preference {
+        prompt: String,
+        chosen: String,
+        rejected: String,
+    },
     /// PPO: a prompt to generate from; `reference` is a good answer when the task knows one.
-    Prompt { prompt: String, reference: Option<String> },
+    Prompt {
+        prompt: String,
+        reference: Option<String>,
+    },
 }
 
 /// Which example shape a stage kind trains on.
@@ -31,30 +38,56 @@ fn fields(kind: StageKind) -> &'static [&'static str] {
 pub fn load(dataset: &ResolvedDataset, kind: StageKind) -> Result<Vec<Example>> {
     match dataset {
         ResolvedDataset::File { path, .. } => load_jsonl(Path::new(path), kind),
-        ResolvedDataset::Synthetic { task, samples, seed } => Ok(synthetic(*task, *samples as usize, *seed, kind)),
+        ResolvedDataset::Synthetic {
+            task,
+            samples,
+            seed,
+        } => Ok(synthetic(*task, *samples as usize, *seed, kind)),
     }
 }
 
 /// One JSON object per line; blank lines are skipped.
 pub fn load_jsonl(path: &Path, kind: StageKind) -> Result<Vec<Example>> {
-    let text = std::fs::read_to_string(path).map_err(|source| Error::Read { path: path.into(), source })?;
+    let text = std::fs::read_to_string(path).map_err(|source| Error::Read {
+        path: path.into(),
+        source,
+    })?;
     let mut out = Vec::new();
-    for (i, line) in text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty()) {
+    for (i, line) in text
+        .lines()
+        .enumerate()
+        .filter(|(_, l)| !l.trim().is_empty())
+    {
         let at = |message: String| Error::invalid(format!("{}:{}", path.display(), i + 1), message);
         let value: Value = serde_json::from_str(line).map_err(|e| at(format!("not JSON: {e}")))?;
         let field = |name: &str| -> Result<String> {
             match value.get(name) {
                 Some(Value::String(s)) => Ok(s.clone()),
-                Some(other) => Err(at(format!("field `{name}` must be a string, found {}", json_type(other)))),
-                None => Err(at(format!("field `{name}` is missing (a {} dataset needs {})", kind.as_str(), fields(kind).join(", ")))),
+                Some(other) => Err(at(format!(
+                    "field `{name}` must be a string, found {}",
+                    json_type(other)
+                ))),
+                None => Err(at(format!(
+                    "field `{name}` is missing (a {} dataset needs {})",
+                    kind.as_str(),
+                    fields(kind).join(", ")
+                ))),
             }
         };
         out.push(match kind {
-            StageKind::Sft => Example::Sft { prompt: field("prompt")?, response: field("response")? },
-            StageKind::Rm | StageKind::Dpo => {
-                Example::Preference { prompt: field("prompt")?, chosen: field("chosen")?, rejected: field("rejected")? }
-            }
-            StageKind::Ppo => Example::Prompt { prompt: field("prompt")?, reference: field("reference").ok() },
+            StageKind::Sft => Example::Sft {
+                prompt: field("prompt")?,
+                response: field("response")?,
+            },
+            StageKind::Rm | StageKind::Dpo => Example::Preference {
+                prompt: field("prompt")?,
+                chosen: field("chosen")?,
+                rejected: field("rejected")?,
+            },
+            StageKind::Ppo => Example::Prompt {
+                prompt: field("prompt")?,
+                reference: field("reference").ok(),
+            },
         });
     }
     if out.is_empty() {
@@ -88,7 +121,9 @@ fn json_type(v: &Value) -> &'static str {
     }
 }
 
-const WORDS: &[&str] = &["cat", "dog", "owl", "fox", "bee", "cow", "elk", "yak", "ant", "bat", "eel", "hen"];
+const WORDS: &[&str] = &[
+    "cat", "dog", "owl", "fox", "bee", "cow", "elk", "yak", "ant", "bat", "eel", "hen",
+];
 
 /// Examples of a synthetic task whose answers are checkable: copy the words, or add the numbers.
 pub fn synthetic(task: SyntheticTask, samples: usize, seed: u64, kind: StageKind) -> Vec<Example> {
@@ -98,21 +133,47 @@ pub fn synthetic(task: SyntheticTask, samples: usize, seed: u64, kind: StageKind
             let (prompt, good, bad) = match task {
                 SyntheticTask::Copy => {
                     let n = 2 + rng.below(3) as usize;
-                    let words: Vec<&str> = (0..n).map(|_| WORDS[rng.below(WORDS.len() as u64) as usize]).collect();
-                    let wrong: Vec<&str> = (0..n).map(|_| WORDS[rng.below(WORDS.len() as u64) as usize]).collect();
-                    (format!("copy: {} =>", words.join(" ")), format!(" {}.", words.join(" ")), format!(" {}.", wrong.join(" ")))
+                    let words: Vec<&str> = (0..n)
+                        .map(|_| WORDS[rng.below(WORDS.len() as u64) as usize])
+                        .collect();
+                    let wrong: Vec<&str> = (0..n)
+                        .map(|_| WORDS[rng.below(WORDS.len() as u64) as usize])
+                        .collect();
+                    (
+                        format!("copy: {} =>", words.join(" ")),
+                        format!(" {}.", words.join(" ")),
+                        format!(" {}.", wrong.join(" ")),
+                    )
                 }
                 SyntheticTask::Arithmetic => {
                     let (a, b) = (rng.below(50), rng.below(50));
                     let off = 1 + rng.below(9);
-                    (format!("{a}+{b}="), format!("{}.", a + b), format!("{}.", a + b + off))
+                    (
+                        format!("{a}+{b}="),
+                        format!("{}.", a + b),
+                        format!("{}.", a + b + off),
+                    )
                 }
             };
-            let bad = if bad == good { format!("{bad} no") } else { bad };
+            let bad = if bad == good {
+                format!("{bad} no")
+            } else {
+                bad
+            };
             match kind {
-                StageKind::Sft => Example::Sft { prompt, response: good },
-                StageKind::Rm | StageKind::Dpo => Example::Preference { prompt, chosen: good, rejected: bad },
-                StageKind::Ppo => Example::Prompt { prompt, reference: Some(good) },
+                StageKind::Sft => Example::Sft {
+                    prompt,
+                    response: good,
+                },
+                StageKind::Rm | StageKind::Dpo => Example::Preference {
+                    prompt,
+                    chosen: good,
+                    rejected: bad,
+                },
+                StageKind::Ppo => Example::Prompt {
+                    prompt,
+                    reference: Some(good),
+                },
             }
         })
         .collect()
@@ -123,37 +184,71 @@ mod tests {
     use super::*;
 
     fn write(name: &str, text: &str) -> std::path::PathBuf {
-        let path = std::env::temp_dir().join(format!("rlhf-data-{}-{name}.jsonl", std::process::id()));
+        let path =
+            std::env::temp_dir().join(format!("rlhf-data-{}-{name}.jsonl", std::process::id()));
         std::fs::write(&path, text).unwrap();
         path
     }
 
     #[test]
     fn reads_each_kind_and_skips_blank_lines() {
-        let path = write("ok", "{\"prompt\": \"p\", \"chosen\": \"a\", \"rejected\": \"b\"}\n\n{\"prompt\": \"q\", \"chosen\": \"c\", \"rejected\": \"d\"}\n");
+        let path = write(
+            "ok",
+            "{\"prompt\": \"p\", \"chosen\": \"a\", \"rejected\": \"b\"}\n\n{\"prompt\": \"q\", \"chosen\": \"c\", \"rejected\": \"d\"}\n",
+        );
         let got = load_jsonl(&path, StageKind::Rm).unwrap();
         assert_eq!(got.len(), 2);
-        assert_eq!(got[1], Example::Preference { prompt: "q".into(), chosen: "c".into(), rejected: "d".into() });
+        assert_eq!(
+            got[1],
+            Example::Preference {
+                prompt: "q".into(),
+                chosen: "c".into(),
+                rejected: "d".into()
+            }
+        );
     }
 
     #[test]
     fn errors_name_file_line_and_field() {
-        let path = write("bad", "{\"prompt\": \"p\", \"response\": \"r\"}\n{\"prompt\": \"p\", \"response\": 3}\n");
+        let path = write(
+            "bad",
+            "{\"prompt\": \"p\", \"response\": \"r\"}\n{\"prompt\": \"p\", \"response\": 3}\n",
+        );
         let err = load_jsonl(&path, StageKind::Sft).unwrap_err();
-        assert_eq!(err.to_string(), format!("{}:2: field `response` must be a string, found a number", path.display()));
+        assert_eq!(
+            err.to_string(),
+            format!(
+                "{}:2: field `response` must be a string, found a number",
+                path.display()
+            )
+        );
         assert_eq!(err.exit_code(), 2);
         let path = write("missing", "{\"prompt\": \"p\"}\n");
         let err = load_jsonl(&path, StageKind::Dpo).unwrap_err();
-        assert_eq!(err.to_string(), format!("{}:1: field `chosen` is missing (a dpo dataset needs prompt, chosen, rejected)", path.display()));
+        assert_eq!(
+            err.to_string(),
+            format!(
+                "{}:1: field `chosen` is missing (a dpo dataset needs prompt, chosen, rejected)",
+                path.display()
+            )
+        );
         let path = write("notjson", "{\"prompt\": \n");
-        assert!(load_jsonl(&path, StageKind::Ppo).unwrap_err().to_string().starts_with(&format!("{}:1: not JSON", path.display())));
+        assert!(
+            load_jsonl(&path, StageKind::Ppo)
+                .unwrap_err()
+                .to_string()
+                .starts_with(&format!("{}:1: not JSON", path.display()))
+        );
     }
 
     #[test]
     fn an_eighth_is_held_out_and_tiny_sets_evaluate_on_themselves() {
         let (train, held) = split_held_out(synthetic(SyntheticTask::Copy, 64, 0, StageKind::Sft));
         assert_eq!((train.len(), held.len()), (56, 8));
-        assert_eq!(held, synthetic(SyntheticTask::Copy, 64, 0, StageKind::Sft)[56..].to_vec());
+        assert_eq!(
+            held,
+            synthetic(SyntheticTask::Copy, 64, 0, StageKind::Sft)[56..].to_vec()
+        );
         let (_, held) = split_held_out(synthetic(SyntheticTask::Copy, 4000, 0, StageKind::Sft));
         assert_eq!(held.len(), 256);
         let (train, held) = split_held_out(synthetic(SyntheticTask::Copy, 5, 0, StageKind::Sft));
@@ -166,13 +261,27 @@ mod tests {
         assert_eq!(a, synthetic(SyntheticTask::Arithmetic, 5, 3, StageKind::Rm));
         assert_ne!(a, synthetic(SyntheticTask::Arithmetic, 5, 4, StageKind::Rm));
         for ex in &a {
-            let Example::Preference { prompt, chosen, rejected } = ex else { panic!("preference examples") };
+            let Example::Preference {
+                prompt,
+                chosen,
+                rejected,
+            } = ex
+            else {
+                panic!("preference examples")
+            };
             let (x, y) = prompt.trim_end_matches('=').split_once('+').unwrap();
             let sum: u64 = x.parse::<u64>().unwrap() + y.parse::<u64>().unwrap();
             assert_eq!(chosen, &format!("{sum}."));
             assert_ne!(chosen, rejected);
         }
-        let Example::Sft { prompt, response } = &synthetic(SyntheticTask::Copy, 1, 0, StageKind::Sft)[0] else { panic!() };
-        assert_eq!(prompt.trim_start_matches("copy: ").trim_end_matches(" =>"), response.trim().trim_end_matches('.'));
+        let Example::Sft { prompt, response } =
+            &synthetic(SyntheticTask::Copy, 1, 0, StageKind::Sft)[0]
+        else {
+            panic!()
+        };
+        assert_eq!(
+            prompt.trim_start_matches("copy: ").trim_end_matches(" =>"),
+            response.trim().trim_end_matches('.')
+        );
     }
 }

@@ -33,7 +33,12 @@ pub struct Generated {
 }
 
 /// Generates up to `max_new_tokens` for left-padded `prompts` (B, P) with `prompt_mask` (B, P).
-pub fn generate(model: &dyn CausalLm, prompts: &Tensor, prompt_mask: &Tensor, params: &SamplingParams) -> Generated {
+pub fn generate(
+    model: &dyn CausalLm,
+    prompts: &Tensor,
+    prompt_mask: &Tensor,
+    params: &SamplingParams,
+) -> Generated {
     // libtorch's RNG is global: one generation at a time keeps each reproducible from its seed
     // even when threads (tests) generate at once.
     static RNG: std::sync::Mutex<()> = std::sync::Mutex::new(());
@@ -50,7 +55,8 @@ pub fn generate(model: &dyn CausalLm, prompts: &Tensor, prompt_mask: &Tensor, pa
         for _ in 0..params.max_new_tokens {
             let hidden = model.forward(&input, &mask, &mut cache);
             let last = model.lm_head(&hidden.select(1, -1)).to_kind(Kind::Float); // (B, V)
-            let next = pick(&last, params).where_self(&alive, &Tensor::from(params.pad_token_id).to_device(device));
+            let next = pick(&last, params)
+                .where_self(&alive, &Tensor::from(params.pad_token_id).to_device(device));
             keep.push(alive.to_kind(Kind::Int64));
             tokens.push(next.shallow_clone());
             if let Some(eos) = params.eos_token_id {
@@ -78,7 +84,10 @@ fn pick(logits: &Tensor, p: &SamplingParams) -> Tensor {
         return logits.argmax(-1, false);
     }
     let filtered = top_p_filter(&top_k_filter(&(logits / p.temperature), p.top_k), p.top_p);
-    filtered.softmax(-1, Kind::Float).multinomial(1, false).squeeze_dim(-1)
+    filtered
+        .softmax(-1, Kind::Float)
+        .multinomial(1, false)
+        .squeeze_dim(-1)
 }
 
 /// Logits outside each row's k largest become -inf (ties at the k-th value are kept).
@@ -116,7 +125,9 @@ mod tests {
 
     fn kept(t: &Tensor) -> Vec<bool> {
         let finite = t.isfinite().view([-1]);
-        (0..finite.size()[0]).map(|i| finite.int64_value(&[i]) == 1).collect()
+        (0..finite.size()[0])
+            .map(|i| finite.int64_value(&[i]) == 1)
+            .collect()
     }
 
     #[test]
@@ -130,14 +141,28 @@ mod tests {
     fn top_p_keeps_the_smallest_set_reaching_p() {
         // Probabilities 0.5, 0.25, 0.125, 0.125 (logits are their logs).
         let logits = row(&[0.5f32.ln(), 0.25f32.ln(), 0.125f32.ln(), 0.125f32.ln()]);
-        assert_eq!(kept(&top_p_filter(&logits, 0.6)), [true, true, false, false]);
-        assert_eq!(kept(&top_p_filter(&logits, 0.5)), [true, false, false, false]);
-        assert_eq!(kept(&top_p_filter(&logits, 0.1)), [true, false, false, false], "at least one token survives");
+        assert_eq!(
+            kept(&top_p_filter(&logits, 0.6)),
+            [true, true, false, false]
+        );
+        assert_eq!(
+            kept(&top_p_filter(&logits, 0.5)),
+            [true, false, false, false]
+        );
+        assert_eq!(
+            kept(&top_p_filter(&logits, 0.1)),
+            [true, false, false, false],
+            "at least one token survives"
+        );
     }
 
     #[test]
     fn top_p_works_on_unsorted_rows() {
-        let logits = Tensor::from_slice(&[0.125f32.ln(), 0.5f32.ln(), 0.25f32.ln(), 0.125f32.ln()]).view([1, 4]);
-        assert_eq!(kept(&top_p_filter(&logits, 0.7)), [false, true, true, false]);
+        let logits = Tensor::from_slice(&[0.125f32.ln(), 0.5f32.ln(), 0.25f32.ln(), 0.125f32.ln()])
+            .view([1, 4]);
+        assert_eq!(
+            kept(&top_p_filter(&logits, 0.7)),
+            [false, true, true, false]
+        );
     }
 }

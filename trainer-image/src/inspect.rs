@@ -23,10 +23,18 @@ pub fn tokenizer_source(model: &Path, tokenizer: Option<&str>) -> ResolvedTokeni
 
 /// `{"tokens": [ids], "logprobs": [...]}`: `logprobs[i]` is log p(tokens[i + 1] | tokens[..=i])
 /// under the model in `dir`.
-pub fn logprobs(dir: &Path, tokenizer: &ResolvedTokenizer, text: &str, device: Device) -> Result<Value> {
+pub fn logprobs(
+    dir: &Path,
+    tokenizer: &ResolvedTokenizer,
+    text: &str,
+    device: Device,
+) -> Result<Value> {
     let tok = Tokenizer::load(tokenizer)?;
     let (_vs, lm) = load_causal_lm(dir, device)?;
-    tok.check_fits(lm.hf_config()["vocab_size"].as_i64().unwrap_or(i64::MAX), dir)?;
+    tok.check_fits(
+        lm.hf_config()["vocab_size"].as_i64().unwrap_or(i64::MAX),
+        dir,
+    )?;
     let ids: Vec<i64> = tok.encode(text)?.into_iter().map(i64::from).collect();
     if ids.is_empty() {
         return Err(Error::invalid("--text", "the text has no tokens"));
@@ -35,7 +43,9 @@ pub fn logprobs(dir: &Path, tokenizer: &ResolvedTokenizer, text: &str, device: D
     let scores = tch::no_grad(|| {
         let logits = lm.logits(&input, None);
         let n = ids.len() as i64 - 1;
-        token_logprobs(&logits.narrow(1, 0, n), &input.narrow(1, 1, n)).to_kind(Kind::Double).to_device(Device::Cpu)
+        token_logprobs(&logits.narrow(1, 0, n), &input.narrow(1, 1, n))
+            .to_kind(Kind::Double)
+            .to_device(Device::Cpu)
     });
     let logprobs = Vec::<f64>::try_from(scores.flatten(0, -1))?;
     Ok(json!({"tokens": ids, "logprobs": logprobs}))

@@ -7,16 +7,20 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use rlhf_spec::{Offload, TrainerConfig};
+use rlhf_trainer::distributed::topology::env_number;
+use rlhf_trainer::distributed::{self, Dist, Topology, launch};
 use rlhf_trainer::error::{Error, Result};
 use rlhf_trainer::local::RunFolder;
 use rlhf_trainer::metrics::{TrainerMetrics, serve};
-use rlhf_trainer::distributed::topology::env_number;
-use rlhf_trainer::distributed::{self, Dist, Topology, launch};
 use rlhf_trainer::{config, inspect, local, stage};
 use tch::Device;
 
 #[derive(Parser, Debug)]
-#[command(name = "rlhf-trainer", version, about = "RLHF trainer (SFT, reward model, PPO, DPO)")]
+#[command(
+    name = "rlhf-trainer",
+    version,
+    about = "RLHF trainer (SFT, reward model, PPO, DPO)"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -84,32 +88,60 @@ fn execute(command: Command) -> Result<u8> {
             let topology = Topology::from_env(&env)?;
             let world = cfg.stage.parallelism.world_size() as usize;
             if topology.world != world {
-                return Err(Error::invalid(&path, format!("the stage asks for {world} processes but WORLD_SIZE is {}", topology.world)));
+                return Err(Error::invalid(
+                    &path,
+                    format!(
+                        "the stage asks for {world} processes but WORLD_SIZE is {}",
+                        topology.world
+                    ),
+                ));
             }
             if topology.local_world > 1 && std::env::var_os(launch::WORKER_ENV).is_none() {
-                let code = launch::run_workers(&topology, &std::env::args_os().skip(1).collect::<Vec<_>>())?;
+                let code = launch::run_workers(
+                    &topology,
+                    &std::env::args_os().skip(1).collect::<Vec<_>>(),
+                )?;
                 return Ok(u8::try_from(code).unwrap_or(1));
             }
             if topology.is_leader() {
                 println!("{}", config::summary(&cfg));
             }
-            let metrics_port = env_number(&env, "RLHF_METRICS_PORT", usize::from(cfg.metrics_port))?;
+            let metrics_port =
+                env_number(&env, "RLHF_METRICS_PORT", usize::from(cfg.metrics_port))?;
             let metrics = start_metrics(&cfg, &topology, metrics_port)?;
             let p = &cfg.stage.parallelism;
             let offload_optimizer = matches!(p.offload, Offload::Optimizer | Offload::All);
             // One GPU per local rank.
-            let device = if device.is_cuda() { Device::Cuda(topology.local_rank) } else { device };
-            let dist = Dist::connect(topology, p.strategy, offload_optimizer, device.is_cuda(), distributed::TIMEOUT)?;
+            let device = if device.is_cuda() {
+                Device::Cuda(topology.local_rank)
+            } else {
+                device
+            };
+            let dist = Dist::connect(
+                topology,
+                p.strategy,
+                offload_optimizer,
+                device.is_cuda(),
+                distributed::TIMEOUT,
+            )?;
             stage::run(&cfg, device, Some(metrics), dist).map(|()| 0)
         }
-        Command::Local { manifest, output, resume } => {
+        Command::Local {
+            manifest,
+            output,
+            resume,
+        } => {
             let folder = match resume {
                 Some(dir) => RunFolder::Resume(dir),
                 None => RunFolder::Fresh(output),
             };
             local::run(&manifest, folder).map(|()| 0)
         }
-        Command::Logprobs { model, text, tokenizer } => {
+        Command::Logprobs {
+            model,
+            text,
+            tokenizer,
+        } => {
             let source = inspect::tokenizer_source(&model, tokenizer.as_deref());
             println!("{}", inspect::logprobs(&model, &source, &text, device)?);
             Ok(0)
@@ -123,11 +155,30 @@ fn execute(command: Command) -> Result<u8> {
 
 /// Serves this process's metrics on `base` (RLHF_METRICS_PORT, else the config's port) +
 /// LOCAL_RANK; base 0 picks a free port.
-fn start_metrics(cfg: &TrainerConfig, topology: &Topology, base: usize) -> Result<Arc<TrainerMetrics>> {
-    let labels = [("rlhf_job", cfg.job.clone()), ("namespace", cfg.namespace.clone()), ("stage", cfg.stage.name.clone()), ("rank", topology.rank.to_string())];
-    let metrics = Arc::new(TrainerMetrics::new(labels.into_iter().map(|(k, v)| (k.to_string(), v)).collect::<HashMap<_, _>>())?);
-    let port = if base == 0 { 0 } else { base + topology.local_rank };
-    let port = u16::try_from(port).map_err(|_| Error::invalid("$RLHF_METRICS_PORT", format!("{port} is not a port")))?;
+fn start_metrics(
+    cfg: &TrainerConfig,
+    topology: &Topology,
+    base: usize,
+) -> Result<Arc<TrainerMetrics>> {
+    let labels = [
+        ("rlhf_job", cfg.job.clone()),
+        ("namespace", cfg.namespace.clone()),
+        ("stage", cfg.stage.name.clone()),
+        ("rank", topology.rank.to_string()),
+    ];
+    let metrics = Arc::new(TrainerMetrics::new(
+        labels
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), v))
+            .collect::<HashMap<_, _>>(),
+    )?);
+    let port = if base == 0 {
+        0
+    } else {
+        base + topology.local_rank
+    };
+    let port = u16::try_from(port)
+        .map_err(|_| Error::invalid("$RLHF_METRICS_PORT", format!("{port} is not a port")))?;
     let port = serve(metrics.clone(), port)?;
     println!("rank {}: metrics on :{port}/metrics", topology.rank);
     Ok(metrics)

@@ -31,12 +31,21 @@ pub struct TrainerMetrics {
 const SCALARS: [(&str, &str); 8] = [
     ("step", "Optimizer steps (PPO: rounds) completed"),
     ("reward_mean", "Mean reward-model score of the last rollout"),
-    ("reward_std", "Standard deviation of the last rollout's scores"),
+    (
+        "reward_std",
+        "Standard deviation of the last rollout's scores",
+    ),
     ("kl", "Mean per-token KL to the reference policy"),
     ("kl_coef", "KL penalty coefficient in use"),
     ("entropy", "Mean per-token entropy of the policy"),
-    ("clip_fraction", "Share of tokens whose policy ratio was clipped"),
-    ("rm_accuracy", "Reward model pairwise accuracy on the step's batch"),
+    (
+        "clip_fraction",
+        "Share of tokens whose policy ratio was clipped",
+    ),
+    (
+        "rm_accuracy",
+        "Reward model pairwise accuracy on the step's batch",
+    ),
 ];
 
 fn gauge_vec(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> Result<GaugeVec> {
@@ -63,11 +72,36 @@ impl TrainerMetrics {
             .collect::<Result<_>>()?;
         Ok(Self {
             scalars,
-            loss: gauge_vec(&registry, "rlhf_trainer_loss", "Training losses by kind", &["kind"])?,
-            samples_per_second: gauge_vec(&registry, "rlhf_trainer_samples_per_second", "Samples per second by phase", &["phase"])?,
-            tokens_per_second: gauge_vec(&registry, "rlhf_trainer_tokens_per_second", "Tokens per second by phase", &["phase"])?,
-            tflops: gauge_vec(&registry, "rlhf_trainer_tflops", "Achieved TFLOP/s by phase (README: FLOP formula)", &["phase"])?,
-            memory: gauge_vec(&registry, "rlhf_trainer_memory_bytes", "Memory by device and kind", &["device", "kind"])?,
+            loss: gauge_vec(
+                &registry,
+                "rlhf_trainer_loss",
+                "Training losses by kind",
+                &["kind"],
+            )?,
+            samples_per_second: gauge_vec(
+                &registry,
+                "rlhf_trainer_samples_per_second",
+                "Samples per second by phase",
+                &["phase"],
+            )?,
+            tokens_per_second: gauge_vec(
+                &registry,
+                "rlhf_trainer_tokens_per_second",
+                "Tokens per second by phase",
+                &["phase"],
+            )?,
+            tflops: gauge_vec(
+                &registry,
+                "rlhf_trainer_tflops",
+                "Achieved TFLOP/s by phase (README: FLOP formula)",
+                &["phase"],
+            )?,
+            memory: gauge_vec(
+                &registry,
+                "rlhf_trainer_memory_bytes",
+                "Memory by device and kind",
+                &["device", "kind"],
+            )?,
             registry,
         })
     }
@@ -85,7 +119,11 @@ impl TrainerMetrics {
             }
         }
         for (phase, values) in record["phases"].as_object().into_iter().flatten() {
-            for (key, gauge) in [("samples_per_second", &self.samples_per_second), ("tokens_per_second", &self.tokens_per_second), ("tflops", &self.tflops)] {
+            for (key, gauge) in [
+                ("samples_per_second", &self.samples_per_second),
+                ("tokens_per_second", &self.tokens_per_second),
+                ("tflops", &self.tflops),
+            ] {
                 if let Some(v) = values[key].as_f64() {
                     gauge.with_label_values(&[phase.as_str()]).set(v);
                 }
@@ -94,7 +132,9 @@ impl TrainerMetrics {
         for (device, kinds) in record["memory"].as_object().into_iter().flatten() {
             for (kind, v) in kinds.as_object().into_iter().flatten() {
                 if let Some(v) = v.as_f64() {
-                    self.memory.with_label_values(&[device.as_str(), kind.as_str()]).set(v);
+                    self.memory
+                        .with_label_values(&[device.as_str(), kind.as_str()])
+                        .set(v);
                 }
             }
         }
@@ -109,13 +149,20 @@ impl TrainerMetrics {
 
 /// `loss` -> "train", `policy_loss` -> "policy", `value_loss` -> "value", `ptx_loss` -> "ptx".
 fn loss_kind(key: &str) -> Option<&str> {
-    if key == "loss" { Some("train") } else { key.strip_suffix("_loss") }
+    if key == "loss" {
+        Some("train")
+    } else {
+        key.strip_suffix("_loss")
+    }
 }
 
 /// Serves `GET /metrics` on `0.0.0.0:port` from a background thread (0 picks a free port);
 /// returns the port. Scrapes are rare and tiny, so one thread answers them one at a time.
 pub fn serve(metrics: Arc<TrainerMetrics>, port: u16) -> Result<u16> {
-    let listener = TcpListener::bind(("0.0.0.0", port)).map_err(|source| Error::Write { path: format!("0.0.0.0:{port}").into(), source })?;
+    let listener = TcpListener::bind(("0.0.0.0", port)).map_err(|source| Error::Write {
+        path: format!("0.0.0.0:{port}").into(),
+        source,
+    })?;
     let port = listener.local_addr().map(|a| a.port()).unwrap_or(port);
     std::thread::spawn(move || {
         for stream in listener.incoming().flatten() {
@@ -139,7 +186,11 @@ fn answer(mut stream: TcpStream, metrics: &TrainerMetrics) -> std::io::Result<()
         Some("/metrics") => ("200 OK", metrics.render()),
         _ => ("404 Not Found", "only /metrics is served\n".to_string()),
     };
-    write!(stream, "HTTP/1.1 {status}\r\nContent-Type: text/plain; version=0.0.4\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}", body.len())
+    write!(
+        stream,
+        "HTTP/1.1 {status}\r\nContent-Type: text/plain; version=0.0.4\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )
 }
 
 /// This process's resident and peak resident memory in bytes (Linux `/proc/self/status`).
@@ -147,7 +198,15 @@ pub fn process_memory() -> Option<(f64, f64)> {
     let status = std::fs::read_to_string("/proc/self/status").ok()?;
     let kib = |key: &str| -> Option<f64> {
         let line = status.lines().find(|l| l.starts_with(key))?;
-        Some(line[key.len()..].trim().trim_end_matches("kB").trim().parse::<f64>().ok()? * 1024.0)
+        Some(
+            line[key.len()..]
+                .trim()
+                .trim_end_matches("kB")
+                .trim()
+                .parse::<f64>()
+                .ok()?
+                * 1024.0,
+        )
     };
     Some((kib("VmRSS:")?, kib("VmHWM:")?))
 }

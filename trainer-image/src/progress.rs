@@ -29,13 +29,33 @@ pub struct Progress {
 }
 
 impl Progress {
-    pub fn new(stage: &str, output: &Path, checkpoint_every: u32, metrics: Option<Arc<TrainerMetrics>>, dist: Dist) -> Self {
-        Self { stage: stage.into(), output: Some(output.into()), checkpoint_every: u64::from(checkpoint_every.max(1)), log: None, metrics, dist }
+    pub fn new(
+        stage: &str,
+        output: &Path,
+        checkpoint_every: u32,
+        metrics: Option<Arc<TrainerMetrics>>,
+        dist: Dist,
+    ) -> Self {
+        Self {
+            stage: stage.into(),
+            output: Some(output.into()),
+            checkpoint_every: u64::from(checkpoint_every.max(1)),
+            log: None,
+            metrics,
+            dist,
+        }
     }
 
     /// One process that prints records and writes nothing.
     pub fn detached(stage: &str) -> Self {
-        Self { stage: stage.into(), output: None, checkpoint_every: u64::MAX, log: None, metrics: None, dist: Dist::single() }
+        Self {
+            stage: stage.into(),
+            output: None,
+            checkpoint_every: u64::MAX,
+            log: None,
+            metrics: None,
+            dist: Dist::single(),
+        }
     }
 
     pub fn dist(&self) -> &Dist {
@@ -49,27 +69,43 @@ impl Progress {
     /// The newest good checkpoint, if any. The metrics log forgets the steps after it (after
     /// step 0 when there is none): they are about to be trained again.
     pub fn resume(&mut self) -> Result<Option<Restored>> {
-        let Some(output) = &self.output else { return Ok(None) };
+        let Some(output) = &self.output else {
+            return Ok(None);
+        };
         let restored = checkpoint::latest(output);
         let kept_step = restored.as_ref().map_or(0, |r| r.step);
         if !self.leader() {
             return Ok(restored);
         }
         if let Some(r) = &restored {
-            println!("{}: resuming from {} (step {})", self.stage, r.dir.display(), r.step);
+            println!(
+                "{}: resuming from {} (step {})",
+                self.stage,
+                r.dir.display(),
+                r.step
+            );
         }
         let path = output.join(METRICS_LOG);
         let records = self.logged();
         if !records.is_empty() {
-            let kept: String = records.iter().filter(|r| r["step"].as_u64().is_some_and(|s| s <= kept_step)).map(|r| format!("{r}\n")).collect();
-            std::fs::write(&path, kept).map_err(|source| Error::Write { path: path.clone(), source })?;
+            let kept: String = records
+                .iter()
+                .filter(|r| r["step"].as_u64().is_some_and(|s| s <= kept_step))
+                .map(|r| format!("{r}\n"))
+                .collect();
+            std::fs::write(&path, kept).map_err(|source| Error::Write {
+                path: path.clone(),
+                source,
+            })?;
         }
         Ok(restored)
     }
 
     /// The records in the metrics log so far (unreadable lines skipped).
     pub fn logged(&self) -> Vec<Value> {
-        let Some(output) = &self.output else { return Vec::new() };
+        let Some(output) = &self.output else {
+            return Vec::new();
+        };
         read_log(&output.join(METRICS_LOG))
     }
 
@@ -91,19 +127,37 @@ impl Progress {
     }
 
     fn append(&mut self, record: &Value) -> Result<()> {
-        let Some(output) = &self.output else { return Ok(()) };
+        let Some(output) = &self.output else {
+            return Ok(());
+        };
         let path = output.join(METRICS_LOG);
-        let io = |source| Error::Write { path: path.clone(), source };
+        let io = |source| Error::Write {
+            path: path.clone(),
+            source,
+        };
         if self.log.is_none() {
-            self.log = Some(std::fs::OpenOptions::new().create(true).append(true).open(&path).map_err(io)?);
+            self.log = Some(
+                std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(&path)
+                    .map_err(io)?,
+            );
         }
         writeln!(self.log.as_mut().expect("opened above"), "{record}").map_err(io)
     }
 
     /// After step `step`: when a checkpoint is due (every `checkpointEvery` steps, and at the
     /// `last` step) every rank builds the snapshot and the leader writes it.
-    pub fn step_done(&mut self, step: u64, last: bool, snapshot: impl FnOnce() -> Result<Snapshot>) -> Result<()> {
-        let Some(output) = &self.output else { return Ok(()) };
+    pub fn step_done(
+        &mut self,
+        step: u64,
+        last: bool,
+        snapshot: impl FnOnce() -> Result<Snapshot>,
+    ) -> Result<()> {
+        let Some(output) = &self.output else {
+            return Ok(());
+        };
         if step.is_multiple_of(self.checkpoint_every) || last {
             let snap = snapshot()?;
             if self.leader() {
@@ -121,9 +175,18 @@ pub fn progress_line(record: &Value) -> String {
     for (key, value) in record.as_object().into_iter().flatten() {
         match (key.as_str(), value) {
             ("step", v) => parts.insert(0, format!("step {v}")),
-            (_, Value::Number(n)) => parts.push(format!("{key} {:.4}", n.as_f64().unwrap_or_default())),
+            (_, Value::Number(n)) => {
+                parts.push(format!("{key} {:.4}", n.as_f64().unwrap_or_default()))
+            }
             ("eval", Value::Object(values)) => {
-                parts.push(format!("held-out {}", values.iter().map(|(k, v)| format!("{k} {:.4}", v.as_f64().unwrap_or_default())).collect::<Vec<_>>().join(" ")));
+                parts.push(format!(
+                    "held-out {}",
+                    values
+                        .iter()
+                        .map(|(k, v)| format!("{k} {:.4}", v.as_f64().unwrap_or_default()))
+                        .collect::<Vec<_>>()
+                        .join(" ")
+                ));
             }
             _ => {}
         }
@@ -139,7 +202,11 @@ pub fn progress_line(record: &Value) -> String {
 
 /// The records of a metrics log (a missing log has none; unreadable lines are skipped).
 pub fn read_log(path: &Path) -> Vec<Value> {
-    std::fs::read_to_string(path).unwrap_or_default().lines().filter_map(|l| serde_json::from_str(l).ok()).collect()
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect()
 }
 
 /// `{"cpu": {"rss", "peak"}, "cuda:<i>": {"allocated", "peak"}}` in bytes, for what is known.
@@ -149,7 +216,10 @@ fn memory() -> Value {
         m.insert("cpu".into(), json!({"rss": rss, "peak": peak}));
     }
     for (device, allocated, peak) in cuda_memory::devices() {
-        m.insert(format!("cuda:{device}"), json!({"allocated": allocated, "peak": peak}));
+        m.insert(
+            format!("cuda:{device}"),
+            json!({"allocated": allocated, "peak": peak}),
+        );
     }
     Value::Object(m)
 }
@@ -175,8 +245,13 @@ mod tests {
 
     #[test]
     fn progress_lines_are_short() {
-        let line = progress_line(&json!({"step": 3, "loss": 1.234567, "phases": {"train": {"samples_per_second": 12.34}}, "memory": {"cpu": {"rss": 104857600.0}}}));
+        let line = progress_line(
+            &json!({"step": 3, "loss": 1.234567, "phases": {"train": {"samples_per_second": 12.34}}, "memory": {"cpu": {"rss": 104857600.0}}}),
+        );
         assert_eq!(line, "step 3, loss 1.2346, 12.3 samples/s, rss 100 MiB");
-        assert_eq!(progress_line(&json!({"step": 0, "eval": {"accuracy": 0.5}})), "step 0, held-out accuracy 0.5000");
+        assert_eq!(
+            progress_line(&json!({"step": 0, "eval": {"accuracy": 0.5}})),
+            "step 0, held-out accuracy 0.5000"
+        );
     }
 }

@@ -35,20 +35,33 @@ fn weights_dir(cfg: &TrainerConfig, source: &WeightsSource) -> Result<Option<Pat
         },
         WeightsSource::Path(p) => Some(PathBuf::from(p)),
         WeightsSource::Stage(name) => {
-            let dir = cfg.stage_outputs.get(name).ok_or_else(|| Error::invalid("<config>", format!("no output folder for stage {name:?}")))?;
+            let dir = cfg.stage_outputs.get(name).ok_or_else(|| {
+                Error::invalid("<config>", format!("no output folder for stage {name:?}"))
+            })?;
             Some(Path::new(dir).join(MODEL_DIR))
         }
     })
 }
 
 /// Casts a freshly built model's weights to the stage's compute dtype (`parallelism.precision`).
-fn in_compute_dtype<T>(cfg: &TrainerConfig, device: Device, loaded: (nn::VarStore, T)) -> Result<(nn::VarStore, T)> {
+fn in_compute_dtype<T>(
+    cfg: &TrainerConfig,
+    device: Device,
+    loaded: (nn::VarStore, T),
+) -> Result<(nn::VarStore, T)> {
     let (mut vs, model) = loaded;
-    vs.set_kind(precision::compute_kind(cfg.stage.parallelism.precision, device));
+    vs.set_kind(precision::compute_kind(
+        cfg.stage.parallelism.precision,
+        device,
+    ));
     Ok((vs, model))
 }
 
-fn load_lm(cfg: &TrainerConfig, source: &WeightsSource, device: Device) -> Result<(nn::VarStore, Box<dyn CausalLm>)> {
+fn load_lm(
+    cfg: &TrainerConfig,
+    source: &WeightsSource,
+    device: Device,
+) -> Result<(nn::VarStore, Box<dyn CausalLm>)> {
     let loaded = match (weights_dir(cfg, source)?, &cfg.model.weights) {
         (Some(dir), _) => load_causal_lm(&dir, device)?,
         (None, BaseWeights::Random(arch)) => {
@@ -62,7 +75,11 @@ fn load_lm(cfg: &TrainerConfig, source: &WeightsSource, device: Device) -> Resul
     in_compute_dtype(cfg, device, loaded)
 }
 
-fn load_head(cfg: &TrainerConfig, source: &WeightsSource, device: Device) -> Result<(nn::VarStore, ScalarHead)> {
+fn load_head(
+    cfg: &TrainerConfig,
+    source: &WeightsSource,
+    device: Device,
+) -> Result<(nn::VarStore, ScalarHead)> {
     let loaded = match weights_dir(cfg, source)? {
         Some(dir) => ScalarHead::load(&dir, device)?,
         None => {
@@ -83,28 +100,56 @@ fn frozen<T>(loaded: (nn::VarStore, T)) -> (nn::VarStore, T) {
 
 /// Prepares a model about to train: activation checkpointing when asked for, and the stage's
 /// LoRA adapters (if any), freezing the rest except the variables starting with `keep_trainable`.
-fn prepare_trainable(cfg: &TrainerConfig, lm: &dyn CausalLm, vs: &nn::VarStore, keep_trainable: &[&str]) -> Result<()> {
+fn prepare_trainable(
+    cfg: &TrainerConfig,
+    lm: &dyn CausalLm,
+    vs: &nn::VarStore,
+    keep_trainable: &[&str],
+) -> Result<()> {
     let p = &cfg.stage.parallelism;
     if p.gradient_checkpointing && p.lora.as_ref().is_some_and(|l| l.dropout > 0.0) {
         // Recomputed blocks would draw new dropout masks.
-        return Err(Error::invalid("<parallelism.gradientCheckpointing>", "cannot be combined with LoRA dropout > 0 yet; set lora.dropout to 0"));
+        return Err(Error::invalid(
+            "<parallelism.gradientCheckpointing>",
+            "cannot be combined with LoRA dropout > 0 yet; set lora.dropout to 0",
+        ));
     }
     lm.set_checkpointing(p.gradient_checkpointing);
     if let Some(l) = &p.lora {
         let n = lora::attach(lm, vs, l, keep_trainable)?;
-        let trainable: i64 = vs.variables().values().filter(|t| t.requires_grad()).map(|t| t.numel() as i64).sum();
-        println!("{}: LoRA rank {} on {n} projections; {trainable} of {} weights train", cfg.stage.name, l.rank, parameter_count(vs));
+        let trainable: i64 = vs
+            .variables()
+            .values()
+            .filter(|t| t.requires_grad())
+            .map(|t| t.numel() as i64)
+            .sum();
+        println!(
+            "{}: LoRA rank {} on {n} projections; {trainable} of {} weights train",
+            cfg.stage.name,
+            l.rank,
+            parameter_count(vs)
+        );
     }
     Ok(())
 }
 
 /// The reference model of a stage: under LoRA, when it is the trained model's own starting point,
 /// that model with its adapters off (no second copy); otherwise loaded and frozen.
-fn load_reference(cfg: &TrainerConfig, device: Device) -> Result<Option<(nn::VarStore, Box<dyn CausalLm>)>> {
+fn load_reference(
+    cfg: &TrainerConfig,
+    device: Device,
+) -> Result<Option<(nn::VarStore, Box<dyn CausalLm>)>> {
     let s = &cfg.stage;
-    let source = s.models.reference.clone().unwrap_or_else(|| s.models.init.clone());
+    let source = s
+        .models
+        .reference
+        .clone()
+        .unwrap_or_else(|| s.models.init.clone());
     if s.parallelism.lora.is_some() && source == s.models.init {
-        println!("{}: reference = the trained model with its adapters off (no second copy)", s.name);
+        println!(
+            "{}: reference = the trained model with its adapters off (no second copy)",
+            s.name
+        );
         return Ok(None);
     }
     Ok(Some(frozen(load_lm(cfg, &source, device)?)))
@@ -123,7 +168,10 @@ fn reference_view<'a>(
 }
 
 fn check_tokenizer(tok: &Tokenizer, lm: &dyn CausalLm, origin: &Path) -> Result<()> {
-    tok.check_fits(lm.hf_config()["vocab_size"].as_i64().unwrap_or(i64::MAX), origin)
+    tok.check_fits(
+        lm.hf_config()["vocab_size"].as_i64().unwrap_or(i64::MAX),
+        origin,
+    )
 }
 
 /// What every stage kind needs besides its models.
@@ -154,12 +202,22 @@ impl StageRun<'_> {
 
     /// Whether the start evaluation is needed: on the leader, unless an earlier run logged it.
     fn evaluate_at_start(&self) -> bool {
-        self.leader() && !self.progress.logged().iter().any(|r| r["step"] == 0 && r.get("eval").is_some())
+        self.leader()
+            && !self
+                .progress
+                .logged()
+                .iter()
+                .any(|r| r["step"] == 0 && r.get("eval").is_some())
     }
 
     /// The step the log ends at (the last step trained).
     fn last_step(&self) -> u64 {
-        self.progress.logged().iter().filter_map(|r| r["step"].as_u64()).max().unwrap_or(0)
+        self.progress
+            .logged()
+            .iter()
+            .filter_map(|r| r["step"].as_u64())
+            .max()
+            .unwrap_or(0)
     }
 
     /// What every stage kind does around its training: the held-out evaluation `eval` before
@@ -197,14 +255,29 @@ impl StageRun<'_> {
 
 /// Runs the stage described by `cfg` on `device` as one rank of `dist`, exporting to `metrics`
 /// when given.
-pub fn run(cfg: &TrainerConfig, device: Device, metrics: Option<Arc<TrainerMetrics>>, dist: Dist) -> Result<()> {
+pub fn run(
+    cfg: &TrainerConfig,
+    device: Device,
+    metrics: Option<Arc<TrainerMetrics>>,
+    dist: Dist,
+) -> Result<()> {
     let s = &cfg.stage;
     let out = Path::new(&cfg.output_dir);
-    std::fs::create_dir_all(out).map_err(|source| Error::Write { path: out.into(), source })?;
+    std::fs::create_dir_all(out).map_err(|source| Error::Write {
+        path: out.into(),
+        source,
+    })?;
     let tok = Tokenizer::load(&cfg.model.tokenizer)?;
     let (train, held_out) = data::split_held_out(data::load(&s.dataset, s.kind)?);
     let progress = Progress::new(&s.name, out, s.training.checkpoint_every, metrics, dist);
-    let mut run = StageRun { cfg, tok, train, held_out, progress, device };
+    let mut run = StageRun {
+        cfg,
+        tok,
+        train,
+        held_out,
+        progress,
+        device,
+    };
     match s.kind {
         StageKind::Sft => run_sft(&mut run),
         StageKind::Rm => run_rm(&mut run),
@@ -240,7 +313,10 @@ fn run_rm(r: &mut StageRun<'_>) -> Result<()> {
 
 fn run_dpo(r: &mut StageRun<'_>) -> Result<()> {
     let s = &r.cfg.stage;
-    let params = s.dpo.clone().ok_or_else(|| Error::invalid("<config>", "a dpo stage without dpo settings"))?;
+    let params = s
+        .dpo
+        .clone()
+        .ok_or_else(|| Error::invalid("<config>", "a dpo stage without dpo settings"))?;
     let (vs, policy) = load_lm(r.cfg, &s.models.init, r.device)?;
     check_tokenizer(&r.tok, policy.as_ref(), r.out())?;
     prepare_trainable(r.cfg, policy.as_ref(), &vs, &[])?;
@@ -249,26 +325,62 @@ fn run_dpo(r: &mut StageRun<'_>) -> Result<()> {
     let (reference, ref_vs) = reference_view(&loaded_reference, &base, &vs);
     r.train_between_evaluations(
         |r| {
-            let (margin, win_rate) = dpo::margin(policy.as_ref(), reference, &r.tok, &r.held_out, s.training.max_length, params.beta, r.device)?;
+            let (margin, win_rate) = dpo::margin(
+                policy.as_ref(),
+                reference,
+                &r.tok,
+                &r.held_out,
+                s.training.max_length,
+                params.beta,
+                r.device,
+            )?;
             Ok(json!({"margin": margin, "win_rate": win_rate}))
         },
-        |r| dpo::train(policy.as_ref(), &vs, (reference, ref_vs), &r.tok, &r.train, &s.training, &params, r.device, &mut r.progress).map(drop),
+        |r| {
+            dpo::train(
+                policy.as_ref(),
+                &vs,
+                (reference, ref_vs),
+                &r.tok,
+                &r.train,
+                &s.training,
+                &params,
+                r.device,
+                &mut r.progress,
+            )
+            .map(drop)
+        },
         |out| policy.save(&vs, &out.join(MODEL_DIR)),
     )
 }
 
 fn run_ppo(r: &mut StageRun<'_>) -> Result<()> {
     let s = &r.cfg.stage;
-    let params = s.ppo.clone().ok_or_else(|| Error::invalid("<config>", "a ppo stage without ppo settings"))?;
-    let missing = |role: &str| Error::invalid("<config>", format!("a ppo stage without a {role} source"));
+    let params = s
+        .ppo
+        .clone()
+        .ok_or_else(|| Error::invalid("<config>", "a ppo stage without ppo settings"))?;
+    let missing =
+        |role: &str| Error::invalid("<config>", format!("a ppo stage without a {role} source"));
     let (actor_vs, actor) = load_lm(r.cfg, &s.models.init, r.device)?;
     check_tokenizer(&r.tok, actor.as_ref(), r.out())?;
     prepare_trainable(r.cfg, actor.as_ref(), &actor_vs, &[])?;
     let loaded_reference = load_reference(r.cfg, r.device)?;
     let base = WithoutAdapters(actor.as_ref());
     let (reference, reference_vs) = reference_view(&loaded_reference, &base, &actor_vs);
-    let (reward_vs, reward) = frozen(load_head(r.cfg, s.models.reward_model.as_ref().ok_or_else(|| missing("reward model"))?, r.device)?);
-    let (critic_vs, critic) = load_head(r.cfg, s.models.critic.as_ref().ok_or_else(|| missing("critic"))?, r.device)?;
+    let (reward_vs, reward) = frozen(load_head(
+        r.cfg,
+        s.models
+            .reward_model
+            .as_ref()
+            .ok_or_else(|| missing("reward model"))?,
+        r.device,
+    )?);
+    let (critic_vs, critic) = load_head(
+        r.cfg,
+        s.models.critic.as_ref().ok_or_else(|| missing("critic"))?,
+        r.device,
+    )?;
     prepare_trainable(r.cfg, critic.lm.as_ref(), &critic_vs, &[SCORE])?;
     let models = ppo::Models {
         actor: actor.as_ref(),
@@ -284,18 +396,40 @@ fn run_ppo(r: &mut StageRun<'_>) -> Result<()> {
         Some(d) if params.ptx_coef > 0.0 => data::load(d, StageKind::Sft)?,
         _ => Vec::new(),
     };
-    let offload_inference = matches!(s.parallelism.offload, Offload::InferenceModels | Offload::All);
+    let offload_inference = matches!(
+        s.parallelism.offload,
+        Offload::InferenceModels | Offload::All
+    );
     let pad = i64::from(r.tok.pad_token_id);
     r.train_between_evaluations(
         |r| {
             let prompts = ppo::prompts_of(&r.held_out)?;
-            let sampling = ppo::experience::Sampling { tok: &r.tok, generation: &params.generation, max_length: s.training.max_length, seed: 0 };
-            let (reward_mean, kl) = ppo::experience::evaluate(&models, &prompts, &sampling, r.device)?;
+            let sampling = ppo::experience::Sampling {
+                tok: &r.tok,
+                generation: &params.generation,
+                max_length: s.training.max_length,
+                seed: 0,
+            };
+            let (reward_mean, kl) =
+                ppo::experience::evaluate(&models, &prompts, &sampling, r.device)?;
             Ok(json!({"reward_mean": reward_mean, "kl": kl}))
         },
         |r| {
-            let data = ppo::Data { tok: &r.tok, prompts: &r.train, ptx: &ptx };
-            ppo::train(&models, &data, &s.training, &params, r.device, offload_inference, &mut r.progress).map(drop)
+            let data = ppo::Data {
+                tok: &r.tok,
+                prompts: &r.train,
+                ptx: &ptx,
+            };
+            ppo::train(
+                &models,
+                &data,
+                &s.training,
+                &params,
+                r.device,
+                offload_inference,
+                &mut r.progress,
+            )
+            .map(drop)
         },
         |out| {
             actor.save(&actor_vs, &out.join(MODEL_DIR))?;

@@ -29,7 +29,12 @@ pub struct Tokenizer {
 
 impl std::fmt::Debug for Tokenizer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "Tokenizer({}, vocab {})", self.origin.display(), self.vocab_size)
+        write!(
+            f,
+            "Tokenizer({}, vocab {})",
+            self.origin.display(),
+            self.vocab_size
+        )
     }
 }
 
@@ -53,24 +58,38 @@ impl Tokenizer {
         let json = dir.join("tokenizer.json");
         let (vocab, merges) = (dir.join("vocab.json"), dir.join("merges.txt"));
         let hf = if json.exists() {
-            tokenizers::Tokenizer::from_file(&json).map_err(|e| Error::invalid(&json, e.to_string()))?
+            tokenizers::Tokenizer::from_file(&json)
+                .map_err(|e| Error::invalid(&json, e.to_string()))?
         } else if vocab.exists() && merges.exists() {
             byte_level_bpe(&vocab, &merges)?
         } else {
-            return Err(Error::invalid(dir, "no tokenizer.json, nor vocab.json + merges.txt"));
+            return Err(Error::invalid(
+                dir,
+                "no tokenizer.json, nor vocab.json + merges.txt",
+            ));
         };
         let specials = SpecialTokens::read(dir)?;
         let id = |t: &Option<String>| t.as_deref().and_then(|t| hf.token_to_id(t));
         let eos_token_id = id(&specials.eos_token).or_else(|| hf.token_to_id(GPT2_EOS));
         let pad_token_id = id(&specials.pad_token).or(eos_token_id).unwrap_or(0);
         let vocab_size = hf.get_vocab_size(true);
-        Ok(Self { inner: Inner::Hf(Box::new(hf)), origin: dir.into(), eos_token_id, pad_token_id, vocab_size })
+        Ok(Self {
+            inner: Inner::Hf(Box::new(hf)),
+            origin: dir.into(),
+            eos_token_id,
+            pad_token_id,
+            vocab_size,
+        })
     }
 
     /// Token ids of `text`, special tokens included as the tokenizer defines them.
     pub fn encode(&self, text: &str) -> Result<Vec<u32>> {
         match &self.inner {
-            Inner::Hf(t) => Ok(t.encode(text, true).map_err(|e| Error::invalid(&self.origin, e.to_string()))?.get_ids().to_vec()),
+            Inner::Hf(t) => Ok(t
+                .encode(text, true)
+                .map_err(|e| Error::invalid(&self.origin, e.to_string()))?
+                .get_ids()
+                .to_vec()),
             Inner::Gpt2(bpe) => Ok(bpe.encode_with_special_tokens(text)),
         }
     }
@@ -79,15 +98,23 @@ impl Tokenizer {
     /// continues a prompt: no second BOS in the middle of a sequence).
     pub fn encode_continuation(&self, text: &str) -> Result<Vec<u32>> {
         match &self.inner {
-            Inner::Hf(t) => Ok(t.encode(text, false).map_err(|e| Error::invalid(&self.origin, e.to_string()))?.get_ids().to_vec()),
+            Inner::Hf(t) => Ok(t
+                .encode(text, false)
+                .map_err(|e| Error::invalid(&self.origin, e.to_string()))?
+                .get_ids()
+                .to_vec()),
             Inner::Gpt2(bpe) => Ok(bpe.encode_with_special_tokens(text)),
         }
     }
 
     pub fn decode(&self, ids: &[u32]) -> Result<String> {
         match &self.inner {
-            Inner::Hf(t) => t.decode(ids, false).map_err(|e| Error::invalid(&self.origin, e.to_string())),
-            Inner::Gpt2(bpe) => bpe.decode(ids).map_err(|e| Error::invalid(&self.origin, e.to_string())),
+            Inner::Hf(t) => t
+                .decode(ids, false)
+                .map_err(|e| Error::invalid(&self.origin, e.to_string())),
+            Inner::Gpt2(bpe) => bpe
+                .decode(ids)
+                .map_err(|e| Error::invalid(&self.origin, e.to_string())),
         }
     }
 
@@ -96,7 +123,11 @@ impl Tokenizer {
         if self.vocab_size as i64 > model_vocab {
             return Err(Error::invalid(
                 model,
-                format!("the tokenizer ({}) has {} ids but the model only {model_vocab}", self.origin.display(), self.vocab_size),
+                format!(
+                    "the tokenizer ({}) has {} ids but the model only {model_vocab}",
+                    self.origin.display(),
+                    self.vocab_size
+                ),
             ));
         }
         Ok(())
@@ -128,13 +159,22 @@ struct SpecialTokens {
 impl SpecialTokens {
     fn read(dir: &Path) -> Result<Self> {
         let path = dir.join("tokenizer_config.json");
-        let Ok(text) = std::fs::read_to_string(&path) else { return Ok(Self::default()) };
-        let v: serde_json::Value = serde_json::from_str(&text).map_err(|e| Error::parse(&path, &e))?;
+        let Ok(text) = std::fs::read_to_string(&path) else {
+            return Ok(Self::default());
+        };
+        let v: serde_json::Value =
+            serde_json::from_str(&text).map_err(|e| Error::parse(&path, &e))?;
         let token = |key: &str| match &v[key] {
             serde_json::Value::String(s) => Some(s.clone()),
-            serde_json::Value::Object(o) => o.get("content").and_then(|c| c.as_str()).map(str::to_string),
+            serde_json::Value::Object(o) => o
+                .get("content")
+                .and_then(|c| c.as_str())
+                .map(str::to_string),
             _ => None,
         };
-        Ok(Self { eos_token: token("eos_token"), pad_token: token("pad_token") })
+        Ok(Self {
+            eos_token: token("eos_token"),
+            pad_token: token("pad_token"),
+        })
     }
 }

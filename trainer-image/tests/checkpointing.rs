@@ -24,24 +24,61 @@ fn gradients(family: &str, checkpointing: bool, with_lora: bool) -> Vec<(String,
     gradients_of(family, checkpointing, with_lora, true)
 }
 
-fn gradients_of(family: &str, checkpointing: bool, with_lora: bool, finish: bool) -> Vec<(String, Tensor)> {
+fn gradients_of(
+    family: &str,
+    checkpointing: bool,
+    with_lora: bool,
+    finish: bool,
+) -> Vec<(String, Tensor)> {
     // libtorch's RNG is global and tests run in parallel: seed and initialise one at a time.
     static INIT: std::sync::Mutex<()> = std::sync::Mutex::new(());
     let _guard = INIT.lock().unwrap_or_else(|e| e.into_inner());
     let vs = nn::VarStore::new(Device::Cpu);
     let model = build(family, &vs);
     if with_lora {
-        let cfg = ResolvedLora { rank: 2, alpha: 4.0, dropout: 0.0, target_modules: vec!["c_attn".into(), "q_proj".into(), "down_proj".into()] };
-        let targets: Vec<String> = cfg.target_modules.iter().filter(|m| model.projections().iter().any(|p| p.module() == m.as_str())).cloned().collect();
-        lora::attach(model.as_ref(), &vs, &ResolvedLora { target_modules: targets, ..cfg }, &[]).unwrap();
+        let cfg = ResolvedLora {
+            rank: 2,
+            alpha: 4.0,
+            dropout: 0.0,
+            target_modules: vec!["c_attn".into(), "q_proj".into(), "down_proj".into()],
+        };
+        let targets: Vec<String> = cfg
+            .target_modules
+            .iter()
+            .filter(|m| model.projections().iter().any(|p| p.module() == m.as_str()))
+            .cloned()
+            .collect();
+        lora::attach(
+            model.as_ref(),
+            &vs,
+            &ResolvedLora {
+                target_modules: targets,
+                ..cfg
+            },
+            &[],
+        )
+        .unwrap();
         // Non-zero B, so the adapters matter.
-        tch::no_grad(|| vs.variables().iter().filter(|(k, _)| k.contains("lora_B")).for_each(|(_, t)| t.shallow_clone().copy_(&(Tensor::ones(t.size(), (Kind::Float, Device::Cpu)) * 0.1))));
+        tch::no_grad(|| {
+            vs.variables()
+                .iter()
+                .filter(|(k, _)| k.contains("lora_B"))
+                .for_each(|(_, t)| {
+                    t.shallow_clone()
+                        .copy_(&(Tensor::ones(t.size(), (Kind::Float, Device::Cpu)) * 0.1))
+                })
+        });
     }
     model.set_checkpointing(checkpointing);
     let ids = Tensor::from_slice(&[0i64, 0, 5, 9, 13, 2, 7, 8, 1, 4, 6, 3]).view([2, 6]);
     let mask = Tensor::from_slice(&[0i64, 0, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1]).view([2, 6]);
     let logits = model.logits(&ids, Some(&mask));
-    let loss = logits.narrow(1, 0, 5).log_softmax(-1, Kind::Float).gather(2, &ids.narrow(1, 1, 5).unsqueeze(-1), false).mean(Kind::Float).neg();
+    let loss = logits
+        .narrow(1, 0, 5)
+        .log_softmax(-1, Kind::Float)
+        .gather(2, &ids.narrow(1, 1, 5).unsqueeze(-1), false)
+        .mean(Kind::Float)
+        .neg();
     if finish {
         backward(&loss, &[model.as_ref()]);
     } else {
@@ -64,16 +101,28 @@ fn gradients_of(family: &str, checkpointing: bool, with_lora: bool, finish: bool
 fn recomputed_blocks_give_the_same_gradients() {
     for family in ["gpt2", "llama"] {
         for with_lora in [false, true] {
-            let (plain, recomputed) = (gradients(family, false, with_lora), gradients(family, true, with_lora));
+            let (plain, recomputed) = (
+                gradients(family, false, with_lora),
+                gradients(family, true, with_lora),
+            );
             assert_eq!(plain.len(), recomputed.len());
             let mut worst = 0.0f64;
             for ((name, a), (_, b)) in plain.iter().zip(&recomputed) {
-                assert!(a.defined() && b.defined(), "{family}: {name} has no gradient");
+                assert!(
+                    a.defined() && b.defined(),
+                    "{family}: {name} has no gradient"
+                );
                 let scale = a.abs().max().double_value(&[]).max(1e-6);
                 worst = worst.max((a - b).abs().max().double_value(&[]) / scale);
             }
-            println!("{family} (lora: {with_lora}): {} gradients, worst relative difference {worst:.2e}", plain.len());
-            assert!(worst < 1e-4, "{family}: recomputed gradients differ by {worst}");
+            println!(
+                "{family} (lora: {with_lora}): {} gradients, worst relative difference {worst:.2e}",
+                plain.len()
+            );
+            assert!(
+                worst < 1e-4,
+                "{family}: recomputed gradients differ by {worst}"
+            );
         }
     }
 }
@@ -82,7 +131,14 @@ fn recomputed_blocks_give_the_same_gradients() {
 fn checkpointed_blocks_get_their_gradients_only_from_the_recomputation() {
     for family in ["gpt2", "llama"] {
         let partial = gradients_of(family, true, false, false);
-        let missing: Vec<&str> = partial.iter().filter(|(_, g)| !g.defined()).map(|(k, _)| k.as_str()).collect();
-        assert!(missing.iter().any(|k| k.contains(".0.")), "{family}: block 0 must wait for the recomputation: {missing:?}");
+        let missing: Vec<&str> = partial
+            .iter()
+            .filter(|(_, g)| !g.defined())
+            .map(|(k, _)| k.as_str())
+            .collect();
+        assert!(
+            missing.iter().any(|k| k.contains(".0.")),
+            "{family}: block 0 must wait for the recomputation: {missing:?}"
+        );
     }
 }

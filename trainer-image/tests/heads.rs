@@ -20,22 +20,42 @@ fn reward_model_round_trip(family: &str, config: &str) {
     let ones = ids.ones_like();
     let ours = tch::no_grad(|| reloaded.last_token(&ids, &ones));
     let out = dir.join("scores.safetensors");
-    run_reference(&["score", saved.to_str().unwrap(), dir.join("reference.safetensors").to_str().unwrap(), out.to_str().unwrap()]);
+    run_reference(&[
+        "score",
+        saved.to_str().unwrap(),
+        dir.join("reference.safetensors").to_str().unwrap(),
+        out.to_str().unwrap(),
+    ]);
     let expected = read_tensor(&out, "scores");
     let diff = (ours - expected).abs().max().double_value(&[]);
-    assert!(diff <= 1e-4, "{family}: scores differ from transformers by {diff}");
+    assert!(
+        diff <= 1e-4,
+        "{family}: scores differ from transformers by {diff}"
+    );
 
     // The same sequence scores the same left-padded, right-padded or alone.
     tch::no_grad(|| {
         let row = ids.get(0).narrow(0, 0, 6);
         let pad = Tensor::zeros([3], (Kind::Int64, Device::Cpu));
-        let (one, zero) = (Tensor::ones([6], (Kind::Int64, Device::Cpu)), pad.zeros_like());
+        let (one, zero) = (
+            Tensor::ones([6], (Kind::Int64, Device::Cpu)),
+            pad.zeros_like(),
+        );
         let alone = reloaded.last_token(&row.unsqueeze(0), &one.unsqueeze(0));
-        let left = reloaded.last_token(&Tensor::cat(&[&pad, &row], 0).unsqueeze(0), &Tensor::cat(&[&zero, &one], 0).unsqueeze(0));
-        let right = reloaded.last_token(&Tensor::cat(&[&row, &pad], 0).unsqueeze(0), &Tensor::cat(&[&one, &zero], 0).unsqueeze(0));
+        let left = reloaded.last_token(
+            &Tensor::cat(&[&pad, &row], 0).unsqueeze(0),
+            &Tensor::cat(&[&zero, &one], 0).unsqueeze(0),
+        );
+        let right = reloaded.last_token(
+            &Tensor::cat(&[&row, &pad], 0).unsqueeze(0),
+            &Tensor::cat(&[&one, &zero], 0).unsqueeze(0),
+        );
         for (side, s) in [("left", left), ("right", right)] {
             let d = (s - &alone).abs().double_value(&[0]);
-            assert!(d < 1e-5, "{family}: {side} padding changes the score by {d}");
+            assert!(
+                d < 1e-5,
+                "{family}: {side} padding changes the score by {d}"
+            );
         }
     });
     let _ = std::fs::remove_dir_all(&dir);
@@ -43,7 +63,10 @@ fn reward_model_round_trip(family: &str, config: &str) {
 
 #[test]
 fn gpt2_reward_model_matches_transformers() {
-    reward_model_round_trip("gpt2", r#"{"vocab_size": 101, "n_positions": 32, "n_embd": 32, "n_layer": 2, "n_head": 4}"#);
+    reward_model_round_trip(
+        "gpt2",
+        r#"{"vocab_size": 101, "n_positions": 32, "n_embd": 32, "n_layer": 2, "n_head": 4}"#,
+    );
 }
 
 #[test]

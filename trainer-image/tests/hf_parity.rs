@@ -15,7 +15,11 @@ const TOLERANCE: f64 = 1e-4;
 /// Max |ours - reference| over the positions that are not padding.
 fn max_diff(ours: &Tensor, reference: &Tensor, mask: &Tensor) -> f64 {
     let keep = mask.to_kind(Kind::Bool).unsqueeze(-1).expand_as(ours);
-    (ours - reference).abs().masked_select(&keep).max().double_value(&[])
+    (ours - reference)
+        .abs()
+        .masked_select(&keep)
+        .max()
+        .double_value(&[])
 }
 
 /// transformers makes a random `family` model; we load it (the family comes from config.json),
@@ -24,22 +28,37 @@ fn round_trip(family: &str, name: &str, config: &str) {
     let dir = scratch(name);
     run_reference(&["make", family, dir.to_str().unwrap(), config]);
     let (ids, mask, expected) = reference_batch(&dir);
-    let (vs, model) = load_causal_lm(&dir.join("model"), Device::Cpu).expect("loading the transformers checkpoint");
+    let (vs, model) = load_causal_lm(&dir.join("model"), Device::Cpu)
+        .expect("loading the transformers checkpoint");
     let ours = tch::no_grad(|| model.logits(&ids, Some(&mask)));
     let diff = max_diff(&ours, &expected, &mask);
     println!("{name}: max abs diff vs transformers {diff:.3e}");
-    assert!(diff <= TOLERANCE, "{name}: logits differ from transformers by {diff}");
+    assert!(
+        diff <= TOLERANCE,
+        "{name}: logits differ from transformers by {diff}"
+    );
 
     model.save(&vs, &dir.join("saved")).expect("saving");
     let reference = dir.join("reference.safetensors");
-    let said = run_reference(&["check", dir.join("saved").to_str().unwrap(), reference.to_str().unwrap()]);
-    println!("{name}: saved here, loaded by transformers: {}", said.trim());
+    let said = run_reference(&[
+        "check",
+        dir.join("saved").to_str().unwrap(),
+        reference.to_str().unwrap(),
+    ]);
+    println!(
+        "{name}: saved here, loaded by transformers: {}",
+        said.trim()
+    );
     let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[test]
 fn gpt2_matches_transformers_small() {
-    round_trip("gpt2", "gpt2-small", r#"{"vocab_size": 101, "n_positions": 32, "n_embd": 32, "n_layer": 2, "n_head": 4}"#);
+    round_trip(
+        "gpt2",
+        "gpt2-small",
+        r#"{"vocab_size": 101, "n_positions": 32, "n_embd": 32, "n_layer": 2, "n_head": 4}"#,
+    );
 }
 
 #[test]
@@ -54,10 +73,18 @@ fn gpt2_matches_transformers_other_shape() {
 #[test]
 fn a_folder_without_weights_is_a_clear_error() {
     let dir = scratch("empty");
-    std::fs::write(dir.join("config.json"), r#"{"n_embd": 32, "n_head": 4, "n_layer": 1}"#).unwrap();
+    std::fs::write(
+        dir.join("config.json"),
+        r#"{"n_embd": 32, "n_head": 4, "n_layer": 1}"#,
+    )
+    .unwrap();
     let err = Gpt2::load(&dir, Device::Cpu).unwrap_err();
     assert_eq!(err.exit_code(), 2);
-    assert!(err.to_string().contains("no model.safetensors or model.safetensors.index.json"), "{err}");
+    assert!(
+        err.to_string()
+            .contains("no model.safetensors or model.safetensors.index.json"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -86,5 +113,9 @@ fn an_unknown_model_type_is_a_clear_error() {
     std::fs::write(dir.join("config.json"), r#"{"model_type": "bert"}"#).unwrap();
     let err = load_causal_lm(&dir, Device::Cpu).unwrap_err();
     assert_eq!(err.exit_code(), 2);
-    assert!(err.to_string().ends_with("config.json: model_type Some(\"bert\") is not supported (gpt2, llama)"), "{err}");
+    assert!(
+        err.to_string()
+            .ends_with("config.json: model_type Some(\"bert\") is not supported (gpt2, llama)"),
+        "{err}"
+    );
 }

@@ -25,7 +25,11 @@ fn scrape(port: u16) -> Option<String> {
 /// A port with the next one free too (the trainer adds LOCAL_RANK = 1).
 fn free_port_pair() -> u16 {
     loop {
-        let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let port = TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
         if port < u16::MAX && TcpListener::bind(("127.0.0.1", port + 1)).is_ok() {
             return port;
         }
@@ -64,27 +68,61 @@ fn a_training_process_serves_labelled_metrics_on_its_port() {
     let started = Instant::now();
     let text = loop {
         let reply = scrape(base + 1).unwrap_or_default();
-        let step = reply.lines().find(|l| l.starts_with("rlhf_trainer_step{")).and_then(|l| l.rsplit(' ').next()?.parse::<f64>().ok());
+        let step = reply
+            .lines()
+            .find(|l| l.starts_with("rlhf_trainer_step{"))
+            .and_then(|l| l.rsplit(' ').next()?.parse::<f64>().ok());
         if step.is_some_and(|s| s >= 2.0) {
             break reply;
         }
-        assert!(child.try_wait().unwrap().is_none(), "the trainer exited before serving metrics");
-        assert!(started.elapsed() < Duration::from_secs(120), "no metrics on port {}", base + 1);
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "the trainer exited before serving metrics"
+        );
+        assert!(
+            started.elapsed() < Duration::from_secs(120),
+            "no metrics on port {}",
+            base + 1
+        );
         std::thread::sleep(Duration::from_millis(50));
     };
     child.kill().unwrap();
     child.wait().unwrap();
     let gone = Instant::now();
     while scrape(base + 1).is_some() {
-        assert!(gone.elapsed() < Duration::from_secs(10), "worker 1 outlived its killed launcher");
+        assert!(
+            gone.elapsed() < Duration::from_secs(10),
+            "worker 1 outlived its killed launcher"
+        );
         std::thread::sleep(Duration::from_millis(50));
     }
-    for label in ["rlhf_job=\"demo\"", "namespace=\"team-a\"", "stage=\"sft\"", "rank=\"1\""] {
-        assert!(text.lines().filter(|l| l.starts_with("rlhf_trainer_step{")).all(|l| l.contains(label)), "{label} missing:\n{text}");
+    for label in [
+        "rlhf_job=\"demo\"",
+        "namespace=\"team-a\"",
+        "stage=\"sft\"",
+        "rank=\"1\"",
+    ] {
+        assert!(
+            text.lines()
+                .filter(|l| l.starts_with("rlhf_trainer_step{"))
+                .all(|l| l.contains(label)),
+            "{label} missing:\n{text}"
+        );
     }
-    for series in ["rlhf_trainer_loss{", "rlhf_trainer_samples_per_second{", "rlhf_trainer_tokens_per_second{", "rlhf_trainer_tflops{", "rlhf_trainer_memory_bytes{"] {
+    for series in [
+        "rlhf_trainer_loss{",
+        "rlhf_trainer_samples_per_second{",
+        "rlhf_trainer_tokens_per_second{",
+        "rlhf_trainer_tflops{",
+        "rlhf_trainer_memory_bytes{",
+    ] {
         assert!(text.contains(series), "{series} missing:\n{text}");
     }
-    assert!(text.contains("kind=\"rss\"") && text.contains("phase=\"train\"") && text.contains("kind=\"train\""), "{text}");
+    assert!(
+        text.contains("kind=\"rss\"")
+            && text.contains("phase=\"train\"")
+            && text.contains("kind=\"train\""),
+        "{text}"
+    );
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -25,18 +25,28 @@ fn run(dir: &Path, name: &str, manifest: &str) -> PathBuf {
 }
 
 fn weights(run: &Path, stage: &str) -> HashMap<String, Tensor> {
-    Tensor::read_safetensors(run.join(stage).join("model/model.safetensors")).unwrap().into_iter().collect()
+    Tensor::read_safetensors(run.join(stage).join("model/model.safetensors"))
+        .unwrap()
+        .into_iter()
+        .collect()
 }
 
 fn max_difference(a: &HashMap<String, Tensor>, b: &HashMap<String, Tensor>) -> f64 {
     assert_eq!(a.len(), b.len());
-    a.iter().map(|(k, t)| (t - &b[k]).abs().max().double_value(&[])).fold(0.0, f64::max)
+    a.iter()
+        .map(|(k, t)| (t - &b[k]).abs().max().double_value(&[]))
+        .fold(0.0, f64::max)
 }
 
 /// The optimizer state bytes rank 0 reported at the last step of a stage.
 fn state_bytes(run: &Path, stage: &str) -> f64 {
     let log = std::fs::read_to_string(run.join(stage).join("metrics.jsonl")).unwrap();
-    log.lines().filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok()?["optimizer_state_bytes"].as_f64()).next_back().unwrap()
+    log.lines()
+        .filter_map(|l| {
+            serde_json::from_str::<serde_json::Value>(l).ok()?["optimizer_state_bytes"].as_f64()
+        })
+        .next_back()
+        .unwrap()
 }
 
 #[test]
@@ -46,35 +56,60 @@ fn two_ranks_match_one_rank_under_every_strategy() {
     let single_sft = weights(&single, "sft");
     let single_bytes = state_bytes(&single, "sft");
     for strategy in ["ddp", "zero1", "zero2"] {
-        let two = run(&dir, strategy, &job(&format!("{{nodes: 1, gpusPerNode: 2, strategy: {strategy}}}"), 4));
+        let two = run(
+            &dir,
+            strategy,
+            &job(
+                &format!("{{nodes: 1, gpusPerNode: 2, strategy: {strategy}}}"),
+                4,
+            ),
+        );
         let diff = max_difference(&single_sft, &weights(&two, "sft"));
         let ratio = state_bytes(&two, "sft") / single_bytes;
-        println!("{strategy}: 2 ranks vs 1, max weight difference after 4 steps {diff:.2e}; rank 0 optimizer state {ratio:.3} of one rank's");
+        println!(
+            "{strategy}: 2 ranks vs 1, max weight difference after 4 steps {diff:.2e}; rank 0 optimizer state {ratio:.3} of one rank's"
+        );
         assert!(diff < 1e-5, "{strategy}: weights differ by {diff}");
         if strategy == "ddp" {
             assert_eq!(ratio, 1.0, "ddp replicates the state");
         } else {
-            assert!((ratio - 0.5).abs() < 0.01, "{strategy}: state per rank should be about half: {ratio}");
+            assert!(
+                (ratio - 0.5).abs() < 0.01,
+                "{strategy}: state per rank should be about half: {ratio}"
+            );
         }
     }
     // Accumulation: 2 micro-batches of 4 = 1 micro-batch of 8 (RM's loss is a mean over pairs).
     let big_micro = run(&dir, "micro8", &job("{nodes: 1, gpusPerNode: 1}", 8));
     let diff = max_difference(&weights(&single, "rm"), &weights(&big_micro, "rm"));
     println!("accumulation: 2 x 4 vs 1 x 8, max weight difference {diff:.2e}");
-    assert!(diff < 1e-5, "gradient accumulation differs from the bigger batch by {diff}");
+    assert!(
+        diff < 1e-5,
+        "gradient accumulation differs from the bigger batch by {diff}"
+    );
     let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[test]
 fn the_launcher_exits_with_a_failed_workers_code() {
     let dir = scratch("launcher");
-    let manifest = job("{nodes: 1, gpusPerNode: 2}", 4).replace("{synthetic: {task: copy, samples: 64}}", "{path: missing.jsonl}");
+    let manifest = job("{nodes: 1, gpusPerNode: 2}", 4).replace(
+        "{synthetic: {task: copy, samples: 64}}",
+        "{path: missing.jsonl}",
+    );
     let path = dir.join("job.yaml");
     std::fs::write(&path, manifest).unwrap();
     let out = local(&path, "--output", &dir.join("out")).output().unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(2), "bad input in a worker is permanent for the whole stage: {stderr}");
-    assert!(stderr.contains("missing.jsonl") && stderr.contains("failed with exit code 2"), "{stderr}");
+    assert_eq!(
+        out.status.code(),
+        Some(2),
+        "bad input in a worker is permanent for the whole stage: {stderr}"
+    );
+    assert!(
+        stderr.contains("missing.jsonl") && stderr.contains("failed with exit code 2"),
+        "{stderr}"
+    );
     let _ = std::fs::remove_dir_all(&dir);
 }
 
@@ -91,19 +126,35 @@ fn ppo_runs_on_two_ranks_with_zero2() {
       training: {batchSize: 8, microBatchSize: 2, maxSteps: 2, maxLength: 32, checkpointEvery: 1}
       ppo: {rolloutBatchSize: 8, generation: {maxNewTokens: 6}}
 ";
-    let manifest = tiny_job("ppo2", "{nodes: 1, gpusPerNode: 2, strategy: zero2}", stages);
+    let manifest = tiny_job(
+        "ppo2",
+        "{nodes: 1, gpusPerNode: 2, strategy: zero2}",
+        stages,
+    );
     let out = run(&dir, "ppo", &manifest);
     let log = std::fs::read_to_string(out.join("ppo/metrics.jsonl")).unwrap();
-    let steps: Vec<u64> = log.lines().filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok()).filter(|r| r.get("phases").is_some()).map(|r| r["step"].as_u64().unwrap()).collect();
+    let steps: Vec<u64> = log
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|r| r.get("phases").is_some())
+        .map(|r| r["step"].as_u64().unwrap())
+        .collect();
     assert_eq!(steps, vec![1, 2], "one record per round, from rank 0 only");
-    assert!(out.join("ppo/model/model.safetensors").exists() && out.join("ppo/critic/model.safetensors").exists());
+    assert!(
+        out.join("ppo/model/model.safetensors").exists()
+            && out.join("ppo/critic/model.safetensors").exists()
+    );
     let _ = std::fs::remove_dir_all(&dir);
 }
 
 /// The SFT losses rank 0 logged, step by step.
 fn losses(run: &Path) -> Vec<f64> {
     let log = std::fs::read_to_string(run.join("sft/metrics.jsonl")).unwrap();
-    log.lines().filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok()).filter(|r| r.get("phases").is_some()).map(|r| r["loss"].as_f64().unwrap()).collect()
+    log.lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|r| r.get("phases").is_some())
+        .map(|r| r["loss"].as_f64().unwrap())
+        .collect()
 }
 
 #[test]
@@ -112,8 +163,14 @@ fn offload_checkpointing_bf16_and_fp16_keep_training_the_same() {
     let single = run(&dir, "single", &job("{nodes: 1, gpusPerNode: 1}", 4));
     for (name, parallelism) in [
         ("offload", "{nodes: 1, gpusPerNode: 1, offload: optimizer}"),
-        ("checkpointing", "{nodes: 1, gpusPerNode: 1, gradientCheckpointing: true}"),
-        ("zero2-offload-checkpointing", "{nodes: 1, gpusPerNode: 2, strategy: zero2, offload: all, gradientCheckpointing: true}"),
+        (
+            "checkpointing",
+            "{nodes: 1, gpusPerNode: 1, gradientCheckpointing: true}",
+        ),
+        (
+            "zero2-offload-checkpointing",
+            "{nodes: 1, gpusPerNode: 2, strategy: zero2, offload: all, gradientCheckpointing: true}",
+        ),
     ] {
         let other = run(&dir, name, &job(parallelism, 4));
         let diff = max_difference(&weights(&single, "sft"), &weights(&other, "sft"));
@@ -121,24 +178,47 @@ fn offload_checkpointing_bf16_and_fp16_keep_training_the_same() {
         assert!(diff < 1e-5, "{name}: weights differ by {diff}");
     }
     // bf16 weights and activations, fp32 master weights: the same losses to bf16's precision.
-    let bf16 = run(&dir, "bf16", &job("{nodes: 1, gpusPerNode: 1, precision: bf16}", 4));
+    let bf16 = run(
+        &dir,
+        "bf16",
+        &job("{nodes: 1, gpusPerNode: 1, precision: bf16}", 4),
+    );
     let (fp32_losses, bf16_losses) = (losses(&single), losses(&bf16));
     println!("fp32 losses {fp32_losses:.4?}\nbf16 losses {bf16_losses:.4?}");
     for (a, b) in fp32_losses.iter().zip(&bf16_losses) {
-        assert!((a - b).abs() / a < 0.01, "bf16 loss {b} strays from fp32 {a}");
+        assert!(
+            (a - b).abs() / a < 0.01,
+            "bf16 loss {b} strays from fp32 {a}"
+        );
     }
     let diff = max_difference(&weights(&single, "sft"), &weights(&bf16, "sft"));
-    assert!(diff > 0.0 && diff < 0.02, "bf16 weights should be near, not equal, to fp32's: {diff}");
-    assert!(state_bytes(&bf16, "sft") > 1.4 * state_bytes(&single, "sft"), "bf16 keeps fp32 master weights besides the moments");
+    assert!(
+        diff > 0.0 && diff < 0.02,
+        "bf16 weights should be near, not equal, to fp32's: {diff}"
+    );
+    assert!(
+        state_bytes(&bf16, "sft") > 1.4 * state_bytes(&single, "sft"),
+        "bf16 keeps fp32 master weights besides the moments"
+    );
     // fp16 with dynamic loss scaling: the same losses to fp16's precision, no step skipped.
-    let fp16 = run(&dir, "fp16", &job("{nodes: 1, gpusPerNode: 1, precision: fp16}", 4));
+    let fp16 = run(
+        &dir,
+        "fp16",
+        &job("{nodes: 1, gpusPerNode: 1, precision: fp16}", 4),
+    );
     let fp16_losses = losses(&fp16);
     println!("fp16 losses {fp16_losses:.4?}");
     assert_eq!(fp16_losses.len(), fp32_losses.len());
     for (a, b) in fp32_losses.iter().zip(&fp16_losses) {
-        assert!((a - b).abs() / a < 0.01, "fp16 loss {b} strays from fp32 {a}");
+        assert!(
+            (a - b).abs() / a < 0.01,
+            "fp16 loss {b} strays from fp32 {a}"
+        );
     }
     let diff = max_difference(&weights(&single, "sft"), &weights(&fp16, "sft"));
-    assert!(diff > 0.0 && diff < 0.02, "fp16 weights should be near fp32's (an overflow-skipped step would leave them apart): {diff}");
+    assert!(
+        diff > 0.0 && diff < 0.02,
+        "fp16 weights should be near fp32's (an overflow-skipped step would leave them apart): {diff}"
+    );
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -15,7 +15,12 @@ pub fn with_default_links(spec: &PipelineSpec) -> PipelineSpec {
             StageKind::Sft | StageKind::Rm => continue,
         };
         if stage.depends_on.is_empty() {
-            stage.depends_on = spec.stages.iter().filter(|s| upstream.contains(&s.kind)).map(|s| s.name.clone()).collect();
+            stage.depends_on = spec
+                .stages
+                .iter()
+                .filter(|s| upstream.contains(&s.kind))
+                .map(|s| s.name.clone())
+                .collect();
         }
         let only = |kind: StageKind| only_dependency_of_kind(spec, stage, kind);
         let (sft, rm) = (only(StageKind::Sft), only(StageKind::Rm));
@@ -31,12 +36,22 @@ pub fn with_default_links(spec: &PipelineSpec) -> PipelineSpec {
 }
 
 fn from_stage(name: String) -> ModelSource {
-    ModelSource { stage: Some(name), path: None }
+    ModelSource {
+        stage: Some(name),
+        path: None,
+    }
 }
 
 /// The name of the single direct dependency of `kind`, if there is exactly one.
-fn only_dependency_of_kind(spec: &PipelineSpec, stage: &StageSpec, kind: StageKind) -> Option<String> {
-    let mut of_kind = stage.depends_on.iter().filter(|d| spec.stages.iter().any(|s| &s.name == *d && s.kind == kind));
+fn only_dependency_of_kind(
+    spec: &PipelineSpec,
+    stage: &StageSpec,
+    kind: StageKind,
+) -> Option<String> {
+    let mut of_kind = stage
+        .depends_on
+        .iter()
+        .filter(|d| spec.stages.iter().any(|s| &s.name == *d && s.kind == kind));
     match (of_kind.next(), of_kind.next()) {
         (Some(one), None) => Some(one.clone()),
         _ => None,

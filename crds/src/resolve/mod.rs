@@ -18,7 +18,10 @@ pub struct FieldError {
 
 impl FieldError {
     pub fn new(field: impl Into<String>, message: impl Into<String>) -> Self {
-        Self { field: field.into(), message: message.into() }
+        Self {
+            field: field.into(),
+            message: message.into(),
+        }
     }
 }
 
@@ -45,7 +48,10 @@ impl ResolvedPipeline {
 }
 
 /// Resolves `spec` (found at JSON path `at`, e.g. `spec`), or returns every problem found.
-pub fn resolve_pipeline(spec: &PipelineSpec, at: &str) -> Result<ResolvedPipeline, Vec<FieldError>> {
+pub fn resolve_pipeline(
+    spec: &PipelineSpec,
+    at: &str,
+) -> Result<ResolvedPipeline, Vec<FieldError>> {
     let linked = links::with_default_links(spec);
     let spec = &linked;
     let mut errors = Vec::new();
@@ -61,15 +67,25 @@ pub fn resolve_pipeline(spec: &PipelineSpec, at: &str) -> Result<ResolvedPipelin
             Vec::new()
         }
     };
-    let ctx = stage::StageContext { spec, graph: &graph, model: model.as_ref() };
+    let ctx = stage::StageContext {
+        spec,
+        graph: &graph,
+        model: model.as_ref(),
+    };
     let stages: Vec<ResolvedStage> = spec
         .stages
         .iter()
         .enumerate()
-        .filter_map(|(i, s)| stage::resolve_stage(&ctx, s, &format!("{at}.stages[{i}]"), &mut errors))
+        .filter_map(|(i, s)| {
+            stage::resolve_stage(&ctx, s, &format!("{at}.stages[{i}]"), &mut errors)
+        })
         .collect();
     match (model, errors.is_empty()) {
-        (Some(model), true) => Ok(ResolvedPipeline { model, stages, order }),
+        (Some(model), true) => Ok(ResolvedPipeline {
+            model,
+            stages,
+            order,
+        }),
         _ => Err(errors),
     }
 }
@@ -81,14 +97,20 @@ fn check_graph<'a>(
     errors: &mut Vec<FieldError>,
 ) -> BTreeMap<&'a str, Vec<&'a str>> {
     if spec.stages.is_empty() {
-        errors.push(FieldError::new(format!("{at}.stages"), "at least one stage is required"));
+        errors.push(FieldError::new(
+            format!("{at}.stages"),
+            "at least one stage is required",
+        ));
     }
     let mut first_index: BTreeMap<&str, usize> = BTreeMap::new();
     for (i, stage) in spec.stages.iter().enumerate() {
         if !is_dns_label(&stage.name) || stage.name.len() > 20 {
             errors.push(FieldError::new(
                 format!("{at}.stages[{i}].name"),
-                format!("{:?} must be 1-20 lowercase letters, digits or '-', starting with a letter", stage.name),
+                format!(
+                    "{:?} must be 1-20 lowercase letters, digits or '-', starting with a letter",
+                    stage.name
+                ),
             ));
         }
         if let Some(j) = first_index.get(stage.name.as_str()) {
@@ -125,7 +147,9 @@ pub(crate) fn is_dns_label(s: &str) -> bool {
     let bytes = s.as_bytes();
     !bytes.is_empty()
         && bytes[0].is_ascii_lowercase()
-        && bytes.iter().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || *b == b'-')
+        && bytes
+            .iter()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || *b == b'-')
         && !s.ends_with('-')
 }
 

@@ -8,11 +8,18 @@ use crate::{
 /// GPT-2's BPE vocabulary; a random model using the builtin tokenizer needs at least this many ids.
 pub const GPT2_VOCAB: u32 = 50257;
 
-pub(super) fn resolve_model(spec: &ModelSpec, at: &str, errors: &mut Vec<FieldError>) -> Option<ResolvedModel> {
+pub(super) fn resolve_model(
+    spec: &ModelSpec,
+    at: &str,
+    errors: &mut Vec<FieldError>,
+) -> Option<ResolvedModel> {
     let before = errors.len();
     let weights = match (&spec.path, spec.init, &spec.architecture) {
         (Some(_), Some(_), _) => {
-            errors.push(FieldError::new(format!("{at}.init"), "set either path or init, not both"));
+            errors.push(FieldError::new(
+                format!("{at}.init"),
+                "set either path or init, not both",
+            ));
             None
         }
         (Some(_), None, Some(_)) => {
@@ -28,35 +35,58 @@ pub(super) fn resolve_model(spec: &ModelSpec, at: &str, errors: &mut Vec<FieldEr
             Some(BaseWeights::Random(arch.clone()))
         }
         (None, Some(ModelInit::Random), None) => {
-            errors.push(FieldError::new(format!("{at}.architecture"), "init: random needs an architecture"));
+            errors.push(FieldError::new(
+                format!("{at}.architecture"),
+                "init: random needs an architecture",
+            ));
             None
         }
         (None, None, _) => {
-            errors.push(FieldError::new(at, "set path (a Hugging Face folder) or init: random"));
+            errors.push(FieldError::new(
+                at,
+                "set path (a Hugging Face folder) or init: random",
+            ));
             None
         }
     };
     let tokenizer = resolve_tokenizer(spec, at, errors);
-    if let (Some(BaseWeights::Random(arch)), Some(ResolvedTokenizer::Builtin(BuiltinTokenizer::Gpt2))) =
-        (&weights, &tokenizer)
+    if let (
+        Some(BaseWeights::Random(arch)),
+        Some(ResolvedTokenizer::Builtin(BuiltinTokenizer::Gpt2)),
+    ) = (&weights, &tokenizer)
         && arch.vocab_size < GPT2_VOCAB
     {
         errors.push(FieldError::new(
             format!("{at}.architecture.vocabSize"),
-            format!("{} is smaller than the gpt2 tokenizer's {GPT2_VOCAB} ids", arch.vocab_size),
+            format!(
+                "{} is smaller than the gpt2 tokenizer's {GPT2_VOCAB} ids",
+                arch.vocab_size
+            ),
         ));
     }
     if errors.len() > before {
         return None;
     }
-    Some(ResolvedModel { family: spec.family, weights: weights?, dtype: spec.dtype.unwrap_or_default(), tokenizer: tokenizer? })
+    Some(ResolvedModel {
+        family: spec.family,
+        weights: weights?,
+        dtype: spec.dtype.unwrap_or_default(),
+        tokenizer: tokenizer?,
+    })
 }
 
-fn resolve_tokenizer(spec: &ModelSpec, at: &str, errors: &mut Vec<FieldError>) -> Option<ResolvedTokenizer> {
+fn resolve_tokenizer(
+    spec: &ModelSpec,
+    at: &str,
+    errors: &mut Vec<FieldError>,
+) -> Option<ResolvedTokenizer> {
     let tok = spec.tokenizer.clone().unwrap_or_default();
     match (tok.path, tok.builtin, &spec.path) {
         (Some(_), Some(_), _) => {
-            errors.push(FieldError::new(format!("{at}.tokenizer"), "set either path or builtin, not both"));
+            errors.push(FieldError::new(
+                format!("{at}.tokenizer"),
+                "set either path or builtin, not both",
+            ));
             None
         }
         (Some(path), None, _) => Some(ResolvedTokenizer::Path(path)),
@@ -66,16 +96,27 @@ fn resolve_tokenizer(spec: &ModelSpec, at: &str, errors: &mut Vec<FieldError>) -
     }
 }
 
-fn check_architecture(family: ModelFamily, arch: &Architecture, at: &str, errors: &mut Vec<FieldError>) {
+fn check_architecture(
+    family: ModelFamily,
+    arch: &Architecture,
+    at: &str,
+    errors: &mut Vec<FieldError>,
+) {
     if arch.num_heads == 0 || !arch.hidden_size.is_multiple_of(arch.num_heads) {
         errors.push(FieldError::new(
             format!("{at}.numHeads"),
-            format!("{} does not divide hiddenSize {}", arch.num_heads, arch.hidden_size),
+            format!(
+                "{} does not divide hiddenSize {}",
+                arch.num_heads, arch.hidden_size
+            ),
         ));
     }
     match (family, arch.num_kv_heads) {
         (ModelFamily::Gpt2, Some(_)) => {
-            errors.push(FieldError::new(format!("{at}.numKvHeads"), "gpt2 has no grouped-query attention"));
+            errors.push(FieldError::new(
+                format!("{at}.numKvHeads"),
+                "gpt2 has no grouped-query attention",
+            ));
         }
         (ModelFamily::Llama, Some(kv)) if kv == 0 || !arch.num_heads.is_multiple_of(kv) => {
             errors.push(FieldError::new(
@@ -85,7 +126,10 @@ fn check_architecture(family: ModelFamily, arch: &Architecture, at: &str, errors
         }
         _ => {}
     }
-    if family == ModelFamily::Llama && arch.num_heads > 0 && !(arch.hidden_size / arch.num_heads).is_multiple_of(2) {
+    if family == ModelFamily::Llama
+        && arch.num_heads > 0
+        && !(arch.hidden_size / arch.num_heads).is_multiple_of(2)
+    {
         errors.push(FieldError::new(
             format!("{at}.hiddenSize"),
             "llama's rotary embeddings need an even head size (hiddenSize / numHeads)",
@@ -97,6 +141,14 @@ fn check_architecture(family: ModelFamily, arch: &Architecture, at: &str, errors
 pub(super) fn lora_modules(family: ModelFamily) -> &'static [&'static str] {
     match family {
         ModelFamily::Gpt2 => &["c_attn", "c_proj", "c_fc"],
-        ModelFamily::Llama => &["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
+        ModelFamily::Llama => &[
+            "q_proj",
+            "k_proj",
+            "v_proj",
+            "o_proj",
+            "gate_proj",
+            "up_proj",
+            "down_proj",
+        ],
     }
 }

@@ -4,10 +4,10 @@ use std::collections::BTreeMap;
 use super::FieldError;
 use super::model::lora_modules;
 use crate::{
-    BaseWeights, DatasetSpec, DpoParams, LoraSpec, ModelSource, ParallelismSpec, PipelineSpec, PpoParams,
-    ResolvedDataset, ResolvedDpo, ResolvedGeneration, ResolvedLora, ResolvedModel, ResolvedModels,
-    ResolvedParallelism, ResolvedPpo, ResolvedStage, ResolvedTraining, StageKind, StageSpec, WeightsSource,
-    dag,
+    BaseWeights, DatasetSpec, DpoParams, LoraSpec, ModelSource, ParallelismSpec, PipelineSpec,
+    PpoParams, ResolvedDataset, ResolvedDpo, ResolvedGeneration, ResolvedLora, ResolvedModel,
+    ResolvedModels, ResolvedParallelism, ResolvedPpo, ResolvedStage, ResolvedTraining, StageKind,
+    StageSpec, WeightsSource, dag,
 };
 
 pub(super) struct StageContext<'a> {
@@ -26,7 +26,9 @@ pub(super) fn resolve_stage(
     let dataset = resolve_dataset(&stage.dataset, &format!("{at}.dataset"), errors);
     let models = resolve_models(ctx, stage, at, errors);
     let parallelism = resolve_parallelism(ctx, stage, at, errors);
-    let training = parallelism.as_ref().and_then(|p| resolve_training(ctx, stage, p, at, errors));
+    let training = parallelism
+        .as_ref()
+        .and_then(|p| resolve_training(ctx, stage, p, at, errors));
     let ppo = resolve_ppo(stage, parallelism.as_ref(), training.as_ref(), at, errors);
     let dpo = resolve_dpo(stage, at, errors);
     if errors.len() > before {
@@ -45,24 +47,40 @@ pub(super) fn resolve_stage(
     })
 }
 
-fn resolve_dataset(spec: &DatasetSpec, at: &str, errors: &mut Vec<FieldError>) -> Option<ResolvedDataset> {
+fn resolve_dataset(
+    spec: &DatasetSpec,
+    at: &str,
+    errors: &mut Vec<FieldError>,
+) -> Option<ResolvedDataset> {
     match (&spec.path, &spec.synthetic) {
-        (Some(path), None) => Some(ResolvedDataset::File { path: path.clone(), format: spec.format.unwrap_or_default() }),
+        (Some(path), None) => Some(ResolvedDataset::File {
+            path: path.clone(),
+            format: spec.format.unwrap_or_default(),
+        }),
         (None, Some(s)) if spec.format.is_none() => Some(ResolvedDataset::Synthetic {
             task: s.task,
             samples: s.samples.unwrap_or(256),
             seed: s.seed.unwrap_or(0),
         }),
         (None, Some(_)) => {
-            errors.push(FieldError::new(format!("{at}.format"), "format applies to path, not to synthetic"));
+            errors.push(FieldError::new(
+                format!("{at}.format"),
+                "format applies to path, not to synthetic",
+            ));
             None
         }
         (Some(_), Some(_)) => {
-            errors.push(FieldError::new(at, "set either path or synthetic, not both"));
+            errors.push(FieldError::new(
+                at,
+                "set either path or synthetic, not both",
+            ));
             None
         }
         (None, None) => {
-            errors.push(FieldError::new(at, "set path (a file in the pod) or synthetic"));
+            errors.push(FieldError::new(
+                at,
+                "set path (a file in the pod) or synthetic",
+            ));
             None
         }
     }
@@ -71,11 +89,21 @@ fn resolve_dataset(spec: &DatasetSpec, at: &str, errors: &mut Vec<FieldError>) -
 /// Which model roles each kind has, and which stage kinds may feed each role.
 fn role_rules(kind: StageKind) -> &'static [(&'static str, &'static [StageKind])] {
     const LM: &[StageKind] = &[StageKind::Sft, StageKind::Ppo, StageKind::Dpo];
-    const ANY: &[StageKind] = &[StageKind::Sft, StageKind::Rm, StageKind::Ppo, StageKind::Dpo];
+    const ANY: &[StageKind] = &[
+        StageKind::Sft,
+        StageKind::Rm,
+        StageKind::Ppo,
+        StageKind::Dpo,
+    ];
     match kind {
         StageKind::Sft => &[("init", LM)],
         StageKind::Rm => &[("init", ANY)],
-        StageKind::Ppo => &[("init", LM), ("rewardModel", &[StageKind::Rm]), ("critic", ANY), ("reference", LM)],
+        StageKind::Ppo => &[
+            ("init", LM),
+            ("rewardModel", &[StageKind::Rm]),
+            ("critic", ANY),
+            ("reference", LM),
+        ],
         StageKind::Dpo => &[("init", LM), ("reference", LM)],
     }
 }
@@ -100,7 +128,10 @@ fn resolve_models(
         let Some(source) = source else { continue };
         let field = format!("{at}.models.{role}");
         match rules.iter().find(|(r, _)| *r == role) {
-            None => errors.push(FieldError::new(field, format!("a {} stage has no {role} model", stage.kind.as_str()))),
+            None => errors.push(FieldError::new(
+                field,
+                format!("a {} stage has no {role} model", stage.kind.as_str()),
+            )),
             Some((_, kinds)) => {
                 if let Some(w) = resolve_source(ctx, stage, source, kinds, &field, errors) {
                     resolved.insert(role, w);
@@ -122,7 +153,9 @@ fn resolve_models(
     let has_reference = matches!(stage.kind, StageKind::Ppo | StageKind::Dpo);
     Some(ResolvedModels {
         critic: resolved.remove("critic").or_else(|| reward_model.clone()),
-        reference: resolved.remove("reference").or_else(|| has_reference.then(|| init.clone())),
+        reference: resolved
+            .remove("reference")
+            .or_else(|| has_reference.then(|| init.clone())),
         reward_model,
         init,
     })
@@ -137,9 +170,14 @@ fn resolve_source(
     errors: &mut Vec<FieldError>,
 ) -> Option<WeightsSource> {
     match (&source.stage, &source.path) {
-        (Some(_), Some(_)) => errors.push(FieldError::new(field, "set either stage or path, not both")),
+        (Some(_), Some(_)) => {
+            errors.push(FieldError::new(field, "set either stage or path, not both"))
+        }
         (None, Some(path)) => return Some(WeightsSource::Path(path.clone())),
-        (None, None) => errors.push(FieldError::new(field, "set stage (an earlier stage) or path (a folder)")),
+        (None, None) => errors.push(FieldError::new(
+            field,
+            "set stage (an earlier stage) or path (a folder)",
+        )),
         (Some(name), None) => {
             let field = format!("{field}.stage");
             match ctx.spec.stages.iter().find(|s| &s.name == name) {
@@ -159,7 +197,10 @@ fn resolve_source(
     None
 }
 
-fn merged_parallelism(job: Option<&ParallelismSpec>, stage: Option<&ParallelismSpec>) -> ParallelismSpec {
+fn merged_parallelism(
+    job: Option<&ParallelismSpec>,
+    stage: Option<&ParallelismSpec>,
+) -> ParallelismSpec {
     let job = job.cloned().unwrap_or_default();
     let stage = stage.cloned().unwrap_or_default();
     ParallelismSpec {
@@ -184,12 +225,20 @@ fn resolve_parallelism(
     let gpus_per_node = p.gpus_per_node.unwrap_or(1);
     let before = errors.len();
     if nodes == 0 {
-        errors.push(FieldError::new(format!("{at}.parallelism.nodes"), "a gang needs at least one node"));
+        errors.push(FieldError::new(
+            format!("{at}.parallelism.nodes"),
+            "a gang needs at least one node",
+        ));
     }
     if gpus_per_node == 0 {
-        errors.push(FieldError::new(format!("{at}.parallelism.gpusPerNode"), "a pod needs at least one GPU"));
+        errors.push(FieldError::new(
+            format!("{at}.parallelism.gpusPerNode"),
+            "a pod needs at least one GPU",
+        ));
     }
-    let lora = p.lora.map(|l| resolve_lora(ctx, &l, &format!("{at}.parallelism.lora"), errors));
+    let lora = p
+        .lora
+        .map(|l| resolve_lora(ctx, &l, &format!("{at}.parallelism.lora"), errors));
     if errors.len() > before {
         return None;
     }
@@ -204,23 +253,46 @@ fn resolve_parallelism(
     })
 }
 
-fn resolve_lora(ctx: &StageContext<'_>, l: &LoraSpec, at: &str, errors: &mut Vec<FieldError>) -> Option<ResolvedLora> {
+fn resolve_lora(
+    ctx: &StageContext<'_>,
+    l: &LoraSpec,
+    at: &str,
+    errors: &mut Vec<FieldError>,
+) -> Option<ResolvedLora> {
     let family = ctx.spec.model.family;
     let known = lora_modules(family);
-    let targets = l.target_modules.clone().unwrap_or_else(|| known.iter().map(|s| s.to_string()).collect());
+    let targets = l
+        .target_modules
+        .clone()
+        .unwrap_or_else(|| known.iter().map(|s| s.to_string()).collect());
     if targets.is_empty() {
-        errors.push(FieldError::new(format!("{at}.targetModules"), "name at least one module"));
+        errors.push(FieldError::new(
+            format!("{at}.targetModules"),
+            "name at least one module",
+        ));
         return None;
     }
-    if let Some((i, bad)) = targets.iter().enumerate().find(|(_, t)| !known.contains(&t.as_str())) {
+    if let Some((i, bad)) = targets
+        .iter()
+        .enumerate()
+        .find(|(_, t)| !known.contains(&t.as_str()))
+    {
         errors.push(FieldError::new(
             format!("{at}.targetModules[{i}]"),
-            format!("{bad:?} is not a module of this model family; known: {}", known.join(", ")),
+            format!(
+                "{bad:?} is not a module of this model family; known: {}",
+                known.join(", ")
+            ),
         ));
         return None;
     }
     let rank = l.rank.unwrap_or(8);
-    Some(ResolvedLora { rank, alpha: l.alpha.unwrap_or(2.0 * rank as f64), dropout: l.dropout.unwrap_or(0.0), target_modules: targets })
+    Some(ResolvedLora {
+        rank,
+        alpha: l.alpha.unwrap_or(2.0 * rank as f64),
+        dropout: l.dropout.unwrap_or(0.0),
+        target_modules: targets,
+    })
 }
 
 fn default_learning_rate(kind: StageKind) -> f64 {
@@ -260,7 +332,10 @@ fn resolve_training(
     {
         errors.push(FieldError::new(
             format!("{at}.maxLength"),
-            format!("{max_length} exceeds the model's maxPositions {}", arch.max_positions),
+            format!(
+                "{max_length} exceeds the model's maxPositions {}",
+                arch.max_positions
+            ),
         ));
         return None;
     }
@@ -289,7 +364,10 @@ fn resolve_ppo(
 ) -> Option<ResolvedPpo> {
     if stage.kind != StageKind::Ppo {
         if stage.ppo.is_some() {
-            errors.push(FieldError::new(format!("{at}.ppo"), format!("ppo settings on a {} stage", stage.kind.as_str())));
+            errors.push(FieldError::new(
+                format!("{at}.ppo"),
+                format!("ppo settings on a {} stage", stage.kind.as_str()),
+            ));
         }
         return None;
     }
@@ -306,23 +384,38 @@ fn resolve_ppo(
     if generation.max_new_tokens >= training.max_length {
         errors.push(FieldError::new(
             format!("{at}.generation.maxNewTokens"),
-            format!("{} leaves no room for the prompt within training.maxLength {}", generation.max_new_tokens, training.max_length),
+            format!(
+                "{} leaves no room for the prompt within training.maxLength {}",
+                generation.max_new_tokens, training.max_length
+            ),
         ));
     }
     let rollout_batch_size = s.rollout_batch_size.unwrap_or(training.batch_size);
     if !rollout_batch_size.is_multiple_of(p.world_size()) {
         errors.push(FieldError::new(
             format!("{at}.rolloutBatchSize"),
-            format!("{rollout_batch_size} is not a multiple of the world size {}", p.world_size()),
+            format!(
+                "{rollout_batch_size} is not a multiple of the world size {}",
+                p.world_size()
+            ),
         ));
     }
     if s.target_kl.is_some_and(|t| t <= 0.0) {
-        errors.push(FieldError::new(format!("{at}.targetKl"), "must be above 0 (leave it out for a fixed klCoef)"));
+        errors.push(FieldError::new(
+            format!("{at}.targetKl"),
+            "must be above 0 (leave it out for a fixed klCoef)",
+        ));
     }
     let ptx_coef = s.ptx_coef.unwrap_or(0.0);
-    let ptx_dataset = s.ptx_dataset.as_ref().and_then(|d| resolve_dataset(d, &format!("{at}.ptxDataset"), errors));
+    let ptx_dataset = s
+        .ptx_dataset
+        .as_ref()
+        .and_then(|d| resolve_dataset(d, &format!("{at}.ptxDataset"), errors));
     if ptx_coef > 0.0 && s.ptx_dataset.is_none() {
-        errors.push(FieldError::new(format!("{at}.ptxDataset"), "ptxCoef > 0 needs a ptxDataset"));
+        errors.push(FieldError::new(
+            format!("{at}.ptxDataset"),
+            "ptxCoef > 0 needs a ptxDataset",
+        ));
     }
     Some(ResolvedPpo {
         kl_coef: s.kl_coef.unwrap_or(0.05),
@@ -334,7 +427,9 @@ fn resolve_ppo(
         lambda: s.lambda.unwrap_or(0.95),
         ppo_epochs: s.ppo_epochs.unwrap_or(1),
         rollout_batch_size,
-        critic_learning_rate: s.critic_learning_rate.unwrap_or(10.0 * training.learning_rate),
+        critic_learning_rate: s
+            .critic_learning_rate
+            .unwrap_or(10.0 * training.learning_rate),
         reward_clip: s.reward_clip.unwrap_or(10.0),
         entropy_coef: s.entropy_coef.unwrap_or(0.0),
         ptx_coef,
@@ -346,10 +441,16 @@ fn resolve_ppo(
 fn resolve_dpo(stage: &StageSpec, at: &str, errors: &mut Vec<FieldError>) -> Option<ResolvedDpo> {
     if stage.kind != StageKind::Dpo {
         if stage.dpo.is_some() {
-            errors.push(FieldError::new(format!("{at}.dpo"), format!("dpo settings on a {} stage", stage.kind.as_str())));
+            errors.push(FieldError::new(
+                format!("{at}.dpo"),
+                format!("dpo settings on a {} stage", stage.kind.as_str()),
+            ));
         }
         return None;
     }
     let d: DpoParams = stage.dpo.clone().unwrap_or_default();
-    Some(ResolvedDpo { beta: d.beta.unwrap_or(0.1), label_smoothing: d.label_smoothing.unwrap_or(0.0) })
+    Some(ResolvedDpo {
+        beta: d.beta.unwrap_or(0.1),
+        label_smoothing: d.label_smoothing.unwrap_or(0.0),
+    })
 }

@@ -26,7 +26,11 @@ fn resolve(v: serde_json::Value) -> Result<ResolvedPipeline, Vec<FieldError>> {
 }
 
 fn errors_of(v: serde_json::Value) -> Vec<String> {
-    resolve(v).expect_err("spec should be rejected").iter().map(|e| e.to_string()).collect()
+    resolve(v)
+        .expect_err("spec should be rejected")
+        .iter()
+        .map(|e| e.to_string())
+        .collect()
 }
 
 #[test]
@@ -34,17 +38,26 @@ fn fills_defaults_and_resolves_sources() {
     let p = resolve(pipeline()).unwrap();
     let ppo = p.stage("ppo").unwrap();
     assert_eq!(ppo.models.init, WeightsSource::Stage("sft".into()));
-    assert_eq!(ppo.models.reward_model, Some(WeightsSource::Stage("rm".into())));
+    assert_eq!(
+        ppo.models.reward_model,
+        Some(WeightsSource::Stage("rm".into()))
+    );
     // critic defaults to the reward model, reference to the actor's start.
     assert_eq!(ppo.models.critic, Some(WeightsSource::Stage("rm".into())));
-    assert_eq!(ppo.models.reference, Some(WeightsSource::Stage("sft".into())));
+    assert_eq!(
+        ppo.models.reference,
+        Some(WeightsSource::Stage("sft".into()))
+    );
     assert_eq!(ppo.training.learning_rate, 1e-6);
     assert!((ppo.ppo.as_ref().unwrap().critic_learning_rate - 1e-5).abs() < 1e-12);
     // stage override: nodes 1, gpusPerNode inherited 2 -> world 2; 32 / (8 x 2) = 2 accumulation steps.
     assert_eq!(ppo.parallelism.world_size(), 2);
     assert_eq!(ppo.training.gradient_accumulation, 2);
     assert_eq!(p.stage("sft").unwrap().training.gradient_accumulation, 1);
-    assert_eq!(p.model.tokenizer, ResolvedTokenizer::Builtin(BuiltinTokenizer::Gpt2));
+    assert_eq!(
+        p.model.tokenizer,
+        ResolvedTokenizer::Builtin(BuiltinTokenizer::Gpt2)
+    );
     let pos = |n: &str| p.order.iter().position(|s| s == n).unwrap();
     assert!(pos("ppo") > pos("sft") && pos("ppo") > pos("rm"));
 }
@@ -55,8 +68,15 @@ fn rejects_cycles_and_unknown_dependencies() {
     v["stages"][0]["dependsOn"] = json!(["ppo"]);
     v["stages"][1]["dependsOn"] = json!(["nope"]);
     let errs = errors_of(v);
-    assert!(errs.iter().any(|e| e.starts_with("spec.stages: dependsOn forms a cycle")), "{errs:?}");
-    assert!(errs.contains(&"spec.stages[1].dependsOn[0]: unknown stage \"nope\"".to_string()), "{errs:?}");
+    assert!(
+        errs.iter()
+            .any(|e| e.starts_with("spec.stages: dependsOn forms a cycle")),
+        "{errs:?}"
+    );
+    assert!(
+        errs.contains(&"spec.stages[1].dependsOn[0]: unknown stage \"nope\"".to_string()),
+        "{errs:?}"
+    );
 }
 
 #[test]
@@ -65,8 +85,16 @@ fn rejects_duplicate_names_and_self_dependency() {
     v["stages"][1]["name"] = json!("sft");
     v["stages"][0]["dependsOn"] = json!(["sft"]);
     let errs = errors_of(v);
-    assert!(errs.iter().any(|e| e.starts_with("spec.stages[1].name: duplicate stage name")), "{errs:?}");
-    assert!(errs.iter().any(|e| e.starts_with("spec.stages[0].dependsOn[0]: a stage cannot depend on itself")), "{errs:?}");
+    assert!(
+        errs.iter()
+            .any(|e| e.starts_with("spec.stages[1].name: duplicate stage name")),
+        "{errs:?}"
+    );
+    assert!(
+        errs.iter()
+            .any(|e| e.starts_with("spec.stages[0].dependsOn[0]: a stage cannot depend on itself")),
+        "{errs:?}"
+    );
 }
 
 #[test]
@@ -75,15 +103,25 @@ fn ppo_needs_a_reward_model_from_an_rm_ancestor() {
     let mut v = pipeline();
     v["stages"][2]["models"] = json!({"init": {"stage": "sft"}});
     v["stages"][2]["dependsOn"] = json!(["sft"]);
-    assert!(errors_of(v).iter().any(|e| e.starts_with("spec.stages[2].models.rewardModel: a ppo stage needs")));
+    assert!(
+        errors_of(v)
+            .iter()
+            .any(|e| e.starts_with("spec.stages[2].models.rewardModel: a ppo stage needs"))
+    );
 
     let mut v = pipeline();
     v["stages"][2]["models"]["rewardModel"] = json!({"stage": "sft"});
-    assert!(errors_of(v).iter().any(|e| e.contains("is a sft stage, which cannot provide")));
+    assert!(
+        errors_of(v)
+            .iter()
+            .any(|e| e.contains("is a sft stage, which cannot provide"))
+    );
 
     let mut v = pipeline();
     v["stages"][2]["dependsOn"] = json!(["sft"]);
-    assert!(errors_of(v).iter().any(|e| e.starts_with("spec.stages[2].models.rewardModel.stage: stage \"rm\" must be in dependsOn")));
+    assert!(errors_of(v).iter().any(|e| e.starts_with(
+        "spec.stages[2].models.rewardModel.stage: stage \"rm\" must be in dependsOn"
+    )));
 }
 
 #[test]
@@ -94,10 +132,25 @@ fn the_instructgpt_shape_needs_no_wiring() {
     let p = resolve(v).unwrap();
     let ppo = p.stage("ppo").unwrap();
     assert_eq!(ppo.depends_on, ["sft", "rm"]);
-    assert_eq!((ppo.models.init.clone(), ppo.models.reward_model.clone()), (WeightsSource::Stage("sft".into()), Some(WeightsSource::Stage("rm".into()))));
-    assert_eq!((ppo.models.critic.clone(), ppo.models.reference.clone()), (Some(WeightsSource::Stage("rm".into())), Some(WeightsSource::Stage("sft".into()))));
+    assert_eq!(
+        (ppo.models.init.clone(), ppo.models.reward_model.clone()),
+        (
+            WeightsSource::Stage("sft".into()),
+            Some(WeightsSource::Stage("rm".into()))
+        )
+    );
+    assert_eq!(
+        (ppo.models.critic.clone(), ppo.models.reference.clone()),
+        (
+            Some(WeightsSource::Stage("rm".into())),
+            Some(WeightsSource::Stage("sft".into()))
+        )
+    );
     // sft and rm have no dependencies: they start together from the base model.
-    assert!(p.stage("sft").unwrap().depends_on.is_empty() && p.stage("rm").unwrap().depends_on.is_empty());
+    assert!(
+        p.stage("sft").unwrap().depends_on.is_empty()
+            && p.stage("rm").unwrap().depends_on.is_empty()
+    );
     assert_eq!(p.stage("rm").unwrap().models.init, WeightsSource::Base);
 
     // dpo after sft; with two sft stages nothing is guessed for init.
@@ -105,10 +158,16 @@ fn the_instructgpt_shape_needs_no_wiring() {
     v["stages"][2] = json!({"name": "dpo", "kind": "dpo", "dataset": {"path": "/data/prefs.jsonl"}, "training": {"maxLength": 64}});
     let p = resolve(v.clone()).unwrap();
     let dpo = p.stage("dpo").unwrap();
-    assert_eq!((dpo.depends_on.clone(), dpo.models.init.clone()), (vec!["sft".to_string()], WeightsSource::Stage("sft".into())));
+    assert_eq!(
+        (dpo.depends_on.clone(), dpo.models.init.clone()),
+        (vec!["sft".to_string()], WeightsSource::Stage("sft".into()))
+    );
     v["stages"][1] = json!({"name": "sft2", "kind": "sft", "dataset": {"synthetic": {"task": "copy"}}, "training": {"maxLength": 64}});
     let dpo = resolve(v).unwrap().stage("dpo").unwrap().clone();
-    assert_eq!((dpo.depends_on.len(), dpo.models.init), (2, WeightsSource::Base));
+    assert_eq!(
+        (dpo.depends_on.len(), dpo.models.init),
+        (2, WeightsSource::Base)
+    );
 }
 
 #[test]
@@ -117,8 +176,16 @@ fn rejects_roles_a_kind_does_not_have() {
     v["stages"][0]["models"] = json!({"rewardModel": {"path": "/models/rm"}});
     v["stages"][0]["ppo"] = json!({});
     let errs = errors_of(v);
-    assert!(errs.contains(&"spec.stages[0].models.rewardModel: a sft stage has no rewardModel model".to_string()), "{errs:?}");
-    assert!(errs.contains(&"spec.stages[0].ppo: ppo settings on a sft stage".to_string()), "{errs:?}");
+    assert!(
+        errs.contains(
+            &"spec.stages[0].models.rewardModel: a sft stage has no rewardModel model".to_string()
+        ),
+        "{errs:?}"
+    );
+    assert!(
+        errs.contains(&"spec.stages[0].ppo: ppo settings on a sft stage".to_string()),
+        "{errs:?}"
+    );
 }
 
 #[test]
@@ -128,7 +195,9 @@ fn batch_must_divide_over_ranks() {
     let errs = errors_of(v);
     assert_eq!(
         errs,
-        vec!["spec.stages[0].training.batchSize: 24 is not a multiple of microBatchSize 8 x world size 4 (= 32)"]
+        vec![
+            "spec.stages[0].training.batchSize: 24 is not a multiple of microBatchSize 8 x world size 4 (= 32)"
+        ]
     );
 }
 
@@ -138,12 +207,21 @@ fn model_rules() {
     v["model"]["architecture"]["numHeads"] = json!(5);
     v["model"]["architecture"]["numKvHeads"] = json!(1);
     let errs = errors_of(v);
-    assert!(errs.contains(&"spec.model.architecture.numHeads: 5 does not divide hiddenSize 64".to_string()), "{errs:?}");
-    assert!(errs.contains(&"spec.model.architecture.numKvHeads: gpt2 has no grouped-query attention".to_string()));
+    assert!(
+        errs.contains(
+            &"spec.model.architecture.numHeads: 5 does not divide hiddenSize 64".to_string()
+        ),
+        "{errs:?}"
+    );
+    assert!(errs.contains(
+        &"spec.model.architecture.numKvHeads: gpt2 has no grouped-query attention".to_string()
+    ));
 
     let mut v = pipeline();
     v["model"]["path"] = json!("/models/gpt2");
-    assert!(errors_of(v).contains(&"spec.model.init: set either path or init, not both".to_string()));
+    assert!(
+        errors_of(v).contains(&"spec.model.init: set either path or init, not both".to_string())
+    );
 
     let mut v = pipeline();
     v["model"]["architecture"]["vocabSize"] = json!(1000);
@@ -156,7 +234,9 @@ fn lengths_fit_the_model() {
     v["stages"][2]["ppo"]["generation"]["maxNewTokens"] = json!(64);
     v["stages"][1]["training"]["maxLength"] = json!(4096);
     let errs = errors_of(v);
-    assert!(errs.contains(&"spec.stages[1].training.maxLength: 4096 exceeds the model's maxPositions 128".to_string()));
+    assert!(errs.contains(
+        &"spec.stages[1].training.maxLength: 4096 exceeds the model's maxPositions 128".to_string()
+    ));
     assert!(errs.iter().any(|e| e.starts_with("spec.stages[2].ppo.generation.maxNewTokens: 64 leaves no room")));
 }
 
@@ -165,13 +245,21 @@ fn lora_targets_must_exist_in_the_family() {
     let mut v = pipeline();
     v["parallelism"]["lora"] = json!({"targetModules": ["c_attn", "q_proj"]});
     let errs = errors_of(v);
-    assert!(errs[0].starts_with("spec.stages[0].parallelism.lora.targetModules[1]: \"q_proj\" is not a module"), "{errs:?}");
+    assert!(
+        errs[0].starts_with(
+            "spec.stages[0].parallelism.lora.targetModules[1]: \"q_proj\" is not a module"
+        ),
+        "{errs:?}"
+    );
 
     let mut v = pipeline();
     v["parallelism"]["lora"] = json!({"rank": 4});
     let p = resolve(v).unwrap();
     let lora = p.stage("rm").unwrap().parallelism.lora.clone().unwrap();
-    assert_eq!((lora.rank, lora.alpha, lora.target_modules.len()), (4, 8.0, 3));
+    assert_eq!(
+        (lora.rank, lora.alpha, lora.target_modules.len()),
+        (4, 8.0, 3)
+    );
 }
 
 #[test]
@@ -180,13 +268,22 @@ fn dataset_needs_exactly_one_source() {
     v["stages"][0]["dataset"] = json!({});
     v["stages"][1]["dataset"] = json!({"path": "/data/x.jsonl", "synthetic": {"task": "copy"}});
     let errs = errors_of(v);
-    assert!(errs.contains(&"spec.stages[0].dataset: set path (a file in the pod) or synthetic".to_string()));
-    assert!(errs.contains(&"spec.stages[1].dataset: set either path or synthetic, not both".to_string()));
+    assert!(errs.contains(
+        &"spec.stages[0].dataset: set path (a file in the pod) or synthetic".to_string()
+    ));
+    assert!(
+        errs.contains(
+            &"spec.stages[1].dataset: set either path or synthetic, not both".to_string()
+        )
+    );
 }
 
 #[test]
 fn adaptive_kl_needs_a_positive_target() {
     let mut v = pipeline();
     v["stages"][2]["ppo"]["targetKl"] = json!(0.0);
-    assert_eq!(errors_of(v), vec!["spec.stages[2].ppo.targetKl: must be above 0 (leave it out for a fixed klCoef)"]);
+    assert_eq!(
+        errors_of(v),
+        vec!["spec.stages[2].ppo.targetKl: must be above 0 (leave it out for a fixed klCoef)"]
+    );
 }

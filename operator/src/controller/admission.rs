@@ -52,8 +52,12 @@ pub enum Decision {
 /// Whether `toleration` tolerates `taint` (Kubernetes' rules: empty key with Exists matches all;
 /// an empty effect matches every effect).
 fn tolerates(toleration: &Toleration, taint: &Taint) -> bool {
-    let effect_ok = toleration.effect.as_deref().is_none_or(|e| e.is_empty() || e == taint.effect);
-    let key_ok = toleration.key.as_deref().is_none_or(|k| k.is_empty()) && toleration.operator.as_deref() == Some("Exists")
+    let effect_ok = toleration
+        .effect
+        .as_deref()
+        .is_none_or(|e| e.is_empty() || e == taint.effect);
+    let key_ok = toleration.key.as_deref().is_none_or(|k| k.is_empty())
+        && toleration.operator.as_deref() == Some("Exists")
         || toleration.key.as_deref() == Some(taint.key.as_str());
     let value_ok = match toleration.operator.as_deref() {
         Some("Exists") => true,
@@ -64,7 +68,10 @@ fn tolerates(toleration: &Toleration, taint: &Taint) -> bool {
 
 /// Whether the gang may run on `node` at all (ignoring free GPUs).
 pub fn fits_node(gang: &GangRequest, node: &NodeCapacity) -> bool {
-    let selected = gang.node_selector.iter().all(|(k, v)| node.labels.get(k) == Some(v));
+    let selected = gang
+        .node_selector
+        .iter()
+        .all(|(k, v)| node.labels.get(k) == Some(v));
     let tolerated = node
         .taints
         .iter()
@@ -81,8 +88,18 @@ struct Room {
 
 impl Room {
     fn of(nodes: &[NodeCapacity]) -> Self {
-        let free = nodes.iter().map(|n| (n.name.clone(), n.gpus.saturating_sub(n.gpus_in_use))).collect();
-        let homes = nodes.iter().flat_map(|n| n.colocated_jobs.iter().map(|job| (job.clone(), n.name.clone()))).collect();
+        let free = nodes
+            .iter()
+            .map(|n| (n.name.clone(), n.gpus.saturating_sub(n.gpus_in_use)))
+            .collect();
+        let homes = nodes
+            .iter()
+            .flat_map(|n| {
+                n.colocated_jobs
+                    .iter()
+                    .map(|job| (job.clone(), n.name.clone()))
+            })
+            .collect();
         Room { free, homes }
     }
 
@@ -106,13 +123,19 @@ impl Room {
             let best = nodes
                 .iter()
                 .filter(|n| self.allows(gang, n) && trial[&n.name] >= gang.gpus_per_pod)
-                .max_by(|a, b| trial[&a.name].cmp(&trial[&b.name]).then_with(|| b.name.cmp(&a.name)))?;
+                .max_by(|a, b| {
+                    trial[&a.name]
+                        .cmp(&trial[&b.name])
+                        .then_with(|| b.name.cmp(&a.name))
+                })?;
             *trial.get_mut(&best.name).expect("every node has an entry") -= gang.gpus_per_pod;
             chosen.push(best.name.clone());
         }
         self.free = trial;
         if let (Some(job), Some(node)) = (&gang.colocate, chosen.first()) {
-            self.homes.entry(job.clone()).or_insert_with(|| node.clone());
+            self.homes
+                .entry(job.clone())
+                .or_insert_with(|| node.clone());
         }
         Some(chosen)
     }
@@ -134,7 +157,10 @@ pub fn reserve_unbound(nodes: &mut [NodeCapacity], unbound: &[GangRequest]) {
 
 /// The order gangs are considered in.
 fn queue_order(a: &GangRequest, b: &GangRequest) -> std::cmp::Ordering {
-    b.priority.cmp(&a.priority).then_with(|| a.created.cmp(&b.created)).then_with(|| a.key.cmp(&b.key))
+    b.priority
+        .cmp(&a.priority)
+        .then_with(|| a.created.cmp(&b.created))
+        .then_with(|| a.key.cmp(&b.key))
 }
 
 /// One decision per gang of `queue` (in `queue`'s order).
@@ -147,7 +173,11 @@ pub fn admit(nodes: &[NodeCapacity], queue: &[GangRequest]) -> Vec<Decision> {
     let mut waiting = 0;
     for i in order {
         let gang = &queue[i];
-        let placed = if blocked.is_none() { room.place(gang, nodes) } else { None };
+        let placed = if blocked.is_none() {
+            room.place(gang, nodes)
+        } else {
+            None
+        };
         let decision = match placed {
             Some(nodes) => Decision::Admit { nodes },
             None => {
@@ -157,12 +187,18 @@ pub fn admit(nodes: &[NodeCapacity], queue: &[GangRequest]) -> Vec<Decision> {
                     None => unfit_reason(gang, nodes, &room),
                 };
                 blocked.get_or_insert_with(|| gang.key.clone());
-                Decision::Queued { position: waiting, reason }
+                Decision::Queued {
+                    position: waiting,
+                    reason,
+                }
             }
         };
         decisions[i] = Some(decision);
     }
-    decisions.into_iter().map(|d| d.expect("every gang decided")).collect()
+    decisions
+        .into_iter()
+        .map(|d| d.expect("every gang decided"))
+        .collect()
 }
 
 /// Why a gang does not fit now (`room`: what is left after the gangs admitted before it): no
@@ -175,14 +211,23 @@ fn unfit_reason(gang: &GangRequest, nodes: &[NodeCapacity], room: &Room) -> Stri
     let total: u32 = eligible.iter().map(|n| n.gpus).sum();
     match home {
         Some(home) if eligible.is_empty() => {
-            format!("the job's other pods are on node {home}, which is not ready or not eligible for the gang; its ReadWriteOnce volume keeps the job on one node")
+            format!(
+                "the job's other pods are on node {home}, which is not ready or not eligible for the gang; its ReadWriteOnce volume keeps the job on one node"
+            )
         }
         Some(home) => format!(
             "needs {} pods x {} GPUs on node {home}, where the job's other pods are (its ReadWriteOnce volume keeps the job on one node); {free} of {total} GPUs free there",
             gang.pods, gang.gpus_per_pod
         ),
-        None if eligible.is_empty() => format!("no ready node matches the gang's node selector and tolerations ({need} GPUs needed)"),
-        None => format!("needs {} pods x {} GPUs; {free} of {total} GPUs free on {} eligible nodes", gang.pods, gang.gpus_per_pod, eligible.len()),
+        None if eligible.is_empty() => format!(
+            "no ready node matches the gang's node selector and tolerations ({need} GPUs needed)"
+        ),
+        None => format!(
+            "needs {} pods x {} GPUs; {free} of {total} GPUs free on {} eligible nodes",
+            gang.pods,
+            gang.gpus_per_pod,
+            eligible.len()
+        ),
     }
 }
 

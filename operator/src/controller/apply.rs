@@ -2,8 +2,8 @@
 mod podgroup;
 use std::collections::BTreeSet;
 
-use k8s_openapi::api::core::v1::{ConfigMap, PersistentVolumeClaim, Pod, Service};
 use futures::{StreamExt, TryStreamExt};
+use k8s_openapi::api::core::v1::{ConfigMap, PersistentVolumeClaim, Pod, Service};
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams};
 use kube::{Client, Resource, ResourceExt};
 use serde::Serialize;
@@ -27,18 +27,29 @@ pub struct Applier<'a> {
 }
 
 impl Applier<'_> {
-    fn api<K: Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>>(&self) -> Api<K> {
+    fn api<K: Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>>(
+        &self,
+    ) -> Api<K> {
         Api::namespaced(self.client.clone(), self.namespace)
     }
 
     /// Server-side apply with our field manager; re-applying the same object is a no-op.
     async fn apply<K>(&self, obj: &K) -> Result<()>
     where
-        K: Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()> + Clone + Serialize + DeserializeOwned + std::fmt::Debug,
+        K: Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>
+            + Clone
+            + Serialize
+            + DeserializeOwned
+            + std::fmt::Debug,
     {
         let params = PatchParams::apply(names::FIELD_MANAGER).force();
-        self.api::<K>().patch(&obj.name_any(), &params, &Patch::Apply(obj)).await?;
-        self.metrics.objects_applied.with_label_values(&[&K::kind(&())]).inc();
+        self.api::<K>()
+            .patch(&obj.name_any(), &params, &Patch::Apply(obj))
+            .await?;
+        self.metrics
+            .objects_applied
+            .with_label_values(&[&K::kind(&())])
+            .inc();
         if K::kind(&()) == "Pod" {
             self.metrics.pods_created.inc(); // pods are only ever created (never re-applied)
         }
@@ -48,8 +59,15 @@ impl Applier<'_> {
     /// Creates the job's claim once; it is never re-applied, because most PVC fields are
     /// immutable and the volume must outlive spec edits.
     pub async fn ensure_storage(&self, job: &ValidatedJob) -> Result<()> {
-        let Some(pvc) = build::storage_claim(job) else { return Ok(()) };
-        if self.api::<PersistentVolumeClaim>().get_opt(&pvc.name_any()).await?.is_some() {
+        let Some(pvc) = build::storage_claim(job) else {
+            return Ok(());
+        };
+        if self
+            .api::<PersistentVolumeClaim>()
+            .get_opt(&pvc.name_any())
+            .await?
+            .is_some()
+        {
             return Ok(());
         }
         self.apply::<PersistentVolumeClaim>(&pvc).await
@@ -57,7 +75,12 @@ impl Applier<'_> {
 
     /// Creates the `missing` pods of a stage's gang, after its Service and ConfigMap (pods mount
     /// the config and resolve MASTER_ADDR through the Service).
-    pub async fn ensure_gang(&self, job: &ValidatedJob, stage: &str, missing: Vec<&Pod>) -> Result<()> {
+    pub async fn ensure_gang(
+        &self,
+        job: &ValidatedJob,
+        stage: &str,
+        missing: Vec<&Pod>,
+    ) -> Result<()> {
         let service = build::headless_service(job, stage);
         let config = build::config_map(job, stage);
         let config_applied = async {
@@ -69,7 +92,10 @@ impl Applier<'_> {
         futures::try_join!(self.apply::<Service>(&service), config_applied)?;
         // Pods are independent requests; a few in flight at once cut a gang's start-up latency.
         // (Futures collected first: a closure inside the stream trips the Send check of the controller.)
-        let creates: Vec<_> = missing.into_iter().map(|pod| self.apply::<Pod>(pod)).collect();
+        let creates: Vec<_> = missing
+            .into_iter()
+            .map(|pod| self.apply::<Pod>(pod))
+            .collect();
         futures::stream::iter(creates)
             .buffer_unordered(POD_CREATE_CONCURRENCY)
             .try_collect::<Vec<()>>()
@@ -78,9 +104,17 @@ impl Applier<'_> {
     }
 
     /// Deletes the pods, Services, ConfigMaps and PodGroups of stages that are no longer in the spec.
-    pub async fn delete_orphans(&self, job: &ValidatedJob, orphan_stages: &BTreeSet<String>) -> Result<()> {
+    pub async fn delete_orphans(
+        &self,
+        job: &ValidatedJob,
+        orphan_stages: &BTreeSet<String>,
+    ) -> Result<()> {
         for stage in orphan_stages {
-            let selector = format!("{},{}={stage}", names::job_selector(&job.name), names::LABEL_STAGE);
+            let selector = format!(
+                "{},{}={stage}",
+                names::job_selector(&job.name),
+                names::LABEL_STAGE
+            );
             self.delete_labelled::<Pod>(&selector).await?;
             self.delete_labelled::<Service>(&selector).await?;
             self.delete_labelled::<ConfigMap>(&selector).await?;
@@ -92,11 +126,20 @@ impl Applier<'_> {
     /// Deletes a stage's pods (all, or only those still Pending/Running); pods already being
     /// deleted are left alone.
     pub async fn delete_stage_pods(&self, job: &str, stage: &str, cleanup: Cleanup) -> Result<()> {
-        let selector = format!("{},{}={stage}", names::job_selector(job), names::LABEL_STAGE);
+        let selector = format!(
+            "{},{}={stage}",
+            names::job_selector(job),
+            names::LABEL_STAGE
+        );
         let api = self.api::<Pod>();
         for pod in api.list(&ListParams::default().labels(&selector)).await? {
-            let finished = matches!(pod.status.as_ref().and_then(|s| s.phase.as_deref()), Some("Succeeded" | "Failed"));
-            if pod.metadata.deletion_timestamp.is_some() || (cleanup == Cleanup::Unfinished && finished) {
+            let finished = matches!(
+                pod.status.as_ref().and_then(|s| s.phase.as_deref()),
+                Some("Succeeded" | "Failed")
+            );
+            if pod.metadata.deletion_timestamp.is_some()
+                || (cleanup == Cleanup::Unfinished && finished)
+            {
                 continue;
             }
             self.delete_one::<Pod>(&api, &pod.name_any()).await?;
@@ -111,11 +154,17 @@ impl Applier<'_> {
 
     async fn delete_one<K>(&self, api: &Api<K>, name: &str) -> Result<()>
     where
-        K: Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()> + Clone + DeserializeOwned + std::fmt::Debug,
+        K: Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>
+            + Clone
+            + DeserializeOwned
+            + std::fmt::Debug,
     {
         match api.delete(name, &DeleteParams::background()).await {
             Ok(_) => {
-                self.metrics.objects_deleted.with_label_values(&[&K::kind(&())]).inc();
+                self.metrics
+                    .objects_deleted
+                    .with_label_values(&[&K::kind(&())])
+                    .inc();
                 if K::kind(&()) == "Pod" {
                     self.metrics.pods_deleted.inc();
                 }
@@ -128,7 +177,10 @@ impl Applier<'_> {
 
     async fn delete_labelled<K>(&self, selector: &str) -> Result<()>
     where
-        K: Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()> + Clone + DeserializeOwned + std::fmt::Debug,
+        K: Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>
+            + Clone
+            + DeserializeOwned
+            + std::fmt::Debug,
     {
         let api = self.api::<K>();
         for obj in api.list(&ListParams::default().labels(selector)).await? {
@@ -149,7 +201,9 @@ impl Applier<'_> {
             "status": status,
         });
         let params = PatchParams::apply(names::FIELD_MANAGER).force();
-        self.api::<RLHFJob>().patch_status(&name, &params, &Patch::Apply(&body)).await?;
+        self.api::<RLHFJob>()
+            .patch_status(&name, &params, &Patch::Apply(&body))
+            .await?;
         Ok(())
     }
 }

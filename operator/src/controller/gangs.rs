@@ -19,16 +19,31 @@ use crate::error::Result;
 
 /// Stages whose gang is new (none of its pods exist yet) and so needs admission.
 fn new_gangs(decision: &Decision, observed: &[ObservedPod]) -> Vec<String> {
-    decision.launch.iter().filter(|stage| !observed.iter().any(|p| &p.stage == *stage)).cloned().collect()
+    decision
+        .launch
+        .iter()
+        .filter(|stage| !observed.iter().any(|p| &p.stage == *stage))
+        .cloned()
+        .collect()
 }
 
 /// Runs native admission for the job's new gangs; marks each admitted or queued in `decision`.
 /// Held under the context's admission lock by the caller, so two jobs never both take the same GPUs.
-async fn admit_native(ctx: &Context, job: &RLHFJob, valid: &ValidatedJob, stages: &[String], decision: &mut Decision, now: Timestamp) -> Result<()> {
+async fn admit_native(
+    ctx: &Context,
+    job: &RLHFJob,
+    valid: &ValidatedJob,
+    stages: &[String],
+    decision: &mut Decision,
+    now: Timestamp,
+) -> Result<()> {
     let nodes = capacity::nodes_with_usage(&ctx.client).await?;
     let priorities = Priorities::read(&ctx.client).await?;
     let created = capacity::created_at(job);
-    let ours: Vec<_> = stages.iter().filter_map(|s| capacity::gang_request(valid, s, priorities.of(valid), &created)).collect();
+    let ours: Vec<_> = stages
+        .iter()
+        .filter_map(|s| capacity::gang_request(valid, s, priorities.of(valid), &created))
+        .collect();
     let mut queue = capacity::queued_elsewhere(&ctx.list_jobs().await?, valid, &priorities);
     let first_ours = queue.len();
     queue.extend(ours);
@@ -50,7 +65,15 @@ async fn admit_native(ctx: &Context, job: &RLHFJob, valid: &ValidatedJob, stages
 }
 
 /// Admits (when the gang mode asks for it) and creates the gangs the decision launches.
-pub async fn launch(ctx: &Context, job: &RLHFJob, valid: &ValidatedJob, applier: &Applier<'_>, observed: &[ObservedPod], decision: &mut Decision, now: Timestamp) -> Result<()> {
+pub async fn launch(
+    ctx: &Context,
+    job: &RLHFJob,
+    valid: &ValidatedJob,
+    applier: &Applier<'_>,
+    observed: &[ObservedPod],
+    decision: &mut Decision,
+    now: Timestamp,
+) -> Result<()> {
     let fresh = new_gangs(decision, observed);
     // Held from reading capacity until the pods exist, so concurrent reconciles never admit two
     // gangs into the same free GPUs.
@@ -63,16 +86,31 @@ pub async fn launch(ctx: &Context, job: &RLHFJob, valid: &ValidatedJob, applier:
         }
     }
     let existing: BTreeSet<&str> = observed.iter().map(|o| o.name.as_str()).collect();
-    let generations: BTreeMap<&str, u32> = decision.status.stages.iter().map(|s| (s.name.as_str(), s.gang_generation)).collect();
+    let generations: BTreeMap<&str, u32> = decision
+        .status
+        .stages
+        .iter()
+        .map(|s| (s.name.as_str(), s.gang_generation))
+        .collect();
     let gangs: Vec<build::Gang> = decision
         .launch
         .iter()
-        .filter_map(|stage| build::gang(valid, stage, generations.get(stage.as_str()).copied().unwrap_or(0)))
+        .filter_map(|stage| {
+            build::gang(
+                valid,
+                stage,
+                generations.get(stage.as_str()).copied().unwrap_or(0),
+            )
+        })
         .collect();
     let mut storage_ready = false;
     for gang in &gangs {
         // Only missing pods are created: a complete gang costs no API call.
-        let missing: Vec<&Pod> = gang.pods.iter().filter(|p| !existing.contains(p.name_any().as_str())).collect();
+        let missing: Vec<&Pod> = gang
+            .pods
+            .iter()
+            .filter(|p| !existing.contains(p.name_any().as_str()))
+            .collect();
         if missing.is_empty() {
             continue;
         }
@@ -87,7 +125,12 @@ pub async fn launch(ctx: &Context, job: &RLHFJob, valid: &ValidatedJob, applier:
 }
 
 /// Deletes the pods the decision gives up (gang restarts, suspension, failed gangs, clean-up).
-pub async fn clean_up(applier: &Applier<'_>, job: &str, decision: &Decision, observed: &[ObservedPod]) -> Result<()> {
+pub async fn clean_up(
+    applier: &Applier<'_>,
+    job: &str,
+    decision: &Decision,
+    observed: &[ObservedPod],
+) -> Result<()> {
     for (stage, cleanup) in &decision.cleanup {
         // Nothing to do when every pod of the stage is already on its way out.
         if observed.iter().any(|p| &p.stage == stage && !p.deleting) {

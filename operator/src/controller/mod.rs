@@ -1,13 +1,13 @@
 //! The reconcile pipeline: validate -> build -> apply -> status.
 pub mod admission;
 pub mod apply;
-#[cfg(test)]
-mod fixtures;
 pub mod build;
 mod capacity;
+#[cfg(test)]
+mod fixtures;
 mod gangs;
-mod progress;
 pub mod observe;
+mod progress;
 pub mod status;
 pub mod validate;
 
@@ -20,8 +20,8 @@ use k8s_openapi::api::core::v1::{ConfigMap, Node, Pod, Service};
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{Api, ListParams};
 use kube::runtime::controller::{Action, Controller};
-use kube::runtime::reflector::ObjectRef;
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
+use kube::runtime::reflector::ObjectRef;
 use kube::runtime::watcher;
 use kube::{Client, Resource, ResourceExt};
 
@@ -48,7 +48,12 @@ impl Context {
     pub async fn list_jobs(&self) -> Result<Vec<RLHFJob>> {
         let mut jobs = Vec::new();
         for scope in &self.scopes {
-            jobs.extend(scoped_api::<RLHFJob>(&self.client, scope).list(&ListParams::default()).await?.items);
+            jobs.extend(
+                scoped_api::<RLHFJob>(&self.client, scope)
+                    .list(&ListParams::default())
+                    .await?
+                    .items,
+            );
         }
         Ok(jobs)
     }
@@ -67,25 +72,67 @@ where
 /// Runs the controllers until the process is asked to stop: one over all namespaces, or one per
 /// namespace in `namespaces`, sharing one context (so gang admission sees one queue).
 pub async fn run(client: Client, namespaces: Vec<String>, metrics: Metrics) {
-    let scopes: Vec<Option<String>> = if namespaces.is_empty() { vec![None] } else { namespaces.into_iter().map(Some).collect() };
-    let reporter = Reporter { controller: names::FIELD_MANAGER.into(), instance: std::env::var("POD_NAME").ok() };
+    let scopes: Vec<Option<String>> = if namespaces.is_empty() {
+        vec![None]
+    } else {
+        namespaces.into_iter().map(Some).collect()
+    };
+    let reporter = Reporter {
+        controller: names::FIELD_MANAGER.into(),
+        instance: std::env::var("POD_NAME").ok(),
+    };
     let recorder = Recorder::new(client.clone(), reporter);
-    let ctx = Arc::new(Context { client: client.clone(), recorder, metrics, scopes: scopes.clone(), admission: Default::default() });
-    let controllers: Vec<Controller<RLHFJob>> =
-        scopes.iter().map(|scope| Controller::new(scoped_api::<RLHFJob>(&client, scope), watcher::Config::default())).collect();
-    tokio::spawn(refresh_job_gauges(controllers.iter().map(|c| c.store()).collect(), ctx.metrics.clone()));
-    let runs = controllers.into_iter().zip(&scopes).map(|(controller, scope)| run_one(controller, &client, scope, ctx.clone()));
+    let ctx = Arc::new(Context {
+        client: client.clone(),
+        recorder,
+        metrics,
+        scopes: scopes.clone(),
+        admission: Default::default(),
+    });
+    let controllers: Vec<Controller<RLHFJob>> = scopes
+        .iter()
+        .map(|scope| {
+            Controller::new(
+                scoped_api::<RLHFJob>(&client, scope),
+                watcher::Config::default(),
+            )
+        })
+        .collect();
+    tokio::spawn(refresh_job_gauges(
+        controllers.iter().map(|c| c.store()).collect(),
+        ctx.metrics.clone(),
+    ));
+    let runs = controllers
+        .into_iter()
+        .zip(&scopes)
+        .map(|(controller, scope)| run_one(controller, &client, scope, ctx.clone()));
     futures::future::join_all(runs).await;
 }
 
-async fn run_one(controller: Controller<RLHFJob>, client: &Client, scope: &Option<String>, ctx: Arc<Context>) {
-    let owned = watcher::Config::default().labels(&format!("{}={}", names::LABEL_MANAGED_BY, names::FIELD_MANAGER));
+async fn run_one(
+    controller: Controller<RLHFJob>,
+    client: &Client,
+    scope: &Option<String>,
+    ctx: Arc<Context>,
+) {
+    let owned = watcher::Config::default().labels(&format!(
+        "{}={}",
+        names::LABEL_MANAGED_BY,
+        names::FIELD_MANAGER
+    ));
     // Node changes (a node joins, frees up, or goes NotReady) wake the queued and running jobs.
     let jobs = controller.store();
     let waiting_on_nodes = move |_: Node| {
         jobs.state()
             .into_iter()
-            .filter(|j| j.status.as_ref().is_some_and(|s| matches!(s.phase, Some(JobPhase::Queued | JobPhase::Running | JobPhase::Pending))))
+            .filter(|j| {
+                j.status.as_ref().is_some_and(|s| {
+                    matches!(
+                        s.phase,
+                        Some(JobPhase::Queued | JobPhase::Running | JobPhase::Pending)
+                    )
+                })
+            })
             .map(|j| ObjectRef::from_obj(&*j))
             .collect::<Vec<_>>()
     };
@@ -93,7 +140,11 @@ async fn run_one(controller: Controller<RLHFJob>, client: &Client, scope: &Optio
         .owns(scoped_api::<Pod>(client, scope), owned.clone())
         .owns(scoped_api::<Service>(client, scope), owned.clone())
         .owns(scoped_api::<ConfigMap>(client, scope), owned)
-        .watches(Api::<Node>::all(client.clone()), watcher::Config::default(), waiting_on_nodes)
+        .watches(
+            Api::<Node>::all(client.clone()),
+            watcher::Config::default(),
+            waiting_on_nodes,
+        )
         .shutdown_on_signal()
         .run(reconcile, error_policy, ctx)
         .for_each(|res| async move {
@@ -109,7 +160,10 @@ async fn run_one(controller: Controller<RLHFJob>, client: &Client, scope: &Optio
 }
 
 /// Keeps the jobs-by-phase and queued-gangs gauges current from the controller's cache.
-async fn refresh_job_gauges(stores: Vec<kube::runtime::reflector::Store<RLHFJob>>, metrics: Metrics) {
+async fn refresh_job_gauges(
+    stores: Vec<kube::runtime::reflector::Store<RLHFJob>>,
+    metrics: Metrics,
+) {
     loop {
         let state: Vec<Arc<RLHFJob>> = stores.iter().flat_map(|s| s.state()).collect();
         metrics.observe_jobs(&state.iter().map(|j| j.as_ref()).collect::<Vec<_>>());
@@ -118,7 +172,10 @@ async fn refresh_job_gauges(stores: Vec<kube::runtime::reflector::Store<RLHFJob>
 }
 
 fn error_policy(job: Arc<RLHFJob>, err: &Error, ctx: Arc<Context>) -> Action {
-    ctx.metrics.reconcile_errors.with_label_values(&[err.category()]).inc();
+    ctx.metrics
+        .reconcile_errors
+        .with_label_values(&[err.category()])
+        .inc();
     tracing::warn!(job = %job.name_any(), namespace = job.namespace().unwrap_or_default(), error = %err, "reconcile failed; retrying");
     Action::requeue(Duration::from_secs(5))
 }
@@ -126,8 +183,13 @@ fn error_policy(job: Arc<RLHFJob>, err: &Error, ctx: Arc<Context>) -> Action {
 async fn reconcile(job: Arc<RLHFJob>, ctx: Arc<Context>) -> Result<Action> {
     let started = Instant::now();
     let result = reconcile_job(&job, &ctx).await;
-    ctx.metrics.reconcile_duration.observe(started.elapsed().as_secs_f64());
-    ctx.metrics.reconciles.with_label_values(&[if result.is_ok() { "ok" } else { "error" }]).inc();
+    ctx.metrics
+        .reconcile_duration
+        .observe(started.elapsed().as_secs_f64());
+    ctx.metrics
+        .reconciles
+        .with_label_values(&[if result.is_ok() { "ok" } else { "error" }])
+        .inc();
     result
 }
 
@@ -136,10 +198,18 @@ async fn reconcile_job(job: &RLHFJob, ctx: &Context) -> Result<Action> {
         return Ok(Action::await_change()); // the garbage collector removes what the job owns
     }
     let (name, namespace) = (job.name_any(), job.namespace().unwrap_or_default());
-    let applier = Applier { client: &ctx.client, namespace: &namespace, metrics: &ctx.metrics };
+    let applier = Applier {
+        client: &ctx.client,
+        namespace: &namespace,
+        metrics: &ctx.metrics,
+    };
     let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), &namespace);
-    let observed: Vec<ObservedPod> =
-        pods.list(&ListParams::default().labels(&names::job_selector(&name))).await?.iter().filter_map(ObservedPod::from_pod).collect();
+    let observed: Vec<ObservedPod> = pods
+        .list(&ListParams::default().labels(&names::job_selector(&name)))
+        .await?
+        .iter()
+        .filter_map(ObservedPod::from_pod)
+        .collect();
     let prev = job.status.clone().unwrap_or_default();
     let now = Timestamp::now();
     let (no_progress, no_nodes) = (BTreeMap::new(), BTreeSet::new());
@@ -147,19 +217,43 @@ async fn reconcile_job(job: &RLHFJob, ctx: &Context) -> Result<Action> {
         Err(errors) => {
             tracing::info!(job = %name, namespace = %namespace, problems = errors.len(), "invalid spec");
             let no_hashes = BTreeMap::new();
-            let obs = Observed { generation: job.metadata.generation, pods: &observed, desired_hashes: &no_hashes, progress: &no_progress, not_ready_nodes: &no_nodes, now };
+            let obs = Observed {
+                generation: job.metadata.generation,
+                pods: &observed,
+                desired_hashes: &no_hashes,
+                progress: &no_progress,
+                not_ready_nodes: &no_nodes,
+                now,
+            };
             status::decide_invalid(&prev, &errors, &obs)
         }
         Ok(valid) => {
-            let hashes: BTreeMap<String, String> =
-                valid.stages.iter().filter_map(|s| Some((s.resolved.name.clone(), build::gang(&valid, &s.resolved.name, 0)?.spec_hash))).collect();
+            let hashes: BTreeMap<String, String> = valid
+                .stages
+                .iter()
+                .filter_map(|s| {
+                    Some((
+                        s.resolved.name.clone(),
+                        build::gang(&valid, &s.resolved.name, 0)?.spec_hash,
+                    ))
+                })
+                .collect();
             let not_ready = unready_nodes(ctx, &observed).await?;
             let progress = progress::read_all(&prev.stages, &observed, valid.metrics_port).await;
-            let obs = Observed { generation: job.metadata.generation, pods: &observed, desired_hashes: &hashes, progress: &progress, not_ready_nodes: &not_ready, now };
+            let obs = Observed {
+                generation: job.metadata.generation,
+                pods: &observed,
+                desired_hashes: &hashes,
+                progress: &progress,
+                not_ready_nodes: &not_ready,
+                now,
+            };
             let mut decision = status::decide(&valid, &prev, &obs);
             gangs::launch(ctx, job, &valid, &applier, &observed, &mut decision, now).await?;
             gangs::clean_up(&applier, &name, &decision, &observed).await?;
-            applier.delete_orphans(&valid, &orphan_stages(&valid, &prev, &observed)).await?;
+            applier
+                .delete_orphans(&valid, &orphan_stages(&valid, &prev, &observed))
+                .await?;
             decision
         }
     };
@@ -168,21 +262,31 @@ async fn reconcile_job(job: &RLHFJob, ctx: &Context) -> Result<Action> {
         applier.delete_job(&name).await?;
         return Ok(Action::await_change());
     }
-    let wake = decision.wake_at.map(|at| Duration::from_secs(at.duration_since(now).as_secs().clamp(1, 300) as u64));
+    let wake = decision
+        .wake_at
+        .map(|at| Duration::from_secs(at.duration_since(now).as_secs().clamp(1, 300) as u64));
     publish(job, &prev, decision, &applier, ctx).await?;
     Ok(Action::requeue(wake.unwrap_or(Duration::from_secs(300))))
 }
 
 /// The nodes of the job's pods that are not Ready or no longer exist.
 async fn unready_nodes(ctx: &Context, observed: &[ObservedPod]) -> Result<BTreeSet<String>> {
-    let used: BTreeSet<&str> = observed.iter().filter(|p| p.is_active()).filter_map(|p| p.node.as_deref()).collect();
+    let used: BTreeSet<&str> = observed
+        .iter()
+        .filter(|p| p.is_active())
+        .filter_map(|p| p.node.as_deref())
+        .collect();
     if used.is_empty() {
         return Ok(BTreeSet::new());
     }
     let nodes: Api<Node> = Api::all(ctx.client.clone());
     let mut unready = BTreeSet::new();
     for name in used {
-        let ready = nodes.get_opt(name).await?.as_ref().is_some_and(capacity::node_ready);
+        let ready = nodes
+            .get_opt(name)
+            .await?
+            .as_ref()
+            .is_some_and(capacity::node_ready);
         if !ready {
             unready.insert(name.to_string());
         }
@@ -191,8 +295,16 @@ async fn unready_nodes(ctx: &Context, observed: &[ObservedPod]) -> Result<BTreeS
 }
 
 /// Stages that have objects (or a status entry) but are no longer in the spec.
-fn orphan_stages(job: &validate::ValidatedJob, prev: &crate::crd::RLHFJobStatus, observed: &[ObservedPod]) -> BTreeSet<String> {
-    let known: BTreeSet<&str> = job.stages.iter().map(|s| s.resolved.name.as_str()).collect();
+fn orphan_stages(
+    job: &validate::ValidatedJob,
+    prev: &crate::crd::RLHFJobStatus,
+    observed: &[ObservedPod],
+) -> BTreeSet<String> {
+    let known: BTreeSet<&str> = job
+        .stages
+        .iter()
+        .map(|s| s.resolved.name.as_str())
+        .collect();
     prev.stages
         .iter()
         .map(|s| s.name.as_str())
@@ -203,7 +315,13 @@ fn orphan_stages(job: &validate::ValidatedJob, prev: &crate::crd::RLHFJobStatus,
 }
 
 /// Patches the status when it changed, then records the transitions as Events.
-async fn publish(job: &RLHFJob, prev: &crate::crd::RLHFJobStatus, decision: Decision, applier: &Applier<'_>, ctx: &Context) -> Result<()> {
+async fn publish(
+    job: &RLHFJob,
+    prev: &crate::crd::RLHFJobStatus,
+    decision: Decision,
+    applier: &Applier<'_>,
+    ctx: &Context,
+) -> Result<()> {
     if &decision.status != prev {
         applier.patch_status(job, &decision.status).await?;
     }
@@ -211,10 +329,17 @@ async fn publish(job: &RLHFJob, prev: &crate::crd::RLHFJobStatus, decision: Deci
     let namespace = job.namespace().unwrap_or_default();
     for t in decision.transitions {
         if let Some(stage) = t.action.strip_prefix(status::RESTART_ACTION_PREFIX) {
-            ctx.metrics.gang_restarts.with_label_values(&[namespace.as_str(), &job.name_any(), stage]).inc();
+            ctx.metrics
+                .gang_restarts
+                .with_label_values(&[namespace.as_str(), &job.name_any(), stage])
+                .inc();
         }
         let event = Event {
-            type_: if t.warning { EventType::Warning } else { EventType::Normal },
+            type_: if t.warning {
+                EventType::Warning
+            } else {
+                EventType::Normal
+            },
             reason: t.reason,
             note: Some(t.message),
             action: t.action,

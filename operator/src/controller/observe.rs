@@ -56,12 +56,19 @@ impl ObservedPod {
             name: pod.name_any(),
             stage: labels.get(names::LABEL_STAGE)?.clone(),
             node_rank: labels.get(names::LABEL_RANK)?.parse().ok()?,
-            generation: labels.get(names::LABEL_GENERATION).and_then(|g| g.parse().ok()).unwrap_or(0),
+            generation: labels
+                .get(names::LABEL_GENERATION)
+                .and_then(|g| g.parse().ok())
+                .unwrap_or(0),
             phase,
             spec_hash: pod.annotations().get(names::ANNOTATION_SPEC_HASH).cloned(),
             exit_code: terminated.map(|t| t.exit_code),
-            reason: terminated.and_then(|t| t.reason.clone()).or_else(|| status.and_then(|s| s.reason.clone())),
-            message: terminated.and_then(|t| t.message.clone()).or_else(|| status.and_then(|s| s.message.clone())),
+            reason: terminated
+                .and_then(|t| t.reason.clone())
+                .or_else(|| status.and_then(|s| s.reason.clone())),
+            message: terminated
+                .and_then(|t| t.message.clone())
+                .or_else(|| status.and_then(|s| s.message.clone())),
             deleting: pod.metadata.deletion_timestamp.is_some(),
             node: pod.spec.as_ref().and_then(|s| s.node_name.clone()),
             ip: status.and_then(|s| s.pod_ip.clone()),
@@ -80,7 +87,11 @@ impl ObservedPod {
             why.push(format!("exit code {code}"));
         }
         why.extend(self.reason.clone());
-        let mut text = if why.is_empty() { format!("pod {} failed", self.name) } else { format!("pod {} failed ({})", self.name, why.join(", ")) };
+        let mut text = if why.is_empty() {
+            format!("pod {} failed", self.name)
+        } else {
+            format!("pod {} failed ({})", self.name, why.join(", "))
+        };
         if let Some(last) = self.message.as_deref().and_then(last_line) {
             text.push_str(": ");
             text.push_str(last);
@@ -106,14 +117,22 @@ pub struct TrainerProgress {
 /// None when it reports no step yet. Lines of other metrics, comments and label sets are skipped.
 pub fn trainer_progress(metrics_text: &str) -> Option<TrainerProgress> {
     let value = |name: &str| -> Option<f64> {
-        metrics_text.lines().filter(|l| !l.starts_with('#')).find_map(|line| {
-            let (series, value) = line.rsplit_once(' ')?;
-            let metric = series.split('{').next()?;
-            (metric == name).then(|| value.trim().parse::<f64>().ok()).flatten()
-        })
+        metrics_text
+            .lines()
+            .filter(|l| !l.starts_with('#'))
+            .find_map(|line| {
+                let (series, value) = line.rsplit_once(' ')?;
+                let metric = series.split('{').next()?;
+                (metric == name)
+                    .then(|| value.trim().parse::<f64>().ok())
+                    .flatten()
+            })
     };
     let step = value("rlhf_trainer_step").filter(|s| s.is_finite() && *s >= 0.0)?;
-    Some(TrainerProgress { step: step as u64, reward_mean: value("rlhf_trainer_reward_mean").filter(|r| r.is_finite()) })
+    Some(TrainerProgress {
+        step: step as u64,
+        reward_mean: value("rlhf_trainer_reward_mean").filter(|r| r.is_finite()),
+    })
 }
 
 #[cfg(test)]
@@ -126,9 +145,21 @@ mod tests {
             rlhf_trainer_step{namespace=\"ml\",rank=\"0\",rlhf_job=\"demo\",stage=\"ppo\"} 42\n\
             rlhf_trainer_steps_total 7\n\
             rlhf_trainer_reward_mean{namespace=\"ml\",rank=\"0\",rlhf_job=\"demo\",stage=\"ppo\"} 1.25\n";
-        assert_eq!(trainer_progress(text), Some(TrainerProgress { step: 42, reward_mean: Some(1.25) }));
+        assert_eq!(
+            trainer_progress(text),
+            Some(TrainerProgress {
+                step: 42,
+                reward_mean: Some(1.25)
+            })
+        );
         let sft = "rlhf_trainer_step{stage=\"sft\"} 3\nrlhf_trainer_loss{kind=\"train\"} 2.5\n";
-        assert_eq!(trainer_progress(sft), Some(TrainerProgress { step: 3, reward_mean: None }));
+        assert_eq!(
+            trainer_progress(sft),
+            Some(TrainerProgress {
+                step: 3,
+                reward_mean: None
+            })
+        );
         assert_eq!(trainer_progress("# nothing yet\n"), None);
         assert_eq!(trainer_progress("rlhf_trainer_step NaN\n"), None);
     }
@@ -144,7 +175,13 @@ mod tests {
         }))
         .unwrap();
         let observed = ObservedPod::from_pod(&pod).unwrap();
-        assert_eq!((observed.node.as_deref(), observed.ip.as_deref()), (Some("n1"), Some("10.1.2.3")));
-        assert_eq!(observed.failure(), "pod j-sft-0 failed (exit code 2, Error): error: /data/missing.jsonl: no such file");
+        assert_eq!(
+            (observed.node.as_deref(), observed.ip.as_deref()),
+            (Some("n1"), Some("10.1.2.3"))
+        );
+        assert_eq!(
+            observed.failure(),
+            "pod j-sft-0 failed (exit code 2, Error): error: /data/missing.jsonl: no such file"
+        );
     }
 }

@@ -25,7 +25,12 @@ pub enum Claim {
     /// A PVC the user made.
     Existing(String),
     /// A PVC the operator creates, owned by the job.
-    Owned { name: String, size: Quantity, storage_class: Option<String>, access_modes: Vec<AccessMode> },
+    Owned {
+        name: String,
+        size: Quantity,
+        storage_class: Option<String>,
+        access_modes: Vec<AccessMode>,
+    },
 }
 
 impl Claim {
@@ -101,8 +106,19 @@ impl ValidatedJob {
 
 /// Environment variables the operator sets; user `env` may not override them.
 pub const RESERVED_ENV: &[&str] = &[
-    "MASTER_ADDR", "MASTER_PORT", "WORLD_SIZE", "NODE_RANK", "NNODES", "LOCAL_WORLD_SIZE", "RANK",
-    "LOCAL_RANK", "RLHF_CONFIG", "RLHF_JOB", "RLHF_STAGE", "RLHF_NAMESPACE", "RLHF_METRICS_PORT",
+    "MASTER_ADDR",
+    "MASTER_PORT",
+    "WORLD_SIZE",
+    "NODE_RANK",
+    "NNODES",
+    "LOCAL_WORLD_SIZE",
+    "RANK",
+    "LOCAL_RANK",
+    "RLHF_CONFIG",
+    "RLHF_JOB",
+    "RLHF_STAGE",
+    "RLHF_NAMESPACE",
+    "RLHF_METRICS_PORT",
 ];
 
 pub fn validate(job: &RLHFJob) -> Result<ValidatedJob, Vec<FieldError>> {
@@ -115,12 +131,18 @@ pub fn validate(job: &RLHFJob) -> Result<ValidatedJob, Vec<FieldError>> {
         parallelism: spec.parallelism.clone(),
     };
     let mut errors = Vec::new();
-    let pipeline = resolve_pipeline(&pipeline_spec, "spec").map_err(|e| errors.extend(e)).ok();
+    let pipeline = resolve_pipeline(&pipeline_spec, "spec")
+        .map_err(|e| errors.extend(e))
+        .ok();
     check_names(&name, spec, &mut errors);
     let (claim, mount_path) = resolve_storage(&name, spec, &mut errors);
     let scheduling = resolve_scheduling(spec, &mut errors);
     let pod = pod_settings(spec, &mount_path, &mut errors);
-    let metrics_port = spec.metrics.as_ref().and_then(|m| m.port).unwrap_or(DEFAULT_METRICS_PORT);
+    let metrics_port = spec
+        .metrics
+        .as_ref()
+        .and_then(|m| m.port)
+        .unwrap_or(DEFAULT_METRICS_PORT);
     let stages = pipeline
         .as_ref()
         .map(|p| {
@@ -132,8 +154,17 @@ pub fn validate(job: &RLHFJob) -> Result<ValidatedJob, Vec<FieldError>> {
                 .filter_map(|(i, (resolved, js))| {
                     let at = format!("spec.stages[{i}]");
                     check_stage_fits(resolved, &claim, metrics_port, &at, &mut errors);
-                    let resources = stage_resources(spec, js.resources.as_ref(), resolved.parallelism.gpus_per_node, &at, &mut errors)?;
-                    Some(ValidatedStage { resolved: resolved.clone(), resources })
+                    let resources = stage_resources(
+                        spec,
+                        js.resources.as_ref(),
+                        resolved.parallelism.gpus_per_node,
+                        &at,
+                        &mut errors,
+                    )?;
+                    Some(ValidatedStage {
+                        resolved: resolved.clone(),
+                        resources,
+                    })
                 })
                 .collect();
             stages
@@ -166,28 +197,60 @@ fn dedup_keep_order(errors: &mut Vec<FieldError>) {
 /// Pod hostnames and Service names are DNS labels built from the job and stage names.
 fn check_names(job: &str, spec: &RLHFJobSpec, errors: &mut Vec<FieldError>) {
     if !job.starts_with(|c: char| c.is_ascii_lowercase()) {
-        errors.push(FieldError::new("metadata.name", format!("{job:?} must start with a lowercase letter (it prefixes Service names)")));
+        errors.push(FieldError::new(
+            "metadata.name",
+            format!("{job:?} must start with a lowercase letter (it prefixes Service names)"),
+        ));
     }
     if job.contains('.') {
-        errors.push(FieldError::new("metadata.name", format!("{job:?} must not contain '.' (pod hostnames and Service names are DNS labels)")));
+        errors.push(FieldError::new(
+            "metadata.name",
+            format!(
+                "{job:?} must not contain '.' (pod hostnames and Service names are DNS labels)"
+            ),
+        ));
     }
     for (i, s) in spec.stages.iter().enumerate() {
-        let nodes = s.stage.parallelism.as_ref().and_then(|p| p.nodes).or(spec.parallelism.as_ref().and_then(|p| p.nodes)).unwrap_or(1);
+        let nodes = s
+            .stage
+            .parallelism
+            .as_ref()
+            .and_then(|p| p.nodes)
+            .or(spec.parallelism.as_ref().and_then(|p| p.nodes))
+            .unwrap_or(1);
         let longest = names::pod(job, &s.stage.name, nodes.saturating_sub(1));
         if longest.len() > 63 {
             errors.push(FieldError::new(
                 format!("spec.stages[{i}].name"),
-                format!("pod name {longest:?} would exceed 63 characters; shorten the job or stage name"),
+                format!(
+                    "pod name {longest:?} would exceed 63 characters; shorten the job or stage name"
+                ),
             ));
         }
     }
 }
 
-fn resolve_storage(job: &str, spec: &RLHFJobSpec, errors: &mut Vec<FieldError>) -> (Option<Claim>, String) {
+fn resolve_storage(
+    job: &str,
+    spec: &RLHFJobSpec,
+    errors: &mut Vec<FieldError>,
+) -> (Option<Claim>, String) {
     let s = spec.storage.clone().unwrap_or_default();
-    let mount_path = s.mount_path.clone().unwrap_or_else(|| DEFAULT_MOUNT_PATH.to_string()).trim_end_matches('/').to_string();
+    let mount_path = s
+        .mount_path
+        .clone()
+        .unwrap_or_else(|| DEFAULT_MOUNT_PATH.to_string())
+        .trim_end_matches('/')
+        .to_string();
     if mount_path.is_empty() || mount_path == names::CONFIG_MOUNT_PATH {
-        errors.push(FieldError::new("spec.storage.mountPath", format!("{:?} is not usable: choose a folder other than / and {}", s.mount_path.clone().unwrap_or_default(), names::CONFIG_MOUNT_PATH)));
+        errors.push(FieldError::new(
+            "spec.storage.mountPath",
+            format!(
+                "{:?} is not usable: choose a folder other than / and {}",
+                s.mount_path.clone().unwrap_or_default(),
+                names::CONFIG_MOUNT_PATH
+            ),
+        ));
     }
     let claim = match s.claim_name {
         Some(claim) => {
@@ -201,9 +264,13 @@ fn resolve_storage(job: &str, spec: &RLHFJobSpec, errors: &mut Vec<FieldError>) 
         }
         None => Some(Claim::Owned {
             name: names::storage_claim(job),
-            size: s.size.unwrap_or_else(|| Quantity(DEFAULT_STORAGE_SIZE.into())),
+            size: s
+                .size
+                .unwrap_or_else(|| Quantity(DEFAULT_STORAGE_SIZE.into())),
             storage_class: s.storage_class_name,
-            access_modes: s.access_modes.unwrap_or_else(|| vec![AccessMode::ReadWriteOnce]),
+            access_modes: s
+                .access_modes
+                .unwrap_or_else(|| vec![AccessMode::ReadWriteOnce]),
         }),
     };
     (claim, mount_path)
@@ -213,9 +280,16 @@ fn resolve_scheduling(spec: &RLHFJobSpec, errors: &mut Vec<FieldError>) -> Sched
     let s = spec.scheduling.clone().unwrap_or_default();
     let gang = s.gang.unwrap_or_default();
     if s.queue.is_some() && gang != GangMode::Volcano {
-        errors.push(FieldError::new("spec.scheduling.queue", "a queue only applies to gang: volcano"));
+        errors.push(FieldError::new(
+            "spec.scheduling.queue",
+            "a queue only applies to gang: volcano",
+        ));
     }
-    SchedulingPlan { gang, queue: s.queue, timeout_seconds: s.timeout_seconds.unwrap_or(DEFAULT_GANG_TIMEOUT_SECONDS) }
+    SchedulingPlan {
+        gang,
+        queue: s.queue,
+        timeout_seconds: s.timeout_seconds.unwrap_or(DEFAULT_GANG_TIMEOUT_SECONDS),
+    }
 }
 
 fn resolve_run_policy(spec: &RLHFJobSpec) -> RunPolicyPlan {
@@ -234,29 +308,45 @@ fn pod_settings(spec: &RLHFJobSpec, mount_path: &str, errors: &mut Vec<FieldErro
     let env = spec.env.clone().unwrap_or_default();
     for (i, e) in env.iter().enumerate() {
         if RESERVED_ENV.contains(&e.name.as_str()) {
-            errors.push(FieldError::new(format!("spec.env[{i}].name"), format!("{} is set by the operator", e.name)));
+            errors.push(FieldError::new(
+                format!("spec.env[{i}].name"),
+                format!("{} is set by the operator", e.name),
+            ));
         }
     }
     let volumes = spec.volumes.clone().unwrap_or_default();
     for (i, v) in volumes.iter().enumerate() {
         if names::RESERVED_VOLUMES.contains(&v.name.as_str()) {
-            errors.push(FieldError::new(format!("spec.volumes[{i}].name"), format!("{:?} is reserved by the operator", v.name)));
+            errors.push(FieldError::new(
+                format!("spec.volumes[{i}].name"),
+                format!("{:?} is reserved by the operator", v.name),
+            ));
         }
     }
     let mounts = spec.volume_mounts.clone().unwrap_or_default();
     for (i, m) in mounts.iter().enumerate() {
         if !volumes.iter().any(|v| v.name == m.name) {
-            errors.push(FieldError::new(format!("spec.volumeMounts[{i}].name"), format!("no volume named {:?} in spec.volumes", m.name)));
+            errors.push(FieldError::new(
+                format!("spec.volumeMounts[{i}].name"),
+                format!("no volume named {:?} in spec.volumes", m.name),
+            ));
         }
         for taken in [mount_path, names::CONFIG_MOUNT_PATH] {
             if m.mount_path.trim_end_matches('/') == taken {
-                errors.push(FieldError::new(format!("spec.volumeMounts[{i}].mountPath"), format!("{taken} is used by the operator")));
+                errors.push(FieldError::new(
+                    format!("spec.volumeMounts[{i}].mountPath"),
+                    format!("{taken} is used by the operator"),
+                ));
             }
         }
     }
     PodSettings {
         image: spec.image.clone(),
-        pull_policy: spec.image_pull_policy.map(|p| p.as_str()).unwrap_or("IfNotPresent").to_string(),
+        pull_policy: spec
+            .image_pull_policy
+            .map(|p| p.as_str())
+            .unwrap_or("IfNotPresent")
+            .to_string(),
         pull_secrets: spec.image_pull_secrets.clone().unwrap_or_default(),
         service_account: spec.service_account_name.clone(),
         node_selector: spec.node_selector.clone().unwrap_or_default(),
@@ -269,10 +359,22 @@ fn pod_settings(spec: &RLHFJobSpec, mount_path: &str, errors: &mut Vec<FieldErro
     }
 }
 
-fn check_stage_fits(stage: &ResolvedStage, claim: &Option<Claim>, metrics_port: u16, at: &str, errors: &mut Vec<FieldError>) {
+fn check_stage_fits(
+    stage: &ResolvedStage,
+    claim: &Option<Claim>,
+    metrics_port: u16,
+    at: &str,
+    errors: &mut Vec<FieldError>,
+) {
     let p = &stage.parallelism;
     if metrics_port as u32 + p.gpus_per_node - 1 > u16::MAX as u32 {
-        errors.push(FieldError::new("spec.metrics.port", format!("port + gpusPerNode - 1 exceeds 65535 for stage {:?}", stage.name)));
+        errors.push(FieldError::new(
+            "spec.metrics.port",
+            format!(
+                "port + gpusPerNode - 1 exceeds 65535 for stage {:?}",
+                stage.name
+            ),
+        ));
     }
     if let Some(Claim::Owned { access_modes, .. }) = claim
         && p.nodes > 1
@@ -298,7 +400,10 @@ fn stage_resources(
 ) -> Option<ResourceRequirements> {
     let (mut res, field) = match stage_override {
         Some(r) => (r.clone(), format!("{at}.resources")),
-        None => (spec.resources.clone().unwrap_or_default(), "spec.resources".to_string()),
+        None => (
+            spec.resources.clone().unwrap_or_default(),
+            "spec.resources".to_string(),
+        ),
     };
     let want = Quantity(gpus.to_string());
     let mut ok = true;
@@ -309,7 +414,10 @@ fn stage_resources(
         {
             errors.push(FieldError::new(
                 format!("{field}.{part}[{GPU_RESOURCE}]"),
-                format!("{} disagrees with gpusPerNode {gpus}; leave it out, the operator sets it", given.0),
+                format!(
+                    "{} disagrees with gpusPerNode {gpus}; leave it out, the operator sets it",
+                    given.0
+                ),
             ));
             ok = false;
         }

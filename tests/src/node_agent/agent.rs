@@ -47,28 +47,49 @@ pub async fn run(args: Args) -> Result<()> {
         None => Client::try_default().await?,
     };
     for dir in ["logs", "pods", "pvc"] {
-        std::fs::create_dir_all(args.work_dir.join(dir)).with_context(|| format!("creating {}", args.work_dir.join(dir).display()))?;
+        std::fs::create_dir_all(args.work_dir.join(dir))
+            .with_context(|| format!("creating {}", args.work_dir.join(dir).display()))?;
     }
     let work_dir = std::fs::canonicalize(&args.work_dir)?;
-    let names: Vec<String> = (0..args.nodes).map(|i| format!("{}-{i}", args.prefix)).collect();
+    let names: Vec<String> = (0..args.nodes)
+        .map(|i| format!("{}-{i}", args.prefix))
+        .collect();
     let labels: BTreeMap<String, String> = args.labels.iter().cloned().collect();
     for name in &names {
-        register_node(&client, name, args.gpus_per_node, labels.clone()).await.with_context(|| format!("registering node {name}"))?;
+        register_node(&client, name, args.gpus_per_node, labels.clone())
+            .await
+            .with_context(|| format!("registering node {name}"))?;
         tracing::info!(node = %name, gpus = args.gpus_per_node, "node registered");
     }
-    let heartbeat = tokio::spawn(heartbeat(client.clone(), names.clone(), args.gpus_per_node, labels));
+    let heartbeat = tokio::spawn(heartbeat(
+        client.clone(),
+        names.clone(),
+        args.gpus_per_node,
+        labels,
+    ));
     let agent_env: Vec<(String, String)> = std::env::vars().collect();
-    let agent_path = agent_env.iter().find(|(k, _)| k == "PATH").map(|(_, v)| v.clone());
-    let unshare = super::process::resolve_program("unshare", agent_path.as_deref()).context("util-linux `unshare` is not on PATH")?;
+    let agent_path = agent_env
+        .iter()
+        .find(|(k, _)| k == "PATH")
+        .map(|(_, v)| v.clone());
+    let unshare = super::process::resolve_program("unshare", agent_path.as_deref())
+        .context("util-linux `unshare` is not on PATH")?;
     let shared = Arc::new(Shared {
         client: client.clone(),
         work_dir,
         agent_env,
         unshare,
-        ports: Mutex::new(PortAllocator::new(PORT_RANGE, std::process::id().wrapping_mul(2_654_435_761))),
+        ports: Mutex::new(PortAllocator::new(
+            PORT_RANGE,
+            std::process::id().wrapping_mul(2_654_435_761),
+        )),
         live: Mutex::new(HashMap::new()),
     });
-    let mut agent = Agent { shared: shared.clone(), nodes: names.iter().cloned().collect(), pods: HashMap::new() };
+    let mut agent = Agent {
+        shared: shared.clone(),
+        nodes: names.iter().cloned().collect(),
+        pods: HashMap::new(),
+    };
     let shutdown = shutdown_requested(args.exit_on_stdin_eof);
     tokio::pin!(shutdown);
     let mut ticks = tokio::time::interval(POLL);
@@ -86,12 +107,21 @@ pub async fn run(args: Args) -> Result<()> {
     // Nodes of a dead agent would stay Ready (nothing here marks them NotReady) and attract pods.
     let nodes: Api<Node> = Api::all(client);
     for name in &names {
-        let _ = tokio::time::timeout(Duration::from_secs(5), nodes.delete(name, &DeleteParams::default())).await;
+        let _ = tokio::time::timeout(
+            Duration::from_secs(5),
+            nodes.delete(name, &DeleteParams::default()),
+        )
+        .await;
     }
     Ok(())
 }
 
-async fn heartbeat(client: Client, names: Vec<String>, gpus: u32, labels: BTreeMap<String, String>) {
+async fn heartbeat(
+    client: Client,
+    names: Vec<String>,
+    gpus: u32,
+    labels: BTreeMap<String, String>,
+) {
     loop {
         tokio::time::sleep(HEARTBEAT).await;
         for name in &names {
@@ -115,7 +145,10 @@ async fn shutdown_requested(watch_stdin: bool) -> &'static str {
             let _ = eof_tx.send(());
         });
     }
-    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
         return "cannot install signal handlers";
     };
     let stdin_closed = async move {
@@ -138,11 +171,19 @@ impl Agent {
         let mut entries: HashMap<String, Vec<HostEntry>> = HashMap::new();
         let mut seen = HashSet::new();
         for pod in &all {
-            let on_ours = pod.spec.as_ref().and_then(|s| s.node_name.as_ref()).is_some_and(|n| self.nodes.contains(n));
-            let Some(uid) = pod.metadata.uid.clone().filter(|_| on_ours) else { continue };
+            let on_ours = pod
+                .spec
+                .as_ref()
+                .and_then(|s| s.node_name.as_ref())
+                .is_some_and(|n| self.nodes.contains(n));
+            let Some(uid) = pod.metadata.uid.clone().filter(|_| on_ours) else {
+                continue;
+            };
             seen.insert(uid.clone());
             let ns = pod.namespace().unwrap_or_default();
-            let peers = entries.entry(ns.clone()).or_insert_with(|| namespace_entries(&ns, &all));
+            let peers = entries
+                .entry(ns.clone())
+                .or_insert_with(|| namespace_entries(&ns, &all));
             let hosts = hosts_file(pod_ip(&ns, &pod.name_any()), &pod_hostname(pod), peers);
             self.sync(pod, uid, hosts).await;
         }
@@ -160,7 +201,10 @@ impl Agent {
 
     async fn sync(&mut self, pod: &Pod, uid: String, hosts: String) {
         let deleting = pod.metadata.deletion_timestamp.is_some();
-        let api: Api<Pod> = Api::namespaced(self.shared.client.clone(), &pod.namespace().unwrap_or_default());
+        let api: Api<Pod> = Api::namespaced(
+            self.shared.client.clone(),
+            &pod.namespace().unwrap_or_default(),
+        );
         let Some(t) = self.pods.get_mut(&uid) else {
             let phase = pod.status.as_ref().and_then(|s| s.phase.as_deref());
             if deleting {
@@ -198,7 +242,17 @@ impl Agent {
         let (stop, stop_rx) = watch::channel(None);
         let task = tokio::spawn(pod::run(self.shared.clone(), pod.clone(), stop_rx));
         tracing::info!(pod = %format!("{ns}/{name}"), node = ?pod.spec.as_ref().and_then(|s| s.node_name.clone()), "starting pod");
-        self.pods.insert(uid, Tracked { ns, name, grace: grace_seconds(pod), hosts, stop, task });
+        self.pods.insert(
+            uid,
+            Tracked {
+                ns,
+                name,
+                grace: grace_seconds(pod),
+                hosts,
+                stop,
+                task,
+            },
+        );
     }
 }
 
@@ -214,7 +268,11 @@ async fn report_lost(api: &Api<Pod>, pod: &Pod, uid: &str) {
     let ns = pod.namespace().unwrap_or_default();
     let name = pod.name_any();
     let container = pod.spec.as_ref().and_then(|s| s.containers.first());
-    let started = pod.status.as_ref().and_then(|s| s.start_time.as_ref()).map_or_else(status::now, |t| t.0.to_string());
+    let started = pod
+        .status
+        .as_ref()
+        .and_then(|s| s.start_time.as_ref())
+        .map_or_else(status::now, |t| t.0.to_string());
     let placement = Placement {
         uid,
         container: container.map_or("", |c| c.name.as_str()),

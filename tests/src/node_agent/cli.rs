@@ -31,7 +31,9 @@ pub struct Args {
 }
 
 fn parse_label(s: &str) -> Result<(String, String), String> {
-    let (k, v) = s.split_once('=').ok_or_else(|| format!("label {s:?} is not KEY=VALUE"))?;
+    let (k, v) = s
+        .split_once('=')
+        .ok_or_else(|| format!("label {s:?} is not KEY=VALUE"))?;
     if k.is_empty() {
         return Err(format!("label {s:?} has an empty key"));
     }
@@ -45,13 +47,34 @@ mod tests {
     #[test]
     fn parses_the_documented_command_line() {
         let args = Args::try_parse_from([
-            "rlhf-node-agent", "--kubeconfig", "/k", "--nodes", "2", "--gpus-per-node", "4", "--work-dir", "/w",
-            "--label", "pool=a", "--label", "x=", "--exit-on-stdin-eof",
+            "rlhf-node-agent",
+            "--kubeconfig",
+            "/k",
+            "--nodes",
+            "2",
+            "--gpus-per-node",
+            "4",
+            "--work-dir",
+            "/w",
+            "--label",
+            "pool=a",
+            "--label",
+            "x=",
+            "--exit-on-stdin-eof",
         ])
         .unwrap();
-        assert_eq!((args.nodes, args.gpus_per_node, args.prefix.as_str()), (2, 4, "gpu-node"));
-        assert_eq!(args.labels, vec![("pool".into(), "a".into()), ("x".into(), String::new())]);
+        assert_eq!(
+            (args.nodes, args.gpus_per_node, args.prefix.as_str()),
+            (2, 4, "gpu-node")
+        );
+        assert_eq!(
+            args.labels,
+            vec![("pool".into(), "a".into()), ("x".into(), String::new())]
+        );
         assert!(args.exit_on_stdin_eof);
-        assert!(Args::try_parse_from(["rlhf-node-agent", "--work-dir", "/w", "--label", "novalue"]).is_err());
+        assert!(
+            Args::try_parse_from(["rlhf-node-agent", "--work-dir", "/w", "--label", "novalue"])
+                .is_err()
+        );
     }
 }

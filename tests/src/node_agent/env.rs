@@ -27,11 +27,14 @@ impl FieldSource<'_> {
             "metadata.namespace" => self.pod.namespace().unwrap_or_default(),
             "metadata.uid" => meta.uid.clone().unwrap_or_default(),
             "spec.nodeName" => spec.and_then(|s| s.node_name.clone()).unwrap_or_default(),
-            "spec.serviceAccountName" => spec.and_then(|s| s.service_account_name.clone()).unwrap_or_default(),
+            "spec.serviceAccountName" => spec
+                .and_then(|s| s.service_account_name.clone())
+                .unwrap_or_default(),
             "status.podIP" | "status.podIPs" => self.pod_ip.to_string(),
             "status.hostIP" | "status.hostIPs" => self.host_ip.to_string(),
             _ => {
-                let found = keyed("metadata.labels['", self.pod.labels()).or_else(|| keyed("metadata.annotations['", self.pod.annotations()))?;
+                let found = keyed("metadata.labels['", self.pod.labels())
+                    .or_else(|| keyed("metadata.annotations['", self.pod.annotations()))?;
                 found.unwrap_or_default()
             }
         })
@@ -39,15 +42,26 @@ impl FieldSource<'_> {
 }
 
 /// The container's own variables in order, or an error naming the first one it cannot resolve.
-pub fn container_env(container: &Container, fields: &FieldSource) -> Result<Vec<(String, String)>, String> {
+pub fn container_env(
+    container: &Container,
+    fields: &FieldSource,
+) -> Result<Vec<(String, String)>, String> {
     let mut out = Vec::new();
     for var in container.env.iter().flatten() {
         let value = match (&var.value, &var.value_from) {
             (_, Some(from)) => match &from.field_ref {
-                Some(field) => fields
-                    .field(&field.field_path)
-                    .ok_or_else(|| format!("env {}: fieldRef {} is not supported by rlhf-node-agent", var.name, field.field_path))?,
-                None => return Err(format!("env {}: only valueFrom.fieldRef is supported by rlhf-node-agent", var.name)),
+                Some(field) => fields.field(&field.field_path).ok_or_else(|| {
+                    format!(
+                        "env {}: fieldRef {} is not supported by rlhf-node-agent",
+                        var.name, field.field_path
+                    )
+                })?,
+                None => {
+                    return Err(format!(
+                        "env {}: only valueFrom.fieldRef is supported by rlhf-node-agent",
+                        var.name
+                    ));
+                }
             },
             (Some(value), None) => value.clone(),
             (None, None) => String::new(),
@@ -58,7 +72,11 @@ pub fn container_env(container: &Container, fields: &FieldSource) -> Result<Vec<
 }
 
 /// Later layers win: `base` (the agent's environment), then `pod`, then `overrides`.
-pub fn overlay(base: impl IntoIterator<Item = (String, String)>, pod: &[(String, String)], overrides: &[(String, String)]) -> BTreeMap<String, String> {
+pub fn overlay(
+    base: impl IntoIterator<Item = (String, String)>,
+    pod: &[(String, String)],
+    overrides: &[(String, String)],
+) -> BTreeMap<String, String> {
     let mut env: BTreeMap<String, String> = base.into_iter().collect();
     env.extend(pod.iter().cloned());
     env.extend(overrides.iter().cloned());
@@ -67,7 +85,10 @@ pub fn overlay(base: impl IntoIterator<Item = (String, String)>, pod: &[(String,
 
 /// The last value of `name` in an ordered variable list (as a shell would see it).
 pub fn lookup<'a>(vars: &'a [(String, String)], name: &str) -> Option<&'a str> {
-    vars.iter().rev().find(|(k, _)| k == name).map(|(_, v)| v.as_str())
+    vars.iter()
+        .rev()
+        .find(|(k, _)| k == name)
+        .map(|(_, v)| v.as_str())
 }
 
 #[cfg(test)]
@@ -94,7 +115,11 @@ mod tests {
     #[test]
     fn resolves_values_and_field_refs_in_order() {
         let pod = pod();
-        let fields = FieldSource { pod: &pod, pod_ip: Ipv4Addr::new(127, 3, 4, 5), host_ip: "127.0.0.1" };
+        let fields = FieldSource {
+            pod: &pod,
+            pod_ip: Ipv4Addr::new(127, 3, 4, 5),
+            host_ip: "127.0.0.1",
+        };
         let vars = container_env(&pod.spec.as_ref().unwrap().containers[0], &fields).unwrap();
         let get = |k| lookup(&vars, k);
         assert_eq!(get("A"), Some("2"));
@@ -113,15 +138,25 @@ mod tests {
             "spec": {"containers": [{"name": "c", "env": [{"name": "TOKEN", "valueFrom": {"secretKeyRef": {"name": "s", "key": "k"}}}]}]}
         }))
         .unwrap();
-        let fields = FieldSource { pod: &pod, pod_ip: Ipv4Addr::LOCALHOST, host_ip: "127.0.0.1" };
+        let fields = FieldSource {
+            pod: &pod,
+            pod_ip: Ipv4Addr::LOCALHOST,
+            host_ip: "127.0.0.1",
+        };
         let err = container_env(&pod.spec.as_ref().unwrap().containers[0], &fields).unwrap_err();
         assert!(err.contains("TOKEN"), "{err}");
     }
 
     #[test]
     fn overlay_order_is_agent_then_pod_then_overrides() {
-        let base = [("PATH".to_string(), "/bin".to_string()), ("MASTER_PORT".into(), "1".into())];
-        let pod = [("MASTER_PORT".to_string(), "29500".to_string()), ("X".into(), "x".into())];
+        let base = [
+            ("PATH".to_string(), "/bin".to_string()),
+            ("MASTER_PORT".into(), "1".into()),
+        ];
+        let pod = [
+            ("MASTER_PORT".to_string(), "29500".to_string()),
+            ("X".into(), "x".into()),
+        ];
         let env = overlay(base, &pod, &[("MASTER_PORT".into(), "23456".into())]);
         assert_eq!(env["PATH"], "/bin");
         assert_eq!(env["X"], "x");

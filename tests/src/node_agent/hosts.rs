@@ -17,8 +17,16 @@ pub fn pod_ip(namespace: &str, name: &str) -> Ipv4Addr {
 
 /// The container's hostname, as a kubelet sets it: spec.hostname, else the pod name, cut to 63.
 pub fn pod_hostname(pod: &Pod) -> String {
-    let name = pod.spec.as_ref().and_then(|s| s.hostname.clone()).unwrap_or_else(|| pod.name_any());
-    name.chars().take(63).collect::<String>().trim_end_matches(['-', '.']).to_string()
+    let name = pod
+        .spec
+        .as_ref()
+        .and_then(|s| s.hostname.clone())
+        .unwrap_or_else(|| pod.name_any());
+    name.chars()
+        .take(63)
+        .collect::<String>()
+        .trim_end_matches(['-', '.'])
+        .to_string()
 }
 
 /// One hosts line: an address and its names.
@@ -39,13 +47,22 @@ pub fn dns_entry(pod: &Pod) -> Option<HostEntry> {
         format!("{host}.{sub}"),
         host.to_string(),
     ];
-    Some(HostEntry { ip: pod_ip(&ns, &pod.name_any()), names })
+    Some(HostEntry {
+        ip: pod_ip(&ns, &pod.name_any()),
+        names,
+    })
 }
 
 /// Entries for every pod in `namespace` (from `pods`, any namespace) that has a DNS name, sorted.
-pub fn namespace_entries<'a>(namespace: &str, pods: impl IntoIterator<Item = &'a Pod>) -> Vec<HostEntry> {
-    let mut entries: Vec<HostEntry> =
-        pods.into_iter().filter(|p| p.namespace().as_deref() == Some(namespace)).filter_map(dns_entry).collect();
+pub fn namespace_entries<'a>(
+    namespace: &str,
+    pods: impl IntoIterator<Item = &'a Pod>,
+) -> Vec<HostEntry> {
+    let mut entries: Vec<HostEntry> = pods
+        .into_iter()
+        .filter(|p| p.namespace().as_deref() == Some(namespace))
+        .filter_map(dns_entry)
+        .collect();
     entries.sort();
     entries.dedup();
     entries
@@ -55,7 +72,10 @@ pub fn namespace_entries<'a>(namespace: &str, pods: impl IntoIterator<Item = &'a
 pub fn hosts_file(own_ip: Ipv4Addr, own_hostname: &str, peers: &[HostEntry]) -> String {
     let mut text = String::from("# written by rlhf-node-agent (the stand-in for cluster DNS)\n");
     text.push_str("127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n");
-    if !peers.iter().any(|e| e.ip == own_ip && e.names.iter().any(|n| n == own_hostname)) {
+    if !peers
+        .iter()
+        .any(|e| e.ip == own_ip && e.names.iter().any(|n| n == own_hostname))
+    {
         text.push_str(&format!("{own_ip}\t{own_hostname}\n"));
     }
     for entry in peers {
@@ -112,9 +132,23 @@ mod tests {
         let ip0 = pod_ip("ns", "job-0");
         let ip1 = pod_ip("ns", "job-1");
         assert!(text.contains("127.0.0.1\tlocalhost\n"));
-        assert!(text.contains(&format!("{ip0}\tjob-0.svc.ns.svc.cluster.local job-0.svc.ns.svc job-0.svc job-0\n")), "{text}");
-        assert!(text.contains(&format!("{ip1}\tjob-1.svc.ns.svc.cluster.local job-1.svc.ns.svc job-1.svc job-1\n")), "{text}");
-        assert_eq!(text.matches(&ip0.to_string()).count(), 1, "own name listed once: {text}");
+        assert!(
+            text.contains(&format!(
+                "{ip0}\tjob-0.svc.ns.svc.cluster.local job-0.svc.ns.svc job-0.svc job-0\n"
+            )),
+            "{text}"
+        );
+        assert!(
+            text.contains(&format!(
+                "{ip1}\tjob-1.svc.ns.svc.cluster.local job-1.svc.ns.svc job-1.svc job-1\n"
+            )),
+            "{text}"
+        );
+        assert_eq!(
+            text.matches(&ip0.to_string()).count(),
+            1,
+            "own name listed once: {text}"
+        );
         // A pod without a subdomain still resolves its own hostname.
         let own = pod_ip("ns", "lonely");
         assert!(hosts_file(own, "lonely", &peers).contains(&format!("{own}\tlonely\n")));

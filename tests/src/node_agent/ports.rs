@@ -22,17 +22,31 @@ pub struct GangKey {
 }
 
 /// The gang of a pod; a pod without MASTER_ADDR is a gang of its own.
-pub fn gang_key(namespace: &str, pod_name: &str, env: &[(String, String)], labels: &BTreeMap<String, String>) -> GangKey {
+pub fn gang_key(
+    namespace: &str,
+    pod_name: &str,
+    env: &[(String, String)],
+    labels: &BTreeMap<String, String>,
+) -> GangKey {
     GangKey {
         namespace: namespace.to_string(),
-        master_addr: lookup(env, "MASTER_ADDR").map_or_else(|| format!("pod/{pod_name}"), str::to_string),
-        generation: labels.get(GANG_GENERATION_LABEL).cloned().unwrap_or_default(),
+        master_addr: lookup(env, "MASTER_ADDR")
+            .map_or_else(|| format!("pod/{pod_name}"), str::to_string),
+        generation: labels
+            .get(GANG_GENERATION_LABEL)
+            .cloned()
+            .unwrap_or_default(),
     }
 }
 
 /// (declared port, agent port) pairs to forward: rank r's declared `original + r` goes to
 /// `base + r`, for the ranks whose port the container declares.
-pub fn metrics_forwards(original: u16, base: u16, local_world: u16, declared: &[i32]) -> Vec<(u16, u16)> {
+pub fn metrics_forwards(
+    original: u16,
+    base: u16,
+    local_world: u16,
+    declared: &[i32],
+) -> Vec<(u16, u16)> {
     (0..local_world)
         .filter_map(|r| Some((original.checked_add(r)?, base.checked_add(r)?)))
         .filter(|(from, _)| declared.contains(&i32::from(*from)))
@@ -54,7 +68,12 @@ impl PortAllocator {
     pub fn new(range: std::ops::Range<u16>, seed: u32) -> Self {
         let span = u32::from(range.end - range.start).max(1);
         let next = range.start + (seed % span) as u16;
-        Self { range, next, reserved: HashSet::new(), gangs: HashMap::new() }
+        Self {
+            range,
+            next,
+            reserved: HashSet::new(),
+            gangs: HashMap::new(),
+        }
     }
 
     /// The gang's MASTER_PORT: the same for every pod of the gang.
@@ -72,11 +91,21 @@ impl PortAllocator {
         let span = self.range.end - self.range.start;
         for _ in 0..span {
             let base = self.next;
-            self.next = if base + 1 >= self.range.end { self.range.start } else { base + 1 };
-            let Some(end) = base.checked_add(len).filter(|e| *e <= self.range.end) else { continue };
+            self.next = if base + 1 >= self.range.end {
+                self.range.start
+            } else {
+                base + 1
+            };
+            let Some(end) = base.checked_add(len).filter(|e| *e <= self.range.end) else {
+                continue;
+            };
             if (base..end).all(|p| !self.reserved.contains(&p) && is_free(p)) {
                 self.reserved.extend(base..end);
-                self.next = if end >= self.range.end { self.range.start } else { end };
+                self.next = if end >= self.range.end {
+                    self.range.start
+                } else {
+                    end
+                };
                 return Some(base);
             }
         }
@@ -139,7 +168,13 @@ impl PortsRecord {
 
 /// Reads a port-valued variable, naming it in the error.
 pub fn port_var(env: &[(String, String)], name: &str) -> Result<Option<u16>, String> {
-    lookup(env, name).map(|v| v.trim().parse::<u16>().map_err(|_| format!("env {name}={v:?} is not a port number"))).transpose()
+    lookup(env, name)
+        .map(|v| {
+            v.trim()
+                .parse::<u16>()
+                .map_err(|_| format!("env {name}={v:?} is not a port number"))
+        })
+        .transpose()
 }
 
 /// Serves `listen` by copying each connection to and from 127.0.0.1:`target`.
@@ -161,7 +196,10 @@ mod tests {
     use super::*;
 
     fn vars(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
-        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
     }
 
     #[test]
@@ -169,17 +207,35 @@ mod tests {
         let env = vars(&[("MASTER_ADDR", "job-sft-0.job-sft.ns.svc")]);
         let gen0 = BTreeMap::from([(GANG_GENERATION_LABEL.to_string(), "0".to_string())]);
         let gen1 = BTreeMap::from([(GANG_GENERATION_LABEL.to_string(), "1".to_string())]);
-        assert_eq!(gang_key("ns", "job-sft-0", &env, &gen0), gang_key("ns", "job-sft-1", &env, &gen0));
-        assert_ne!(gang_key("ns", "job-sft-0", &env, &gen0), gang_key("ns", "job-sft-0", &env, &gen1));
-        assert_ne!(gang_key("ns", "a", &env, &gen0), gang_key("other", "a", &env, &gen0));
+        assert_eq!(
+            gang_key("ns", "job-sft-0", &env, &gen0),
+            gang_key("ns", "job-sft-1", &env, &gen0)
+        );
+        assert_ne!(
+            gang_key("ns", "job-sft-0", &env, &gen0),
+            gang_key("ns", "job-sft-0", &env, &gen1)
+        );
+        assert_ne!(
+            gang_key("ns", "a", &env, &gen0),
+            gang_key("other", "a", &env, &gen0)
+        );
         // Without MASTER_ADDR a pod is its own gang.
-        assert_ne!(gang_key("ns", "a", &[], &gen0), gang_key("ns", "b", &[], &gen0));
+        assert_ne!(
+            gang_key("ns", "a", &[], &gen0),
+            gang_key("ns", "b", &[], &gen0)
+        );
     }
 
     #[test]
     fn forwards_only_declared_rank_ports() {
-        assert_eq!(metrics_forwards(9400, 21000, 2, &[9400, 9401]), vec![(9400, 21000), (9401, 21001)]);
-        assert_eq!(metrics_forwards(9400, 21000, 3, &[9401, 80]), vec![(9401, 21001)]);
+        assert_eq!(
+            metrics_forwards(9400, 21000, 2, &[9400, 9401]),
+            vec![(9400, 21000), (9401, 21001)]
+        );
+        assert_eq!(
+            metrics_forwards(9400, 21000, 3, &[9401, 80]),
+            vec![(9401, 21001)]
+        );
         assert_eq!(metrics_forwards(9400, 21000, 1, &[]), vec![]);
     }
 
@@ -189,23 +245,46 @@ mod tests {
         let a = ports.block(3, |p| p != 104).unwrap();
         assert_eq!(a, 105, "skips a block that contains a busy port");
         let b = ports.block(3, |_| true).unwrap();
-        assert!(!(a..a + 3).contains(&b) && !(a..a + 3).contains(&(b + 2)), "{a} {b}");
+        assert!(
+            !(a..a + 3).contains(&b) && !(a..a + 3).contains(&(b + 2)),
+            "{a} {b}"
+        );
         assert_eq!(b, 100, "wraps around");
-        assert!(ports.block(7, |_| true).is_none(), "no 7 unreserved ports in a row");
+        assert!(
+            ports.block(7, |_| true).is_none(),
+            "no 7 unreserved ports in a row"
+        );
         ports.release(a, 3);
-        assert_eq!(ports.block(7, |_| true), Some(103), "released ports are handed out again");
+        assert_eq!(
+            ports.block(7, |_| true),
+            Some(103),
+            "released ports are handed out again"
+        );
     }
 
     #[test]
     fn overrides_and_port_variables() {
         let record = PortsRecord {
-            master_port: Some(Remapped { original: 29500, assigned: 20001 }),
-            metrics_port: Some(Remapped { original: 9400, assigned: 20010 }),
+            master_port: Some(Remapped {
+                original: 29500,
+                assigned: 20001,
+            }),
+            metrics_port: Some(Remapped {
+                original: 9400,
+                assigned: 20010,
+            }),
             ..Default::default()
         };
-        assert_eq!(record.env_overrides(), vars(&[("MASTER_PORT", "20001"), ("RLHF_METRICS_PORT", "20010")]));
+        assert_eq!(
+            record.env_overrides(),
+            vars(&[("MASTER_PORT", "20001"), ("RLHF_METRICS_PORT", "20010")])
+        );
         assert_eq!(port_var(&vars(&[("P", "9400")]), "P"), Ok(Some(9400)));
         assert_eq!(port_var(&[], "P"), Ok(None));
-        assert!(port_var(&vars(&[("P", "x")]), "P").unwrap_err().contains("P=\"x\""));
+        assert!(
+            port_var(&vars(&[("P", "x")]), "P")
+                .unwrap_err()
+                .contains("P=\"x\"")
+        );
     }
 }

@@ -44,7 +44,9 @@ pub fn resolve_program(name: &str, path: Option<&str>) -> Option<PathBuf> {
     if name.contains('/') {
         return Some(PathBuf::from(name));
     }
-    std::env::split_paths(path.unwrap_or_default()).map(|dir| dir.join(name)).find(|p| is_executable(p))
+    std::env::split_paths(path.unwrap_or_default())
+        .map(|dir| dir.join(name))
+        .find(|p| is_executable(p))
 }
 
 fn is_executable(p: &Path) -> bool {
@@ -54,11 +56,27 @@ fn is_executable(p: &Path) -> bool {
 
 /// The full argument list after `unshare`.
 pub fn unshare_args(launch: &Launch) -> Vec<OsString> {
-    let mut args: Vec<OsString> = ["--mount", "--uts", "--propagation", "private", "--", "/bin/sh", "-c", SETUP, "sh"].map(OsString::from).to_vec();
+    let mut args: Vec<OsString> = [
+        "--mount",
+        "--uts",
+        "--propagation",
+        "private",
+        "--",
+        "/bin/sh",
+        "-c",
+        SETUP,
+        "sh",
+    ]
+    .map(OsString::from)
+    .to_vec();
     args.push(launch.hostname.clone().into());
     args.push(launch.working_dir.clone().unwrap_or_default().into());
     for m in &launch.mounts {
-        args.extend([m.source.clone().into(), m.target.clone().into(), OsString::from(if m.read_only { "ro" } else { "rw" })]);
+        args.extend([
+            m.source.clone().into(),
+            m.target.clone().into(),
+            OsString::from(if m.read_only { "ro" } else { "rw" }),
+        ]);
     }
     args.push("--".into());
     args.push(launch.program.clone().into());
@@ -69,7 +87,10 @@ pub fn unshare_args(launch: &Launch) -> Vec<OsString> {
 /// Starts the process as the leader of a new process group (its pid is the group id), with
 /// stdout and stderr appended to the log and no stdin.
 pub fn spawn(launch: &Launch, unshare: &Path) -> std::io::Result<Child> {
-    let log = std::fs::OpenOptions::new().create(true).append(true).open(&launch.log)?;
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&launch.log)?;
     Command::new(unshare)
         .args(unshare_args(launch))
         .env_clear()
@@ -119,9 +140,18 @@ mod tests {
 
     #[test]
     fn programs_resolve_through_the_given_path() {
-        assert_eq!(resolve_program("sh", Some("/nonexistent:/bin")), Some(PathBuf::from("/bin/sh")));
-        assert_eq!(resolve_program("./x", Some("/bin")), Some(PathBuf::from("./x")));
-        assert_eq!(resolve_program("no-such-program-here", Some("/bin:/usr/bin")), None);
+        assert_eq!(
+            resolve_program("sh", Some("/nonexistent:/bin")),
+            Some(PathBuf::from("/bin/sh"))
+        );
+        assert_eq!(
+            resolve_program("./x", Some("/bin")),
+            Some(PathBuf::from("./x"))
+        );
+        assert_eq!(
+            resolve_program("no-such-program-here", Some("/bin:/usr/bin")),
+            None
+        );
     }
 
     #[test]
@@ -132,11 +162,21 @@ mod tests {
             env: BTreeMap::new(),
             working_dir: None,
             hostname: "job-0".into(),
-            mounts: vec![BindMount { source: "/s".into(), target: "/t".into(), read_only: true }],
+            mounts: vec![BindMount {
+                source: "/s".into(),
+                target: "/t".into(),
+                read_only: true,
+            }],
             log: "/dev/null".into(),
         };
-        let args: Vec<String> = unshare_args(&launch).into_iter().map(|a| a.into_string().unwrap()).collect();
+        let args: Vec<String> = unshare_args(&launch)
+            .into_iter()
+            .map(|a| a.into_string().unwrap())
+            .collect();
         let tail = &args[args.iter().position(|a| a == "sh").unwrap() + 1..];
-        assert_eq!(tail, ["job-0", "", "/s", "/t", "ro", "--", "/bin/echo", "a b"]);
+        assert_eq!(
+            tail,
+            ["job-0", "", "/s", "/t", "ro", "--", "/bin/echo", "a b"]
+        );
     }
 }

@@ -17,9 +17,17 @@ pub struct Termination {
 pub fn termination(code: Option<i32>, signal: Option<i32>) -> Termination {
     let exit_code = code.unwrap_or_else(|| 128 + signal.unwrap_or(0));
     if exit_code == 0 {
-        Termination { phase: "Succeeded", exit_code, reason: "Completed" }
+        Termination {
+            phase: "Succeeded",
+            exit_code,
+            reason: "Completed",
+        }
     } else {
-        Termination { phase: "Failed", exit_code, reason: "Error" }
+        Termination {
+            phase: "Failed",
+            exit_code,
+            reason: "Error",
+        }
     }
 }
 
@@ -64,7 +72,14 @@ fn patch(p: &Placement, phase: &str, ready: bool, state: Value, extra: Value, no
 }
 
 pub fn running(p: &Placement, now: &str) -> Value {
-    patch(p, "Running", true, json!({"running": {"startedAt": p.started_at}}), json!({}), now)
+    patch(
+        p,
+        "Running",
+        true,
+        json!({"running": {"startedAt": p.started_at}}),
+        json!({}),
+        now,
+    )
 }
 
 /// `message`: the termination message, if there is one.
@@ -88,7 +103,10 @@ pub fn log_tail_message(log: &str) -> String {
             start += 1;
         }
         let cut = &tail[start..];
-        tail = cut.split_once('\n').map_or(cut, |(_, rest)| rest).to_string();
+        tail = cut
+            .split_once('\n')
+            .map_or(cut, |(_, rest)| rest)
+            .to_string();
     }
     tail
 }
@@ -97,14 +115,28 @@ pub fn log_tail_message(log: &str) -> String {
 pub fn cannot_run(p: &Placement, message: &str, now: &str) -> Value {
     let state = json!({"terminated": {"exitCode": 128, "reason": "ContainerCannotRun", "message": message,
                                       "startedAt": p.started_at, "finishedAt": now}});
-    patch(p, "Failed", false, state, json!({"reason": "ContainerCannotRun", "message": message}), now)
+    patch(
+        p,
+        "Failed",
+        false,
+        state,
+        json!({"reason": "ContainerCannotRun", "message": message}),
+        now,
+    )
 }
 
 /// A kubelet found a pod it had been running, but the process is gone (the agent restarted).
 pub fn lost(p: &Placement, now: &str) -> Value {
     let message = "rlhf-node-agent restarted and lost this pod's process";
     let state = json!({"terminated": {"exitCode": 137, "reason": "Error", "message": message, "startedAt": p.started_at, "finishedAt": now}});
-    patch(p, "Failed", false, state, json!({"reason": "NodeAgentRestarted", "message": message}), now)
+    patch(
+        p,
+        "Failed",
+        false,
+        state,
+        json!({"reason": "NodeAgentRestarted", "message": message}),
+        now,
+    )
 }
 
 pub fn now() -> String {
@@ -115,7 +147,10 @@ pub fn now() -> String {
 pub async fn write(pods: &Api<Pod>, name: &str, body: Value) -> kube::Result<()> {
     let mut attempt = 0;
     loop {
-        match pods.patch_status(name, &PatchParams::default(), &Patch::Merge(&body)).await {
+        match pods
+            .patch_status(name, &PatchParams::default(), &Patch::Merge(&body))
+            .await
+        {
             Ok(_) => return Ok(()),
             Err(kube::Error::Api(e)) if e.code == 404 || e.code == 409 => return Ok(()),
             Err(e) if attempt < 3 => {
@@ -132,7 +167,10 @@ pub async fn write(pods: &Api<Pod>, name: &str, body: Value) -> kube::Result<()>
 pub async fn final_delete(pods: &Api<Pod>, name: &str, uid: &str) -> kube::Result<()> {
     let params = DeleteParams {
         grace_period_seconds: Some(0),
-        preconditions: Some(Preconditions { uid: Some(uid.to_string()), resource_version: None }),
+        preconditions: Some(Preconditions {
+            uid: Some(uid.to_string()),
+            resource_version: None,
+        }),
         ..Default::default()
     };
     match pods.delete(name, &params).await {
@@ -150,36 +188,81 @@ mod tests {
     fn a_failed_containers_message_is_the_end_of_its_log() {
         let log: String = (1..=100).map(|i| format!("line {i}\n")).collect();
         let tail = log_tail_message(&log);
-        assert!(tail.starts_with("line 21\n") && tail.ends_with("line 100"), "{tail}");
+        assert!(
+            tail.starts_with("line 21\n") && tail.ends_with("line 100"),
+            "{tail}"
+        );
         let long = format!("{}\nerror: the end\n", "x".repeat(5000));
         assert_eq!(log_tail_message(&long), "error: the end");
     }
 
     #[test]
     fn exit_codes_and_signals_map_like_a_container_runtime() {
-        assert_eq!(termination(Some(0), None), Termination { phase: "Succeeded", exit_code: 0, reason: "Completed" });
-        assert_eq!(termination(Some(2), None), Termination { phase: "Failed", exit_code: 2, reason: "Error" });
-        assert_eq!(termination(None, Some(9)), Termination { phase: "Failed", exit_code: 137, reason: "Error" });
+        assert_eq!(
+            termination(Some(0), None),
+            Termination {
+                phase: "Succeeded",
+                exit_code: 0,
+                reason: "Completed"
+            }
+        );
+        assert_eq!(
+            termination(Some(2), None),
+            Termination {
+                phase: "Failed",
+                exit_code: 2,
+                reason: "Error"
+            }
+        );
+        assert_eq!(
+            termination(None, Some(9)),
+            Termination {
+                phase: "Failed",
+                exit_code: 137,
+                reason: "Error"
+            }
+        );
         assert_eq!(termination(None, Some(15)).exit_code, 143);
     }
 
     #[test]
     fn patches_carry_uid_ip_and_container_state() {
-        let p = Placement { uid: "u-1", container: "trainer", image: "img", pod_ip: Ipv4Addr::new(127, 1, 2, 3), started_at: "t0" };
+        let p = Placement {
+            uid: "u-1",
+            container: "trainer",
+            image: "img",
+            pod_ip: Ipv4Addr::new(127, 1, 2, 3),
+            started_at: "t0",
+        };
         let run = running(&p, "t1");
         assert_eq!(run["metadata"]["uid"], "u-1");
         assert_eq!(run["status"]["phase"], "Running");
         assert_eq!(run["status"]["podIP"], "127.1.2.3");
         assert_eq!(run["status"]["hostIP"], "127.0.0.1");
         assert_eq!(run["status"]["containerStatuses"][0]["name"], "trainer");
-        assert_eq!(run["status"]["containerStatuses"][0]["state"]["running"]["startedAt"], "t0");
-        let ready: Vec<_> = run["status"]["conditions"].as_array().unwrap().iter().map(|c| c["status"].clone()).collect();
+        assert_eq!(
+            run["status"]["containerStatuses"][0]["state"]["running"]["startedAt"],
+            "t0"
+        );
+        let ready: Vec<_> = run["status"]["conditions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|c| c["status"].clone())
+            .collect();
         assert!(ready.iter().all(|s| s == "True"));
 
         let done = terminated(&p, termination(None, Some(9)), None, "t2");
         assert_eq!(done["status"]["phase"], "Failed");
         let t = &done["status"]["containerStatuses"][0]["state"]["terminated"];
-        assert_eq!((t["exitCode"].as_i64(), t["reason"].as_str(), t["finishedAt"].as_str()), (Some(137), Some("Error"), Some("t2")));
+        assert_eq!(
+            (
+                t["exitCode"].as_i64(),
+                t["reason"].as_str(),
+                t["finishedAt"].as_str()
+            ),
+            (Some(137), Some("Error"), Some("t2"))
+        );
 
         let bad = cannot_run(&p, "pod ns/x: no command", "t3");
         assert_eq!(bad["status"]["phase"], "Failed");

@@ -2,7 +2,9 @@
 //! expects them (mounted inside the pod's private mount namespace by process.rs).
 use std::path::{Path, PathBuf};
 
-use k8s_openapi::api::core::v1::{ConfigMap, Container, KeyToPath, PersistentVolume, PersistentVolumeClaim, Pod, Secret, Volume};
+use k8s_openapi::api::core::v1::{
+    ConfigMap, Container, KeyToPath, PersistentVolume, PersistentVolumeClaim, Pod, Secret, Volume,
+};
 use kube::api::Api;
 use kube::{Client, ResourceExt};
 
@@ -25,12 +27,25 @@ pub struct VolumeContext<'a> {
 
 /// Host folders for every mount of `container`, created and filled, with the mount points
 /// created on the host too; parents come before children. Errors name the volume.
-pub async fn prepare(ctx: &VolumeContext<'_>, pod: &Pod, container: &Container) -> Result<Vec<BindMount>, String> {
-    let volumes = pod.spec.as_ref().and_then(|s| s.volumes.clone()).unwrap_or_default();
+pub async fn prepare(
+    ctx: &VolumeContext<'_>,
+    pod: &Pod,
+    container: &Container,
+) -> Result<Vec<BindMount>, String> {
+    let volumes = pod
+        .spec
+        .as_ref()
+        .and_then(|s| s.volumes.clone())
+        .unwrap_or_default();
     let mut mounts = Vec::new();
     for m in container.volume_mounts.iter().flatten() {
-        let volume = volumes.iter().find(|v| v.name == m.name).ok_or_else(|| format!("volumeMount {}: no volume of that name", m.name))?;
-        let (root, volume_read_only) = source(ctx, volume).await.map_err(|e| format!("volume {}: {e}", volume.name))?;
+        let volume = volumes
+            .iter()
+            .find(|v| v.name == m.name)
+            .ok_or_else(|| format!("volumeMount {}: no volume of that name", m.name))?;
+        let (root, volume_read_only) = source(ctx, volume)
+            .await
+            .map_err(|e| format!("volume {}: {e}", volume.name))?;
         let mut source = root;
         if let Some(sub) = m.sub_path.as_deref().filter(|s| !s.is_empty()) {
             source = source.join(sub);
@@ -40,10 +55,17 @@ pub async fn prepare(ctx: &VolumeContext<'_>, pod: &Pod, container: &Container) 
         }
         let target = PathBuf::from(&m.mount_path);
         if !target.is_absolute() {
-            return Err(format!("volumeMount {}: mountPath {} is not absolute", m.name, m.mount_path));
+            return Err(format!(
+                "volumeMount {}: mountPath {} is not absolute",
+                m.name, m.mount_path
+            ));
         }
         mount_point(&source, &target)?;
-        mounts.push(BindMount { source, target, read_only: volume_read_only || m.read_only == Some(true) });
+        mounts.push(BindMount {
+            source,
+            target,
+            read_only: volume_read_only || m.read_only == Some(true),
+        });
     }
     mounts.sort_by_key(|m| m.target.components().count());
     Ok(mounts)
@@ -54,11 +76,24 @@ async fn source(ctx: &VolumeContext<'_>, volume: &Volume) -> Result<(PathBuf, bo
     let dir = ctx.pod_dir.join("volumes").join(&volume.name);
     if let Some(cm) = &volume.config_map {
         let api: Api<ConfigMap> = Api::namespaced(ctx.client.clone(), ctx.namespace);
-        let found = api.get_opt(&cm.name).await.map_err(|e| format!("reading configMap {}: {e}", cm.name))?;
+        let found = api
+            .get_opt(&cm.name)
+            .await
+            .map_err(|e| format!("reading configMap {}: {e}", cm.name))?;
         let files: Vec<(String, Vec<u8>)> = match found {
             Some(cm) => {
-                let text = cm.data.unwrap_or_default().into_iter().map(|(k, v)| (k, v.into_bytes()));
-                text.chain(cm.binary_data.unwrap_or_default().into_iter().map(|(k, v)| (k, v.0))).collect()
+                let text = cm
+                    .data
+                    .unwrap_or_default()
+                    .into_iter()
+                    .map(|(k, v)| (k, v.into_bytes()));
+                text.chain(
+                    cm.binary_data
+                        .unwrap_or_default()
+                        .into_iter()
+                        .map(|(k, v)| (k, v.0)),
+                )
+                .collect()
             }
             None if cm.optional == Some(true) => Vec::new(),
             None => return Err(format!("configMap {} not found", cm.name)),
@@ -69,9 +104,17 @@ async fn source(ctx: &VolumeContext<'_>, volume: &Volume) -> Result<(PathBuf, bo
     if let Some(secret) = &volume.secret {
         let name = secret.secret_name.clone().unwrap_or_default();
         let api: Api<Secret> = Api::namespaced(ctx.client.clone(), ctx.namespace);
-        let found = api.get_opt(&name).await.map_err(|e| format!("reading secret {name}: {e}"))?;
+        let found = api
+            .get_opt(&name)
+            .await
+            .map_err(|e| format!("reading secret {name}: {e}"))?;
         let files = match found {
-            Some(s) => s.data.unwrap_or_default().into_iter().map(|(k, v)| (k, v.0)).collect(),
+            Some(s) => s
+                .data
+                .unwrap_or_default()
+                .into_iter()
+                .map(|(k, v)| (k, v.0))
+                .collect(),
             None if secret.optional == Some(true) => Vec::new(),
             None => return Err(format!("secret {name} not found")),
         };
@@ -89,7 +132,12 @@ async fn source(ctx: &VolumeContext<'_>, volume: &Volume) -> Result<(PathBuf, bo
     }
     if let Some(host) = &volume.host_path {
         let path = PathBuf::from(&host.path);
-        if !path.exists() && !matches!(host.type_.as_deref(), Some("File" | "FileOrCreate" | "Socket" | "CharDevice" | "BlockDevice")) {
+        if !path.exists()
+            && !matches!(
+                host.type_.as_deref(),
+                Some("File" | "FileOrCreate" | "Socket" | "CharDevice" | "BlockDevice")
+            )
+        {
             mkdir(&path)?;
         }
         return Ok((path, false));
@@ -100,34 +148,63 @@ async fn source(ctx: &VolumeContext<'_>, volume: &Volume) -> Result<(PathBuf, bo
 /// The bound PersistentVolume's hostPath, else a folder of the agent's own for the claim.
 async fn claim_path(ctx: &VolumeContext<'_>, claim: &str) -> Result<PathBuf, String> {
     let pvcs: Api<PersistentVolumeClaim> = Api::namespaced(ctx.client.clone(), ctx.namespace);
-    let pvc = pvcs.get_opt(claim).await.map_err(|e| format!("reading claim {claim}: {e}"))?.ok_or_else(|| format!("claim {claim} not found"))?;
-    let bound = pvc.spec.as_ref().and_then(|s| s.volume_name.clone()).filter(|_| pvc.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Bound"));
+    let pvc = pvcs
+        .get_opt(claim)
+        .await
+        .map_err(|e| format!("reading claim {claim}: {e}"))?
+        .ok_or_else(|| format!("claim {claim} not found"))?;
+    let bound = pvc
+        .spec
+        .as_ref()
+        .and_then(|s| s.volume_name.clone())
+        .filter(|_| pvc.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Bound"));
     if let Some(pv_name) = bound {
         let pvs: Api<PersistentVolume> = Api::all(ctx.client.clone());
-        let pv = pvs.get_opt(&pv_name).await.map_err(|e| format!("reading volume {pv_name}: {e}"))?;
+        let pv = pvs
+            .get_opt(&pv_name)
+            .await
+            .map_err(|e| format!("reading volume {pv_name}: {e}"))?;
         if let Some(host) = pv.and_then(|pv| pv.spec).and_then(|s| s.host_path) {
             return Ok(PathBuf::from(host.path));
         }
     }
-    Ok(ctx.work_dir.join("pvc").join(ctx.namespace).join(pvc.name_any()))
+    Ok(ctx
+        .work_dir
+        .join("pvc")
+        .join(ctx.namespace)
+        .join(pvc.name_any()))
 }
 
 /// Writes a configMap/secret's keys as files (only `items`, at their paths, when given).
-fn write_files(dir: &Path, files: Vec<(String, Vec<u8>)>, items: Option<&[KeyToPath]>) -> Result<(), String> {
+fn write_files(
+    dir: &Path,
+    files: Vec<(String, Vec<u8>)>,
+    items: Option<&[KeyToPath]>,
+) -> Result<(), String> {
     mkdir(dir)?;
     let chosen: Vec<(PathBuf, Vec<u8>)> = match items {
-        None => files.into_iter().map(|(k, v)| (PathBuf::from(k), v)).collect(),
+        None => files
+            .into_iter()
+            .map(|(k, v)| (PathBuf::from(k), v))
+            .collect(),
         Some(items) => {
             let mut out = Vec::new();
             for item in items {
-                let (_, bytes) = files.iter().find(|(k, _)| *k == item.key).ok_or_else(|| format!("key {} not found", item.key))?;
+                let (_, bytes) = files
+                    .iter()
+                    .find(|(k, _)| *k == item.key)
+                    .ok_or_else(|| format!("key {} not found", item.key))?;
                 out.push((PathBuf::from(&item.path), bytes.clone()));
             }
             out
         }
     };
     for (rel, bytes) in chosen {
-        if rel.is_absolute() || rel.components().any(|c| matches!(c, std::path::Component::ParentDir)) {
+        if rel.is_absolute()
+            || rel
+                .components()
+                .any(|c| matches!(c, std::path::Component::ParentDir))
+        {
             return Err(format!("file name {} leaves the volume", rel.display()));
         }
         let path = dir.join(&rel);
@@ -148,7 +225,8 @@ fn mount_point(source: &Path, target: &Path) -> Result<(), String> {
         if let Some(parent) = target.parent() {
             mkdir(parent)?;
         }
-        std::fs::write(target, b"").map_err(|e| format!("creating mount point {}: {e}", target.display()))
+        std::fs::write(target, b"")
+            .map_err(|e| format!("creating mount point {}: {e}", target.display()))
     } else {
         mkdir(target)
     }
@@ -165,14 +243,25 @@ mod tests {
     #[test]
     fn files_follow_items_and_stay_inside_the_volume() {
         let dir = std::env::temp_dir().join(format!("rlhf-agent-volumes-{}", std::process::id()));
-        let files = vec![("a".to_string(), b"1".to_vec()), ("b".to_string(), b"2".to_vec())];
+        let files = vec![
+            ("a".to_string(), b"1".to_vec()),
+            ("b".to_string(), b"2".to_vec()),
+        ];
         write_files(&dir.join("all"), files.clone(), None).unwrap();
         assert_eq!(std::fs::read(dir.join("all/a")).unwrap(), b"1");
-        let items = [KeyToPath { key: "b".into(), path: "sub/renamed".into(), ..Default::default() }];
+        let items = [KeyToPath {
+            key: "b".into(),
+            path: "sub/renamed".into(),
+            ..Default::default()
+        }];
         write_files(&dir.join("some"), files.clone(), Some(&items)).unwrap();
         assert_eq!(std::fs::read(dir.join("some/sub/renamed")).unwrap(), b"2");
         assert!(!dir.join("some/a").exists());
-        let escape = [KeyToPath { key: "a".into(), path: "../x".into(), ..Default::default() }];
+        let escape = [KeyToPath {
+            key: "a".into(),
+            path: "../x".into(),
+            ..Default::default()
+        }];
         assert!(write_files(&dir.join("bad"), files, Some(&escape)).is_err());
         std::fs::remove_dir_all(&dir).unwrap();
     }

@@ -34,10 +34,24 @@ impl TrainingScene {
         let ns = cluster.namespace(prefix).await;
         let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("e2e").join(&ns);
         let _ = std::fs::remove_dir_all(&dir);
-        let agent = NodeAgentProcess::start(&cluster.kubeconfig, &dir.join("agent"), nodes, gpus, &ns, &[(POOL_LABEL, &ns)]);
+        let agent = NodeAgentProcess::start(
+            &cluster.kubeconfig,
+            &dir.join("agent"),
+            nodes,
+            gpus,
+            &ns,
+            &[(POOL_LABEL, &ns)],
+        );
         agent.wait_ready(&cluster.client).await;
         let operator = OperatorProcess::start(&cluster.kubeconfig, &ns);
-        Self { client: cluster.client.clone(), cluster, ns, dir, agent, operator }
+        Self {
+            client: cluster.client.clone(),
+            cluster,
+            ns,
+            dir,
+            agent,
+            operator,
+        }
     }
 
     /// A hostPath PersistentVolume reserved (claimRef) for `job`'s storage claim; returns its folder.
@@ -49,31 +63,54 @@ impl TrainingScene {
 
     /// Applies `manifest` with kubectl after pinning it to this scene's nodes and storage.
     pub async fn apply(&self, mut manifest: Value) -> PathBuf {
-        let job = manifest["metadata"]["name"].as_str().expect("a named job").to_string();
+        let job = manifest["metadata"]["name"]
+            .as_str()
+            .expect("a named job")
+            .to_string();
         manifest["spec"]["nodeSelector"] = json!({POOL_LABEL: self.ns});
         let storage = self.storage_for(&job).await;
-        let (ok, out) = self.cluster.kubectl(&["apply", "-n", &self.ns, "-f", "-"], &manifest.to_string()).await;
+        let (ok, out) = self
+            .cluster
+            .kubectl(&["apply", "-n", &self.ns, "-f", "-"], &manifest.to_string())
+            .await;
         assert!(ok, "kubectl apply {job}: {out}");
         storage
     }
 
     /// Waits up to `timeout` until the job's status satisfies `check`; on timeout the panic
     /// message carries the status, and the operator and agent logs are named.
-    pub async fn wait_for(&self, job: &str, what: &str, timeout: Duration, check: impl Fn(&RLHFJobStatus) -> bool) -> RLHFJobStatus {
-        let what = format!("{job}: {what} (operator log {}, agent log {})", self.operator.log.display(), self.agent.log.display());
+    pub async fn wait_for(
+        &self,
+        job: &str,
+        what: &str,
+        timeout: Duration,
+        check: impl Fn(&RLHFJobStatus) -> bool,
+    ) -> RLHFJobStatus {
+        let what = format!(
+            "{job}: {what} (operator log {}, agent log {})",
+            self.operator.log.display(),
+            self.agent.log.display()
+        );
         wait_for_status_within(&self.client, &self.ns, job, &what, timeout, check).await
     }
 
     /// The job's pods now (any stage, any generation).
     pub async fn pods_of(&self, job: &str) -> Vec<Pod> {
         let api: Api<Pod> = Api::namespaced(self.client.clone(), &self.ns);
-        api.list(&ListParams::default().labels(&format!("rlhf.dev/job={job}"))).await.expect("listing pods").items
+        api.list(&ListParams::default().labels(&format!("rlhf.dev/job={job}")))
+            .await
+            .expect("listing pods")
+            .items
     }
 
     /// Sends `signal` to the process group of the pod's trainer.
     pub fn signal_pod(&self, pod: &str, signal: nix::sys::signal::Signal) {
-        let pgid = self.agent.pod_process(&self.ns, pod).unwrap_or_else(|| panic!("no process recorded for pod {pod}"));
-        nix::sys::signal::killpg(nix::unistd::Pid::from_raw(pgid), signal).unwrap_or_else(|e| panic!("signalling pod {pod}: {e}"));
+        let pgid = self
+            .agent
+            .pod_process(&self.ns, pod)
+            .unwrap_or_else(|| panic!("no process recorded for pod {pod}"));
+        nix::sys::signal::killpg(nix::unistd::Pid::from_raw(pgid), signal)
+            .unwrap_or_else(|e| panic!("signalling pod {pod}: {e}"));
     }
 
     /// Where `stage`'s outputs are on `storage`.
@@ -96,7 +133,10 @@ pub async fn reserve_storage(client: &Client, ns: &str, job: &str, path: &Path) 
         }
     }))
     .expect("a PV");
-    Api::<PersistentVolume>::all(client.clone()).create(&PostParams::default(), &pv).await.expect("creating a PV");
+    Api::<PersistentVolume>::all(client.clone())
+        .create(&PostParams::default(), &pv)
+        .await
+        .expect("creating a PV");
 }
 
 /// The training steps the stage's metrics log records, in order (evaluation records left out).
@@ -112,22 +152,30 @@ pub fn logged_steps(stage_dir: &Path) -> Vec<u64> {
 /// The stage's held-out evaluations of `metric`, in order (before training, after it).
 pub fn logged_evals(stage_dir: &Path, metric: &str) -> Vec<f64> {
     let text = std::fs::read_to_string(stage_dir.join("metrics.jsonl")).unwrap_or_default();
-    text.lines().filter_map(|l| serde_json::from_str::<Value>(l).ok()?["eval"][metric].as_f64()).collect()
+    text.lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok()?["eval"][metric].as_f64())
+        .collect()
 }
 
 /// The manifest `examples/<file>`.
 pub fn example(file: &str) -> Value {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples").join(file);
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../examples")
+        .join(file);
     let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
     serde_yaml::from_str(&text).unwrap_or_else(|e| panic!("{} is not YAML: {e}", path.display()))
 }
 
 /// Waits until the stage has logged step `step` (read live from its storage).
 pub async fn wait_for_step(stage_dir: &Path, step: u64, timeout: Duration) {
-    wait_until(&format!("step {step} in {}", stage_dir.display()), timeout, || {
-        let steps = logged_steps(stage_dir);
-        async move { Ok(steps.iter().any(|s| *s >= step).then_some(())).map_err(|e: String| e) }
-    })
+    wait_until(
+        &format!("step {step} in {}", stage_dir.display()),
+        timeout,
+        || {
+            let steps = logged_steps(stage_dir);
+            async move { Ok(steps.iter().any(|s| *s >= step).then_some(())).map_err(|e: String| e) }
+        },
+    )
     .await
 }
 
@@ -136,7 +184,12 @@ pub async fn wait_for_step(stage_dir: &Path, step: u64, timeout: Duration) {
 pub fn assert_each_step_once(stage_dir: &Path) -> u64 {
     let steps = logged_steps(stage_dir);
     let last = steps.last().copied().unwrap_or(0);
-    assert_eq!(steps, (1..=last).collect::<Vec<_>>(), "steps logged in {}", stage_dir.display());
+    assert_eq!(
+        steps,
+        (1..=last).collect::<Vec<_>>(),
+        "steps logged in {}",
+        stage_dir.display()
+    );
     last
 }
 
@@ -165,7 +218,11 @@ pub fn sft_job(name: &str, nodes: u32, steps: u32) -> serde_json::Value {
 
 /// The status of stage `name`; panics (naming it) when there is none.
 pub fn stage<'a>(status: &'a RLHFJobStatus, name: &str) -> &'a StageStatus {
-    status.stages.iter().find(|s| s.name == name).unwrap_or_else(|| panic!("no stage {name} in {status:?}"))
+    status
+        .stages
+        .iter()
+        .find(|s| s.name == name)
+        .unwrap_or_else(|| panic!("no stage {name} in {status:?}"))
 }
 
 /// The names of pods, for messages.

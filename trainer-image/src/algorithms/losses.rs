@@ -25,7 +25,9 @@ fn zero_padding(x: &Tensor, mask: &Tensor) -> Tensor {
 
 /// Real tokens counted over `dim` (all dims when None), in fp32.
 fn count(mask: &Tensor, dim: Option<i64>) -> Tensor {
-    keep(mask).to_kind(Kind::Float).sum_dim_intlist(dim, false, None::<Kind>)
+    keep(mask)
+        .to_kind(Kind::Float)
+        .sum_dim_intlist(dim, false, None::<Kind>)
 }
 
 /// sum(x * mask) over `dim` (all dims when None). A sequence's log-prob is this over dim 1 of
@@ -49,7 +51,11 @@ pub fn masked_whiten(x: &Tensor, mask: &Tensor, shift_mean: bool) -> Tensor {
     // n - 1 floored at 1: one real token gives variance 0, not 0/0.
     let var = masked_sum(&centered.square(), mask, None) / (count(mask, None) - 1.0).clamp_min(1.0);
     let whitened = centered * (var + WHITEN_EPS).rsqrt();
-    let whitened = if shift_mean { whitened } else { whitened + mean };
+    let whitened = if shift_mean {
+        whitened
+    } else {
+        whitened + mean
+    };
     zero_padding(&whitened, mask)
 }
 
@@ -58,7 +64,9 @@ pub fn masked_whiten(x: &Tensor, mask: &Tensor, shift_mean: bool) -> Tensor {
 /// (B, T, V) log-softmax is kept.
 pub fn token_logprobs(logits: &Tensor, tokens: &Tensor) -> Tensor {
     let logits = logits.to_kind(Kind::Float);
-    let picked = logits.gather(-1, &tokens.unsqueeze(-1), false).squeeze_dim(-1); // (B, T)
+    let picked = logits
+        .gather(-1, &tokens.unsqueeze(-1), false)
+        .squeeze_dim(-1); // (B, T)
     picked - logits.logsumexp([-1], false)
 }
 
@@ -77,7 +85,9 @@ pub fn entropy_from_logits(logits: &Tensor) -> Tensor {
 pub fn sft_loss(logits: &Tensor, labels: &Tensor, loss_mask: &Tensor) -> Tensor {
     let t = labels.size()[1];
     let mask = loss_mask.narrow(1, 1, t - 1); // (B, T-1)
-    let targets = labels.narrow(1, 1, t - 1).masked_fill(&keep(&mask).logical_not(), 0i64);
+    let targets = labels
+        .narrow(1, 1, t - 1)
+        .masked_fill(&keep(&mask).logical_not(), 0i64);
     let nll = -token_logprobs(&logits.narrow(1, 0, t - 1), &targets); // (B, T-1)
     masked_mean(&nll, &mask, None)
 }
@@ -110,13 +120,26 @@ pub fn kl_penalty(logp: &Tensor, ref_logp: &Tensor, estimator: KlEstimator) -> T
 /// PPO's per-token rewards (B, T): -kl_coef * kl on every real token, plus the sequence score
 /// (B), clipped to [-reward_clip, reward_clip] (0: no clip), on each row's last real token.
 /// Padding gets 0; a row without real tokens gets nothing, its score included.
-pub fn token_rewards(kl: &Tensor, kl_coef: f64, scores: &Tensor, mask: &Tensor, reward_clip: f64) -> Tensor {
-    let scores = if reward_clip > 0.0 { scores.clamp(-reward_clip, reward_clip) } else { scores.shallow_clone() };
+pub fn token_rewards(
+    kl: &Tensor,
+    kl_coef: f64,
+    scores: &Tensor,
+    mask: &Tensor,
+    reward_clip: f64,
+) -> Tensor {
+    let scores = if reward_clip > 0.0 {
+        scores.clamp(-reward_clip, reward_clip)
+    } else {
+        scores.shallow_clone()
+    };
     let t = kl.size()[1];
     // Position + 1 on real tokens, 0 on padding: the argmax is the last real token.
-    let positions = Tensor::arange_start(1, t + 1, (Kind::Int64, kl.device())) * keep(mask).to_kind(Kind::Int64);
+    let positions = Tensor::arange_start(1, t + 1, (Kind::Int64, kl.device()))
+        * keep(mask).to_kind(Kind::Int64);
     let last = positions.argmax(1, true); // (B, 1)
-    let at_last = kl.zeros_like().scatter(1, &last, &scores.to_kind(kl.kind()).unsqueeze(1)); // (B, T)
+    let at_last = kl
+        .zeros_like()
+        .scatter(1, &last, &scores.to_kind(kl.kind()).unsqueeze(1)); // (B, T)
     zero_padding(&(kl * -kl_coef + at_last), mask)
 }
 
@@ -126,7 +149,13 @@ pub fn token_rewards(kl: &Tensor, kl_coef: f64, scores: &Tensor, mask: &Tensor, 
 /// count), and after a row's last real token V = A = 0. rewards, values, mask (B, T), rows of
 /// any lengths -> (advantages, returns) (B, T), detached, 0 on padding. Whitening the advantages
 /// is the caller's step (`masked_whiten`).
-pub fn gae(rewards: &Tensor, values: &Tensor, mask: &Tensor, gamma: f64, lambda: f64) -> (Tensor, Tensor) {
+pub fn gae(
+    rewards: &Tensor,
+    values: &Tensor,
+    mask: &Tensor,
+    gamma: f64,
+    lambda: f64,
+) -> (Tensor, Tensor) {
     let (rewards, values, keep) = (rewards.detach(), values.detach(), keep(mask));
     let mut next_value = values.select(1, 0).zeros_like(); // (B)
     let mut next_adv = next_value.zeros_like(); // (B)
@@ -165,16 +194,34 @@ pub fn policy_loss(
     let ratio = log_ratio.exp();
     let unclipped = -advantages * &ratio;
     let clipped = -advantages * ratio.clamp(1.0 - clip_range, 1.0 + clip_range);
-    let clip_fraction = masked_mean(&clipped.gt_tensor(&unclipped).to_kind(Kind::Float), mask, None);
+    let clip_fraction = masked_mean(
+        &clipped.gt_tensor(&unclipped).to_kind(Kind::Float),
+        mask,
+        None,
+    );
     let approx_kl = masked_mean(&log_ratio.square(), mask, None) * 0.5;
-    (pessimistic_mean(&unclipped, &clipped, mask), clip_fraction.detach(), approx_kl.detach())
+    (
+        pessimistic_mean(&unclipped, &clipped, mask),
+        clip_fraction.detach(),
+        approx_kl.detach(),
+    )
 }
 
 /// The critic's clipped value loss over tokens (B, T) -> ():
 ///   0.5 * masked mean of max((V - R)^2, (V_old + clip(V - V_old, -clip_range, clip_range) - R)^2).
-pub fn value_loss(values: &Tensor, old_values: &Tensor, returns: &Tensor, mask: &Tensor, clip_range: f64) -> Tensor {
+pub fn value_loss(
+    values: &Tensor,
+    old_values: &Tensor,
+    returns: &Tensor,
+    mask: &Tensor,
+    clip_range: f64,
+) -> Tensor {
     let clipped_values = old_values + (values - old_values).clamp(-clip_range, clip_range);
-    0.5 * pessimistic_mean(&(values - returns).square(), &(clipped_values - returns).square(), mask)
+    0.5 * pessimistic_mean(
+        &(values - returns).square(),
+        &(clipped_values - returns).square(),
+        mask,
+    )
 }
 
 /// The KL penalty coefficient over training: fixed, or adapted towards a target KL.
@@ -188,7 +235,11 @@ impl KlController {
     /// Adaptive when there is a target KL (PpoParams::target_kl, which must be > 0), else fixed.
     pub fn new(kl_coef: f64, target: Option<f64>, horizon: u64) -> Self {
         match target {
-            Some(target) => Self::Adaptive(AdaptiveKlController { value: kl_coef, target, horizon }),
+            Some(target) => Self::Adaptive(AdaptiveKlController {
+                value: kl_coef,
+                target,
+                horizon,
+            }),
             None => Self::Fixed(kl_coef),
         }
     }
@@ -251,8 +302,13 @@ pub fn dpo_loss(
     let chosen = policy_chosen_logp - ref_chosen_logp;
     let rejected = policy_rejected_logp - ref_rejected_logp;
     let logits = (&chosen - &rejected) * beta;
-    let losses = -(1.0 - label_smoothing) * logits.log_sigmoid() - label_smoothing * (-logits).log_sigmoid();
-    (losses.mean(Kind::Float), (chosen * beta).detach(), (rejected * beta).detach())
+    let losses =
+        -(1.0 - label_smoothing) * logits.log_sigmoid() - label_smoothing * (-logits).log_sigmoid();
+    (
+        losses.mean(Kind::Float),
+        (chosen * beta).detach(),
+        (rejected * beta).detach(),
+    )
 }
 
 #[cfg(test)]

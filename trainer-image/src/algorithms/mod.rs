@@ -14,12 +14,22 @@ use crate::models::CausalLm;
 
 /// Log-probs (B, T - start) of the tokens from position `start` on under `model`'s full
 /// distribution, and the logits (B, T - start, V) that scored them: position t predicts t + 1.
-pub fn continuation_logprobs(model: &dyn CausalLm, ids: &Tensor, attention_mask: &Tensor, start: i64) -> (Tensor, Tensor) {
+pub fn continuation_logprobs(
+    model: &dyn CausalLm,
+    ids: &Tensor,
+    attention_mask: &Tensor,
+    start: i64,
+) -> (Tensor, Tensor) {
     let n = ids.size()[1] - start;
     // The head runs on the scored positions only: (B, T, V) logits are the biggest activation.
-    let hidden = model.hidden_states(ids, Some(attention_mask)).narrow(1, start - 1, n);
+    let hidden = model
+        .hidden_states(ids, Some(attention_mask))
+        .narrow(1, start - 1, n);
     let logits = model.lm_head(&hidden).to_kind(tch::Kind::Float);
-    (losses::token_logprobs(&logits, &ids.narrow(1, start, n)), logits)
+    (
+        losses::token_logprobs(&logits, &ids.narrow(1, start, n)),
+        logits,
+    )
 }
 
 /// `loss.backward()`, then the rest of the backward pass of `models`' checkpointed forwards.

@@ -9,9 +9,9 @@ use tch::{Tensor, nn};
 
 use super::backward;
 use super::optim::{Optimizer, batches};
-use crate::models::CausalLm;
 use crate::checkpoint::Snapshot;
 use crate::error::Result;
+use crate::models::CausalLm;
 use crate::progress::{PhaseClock, Progress};
 use rlhf_spec::ResolvedTraining;
 
@@ -62,7 +62,13 @@ pub fn run(
             tokens += out.tokens;
         }
         let step = opt.step()?;
-        let [loss_sum, metric_sum, tokens] = <[f64; 3]>::try_from(progress.dist().sum(&[loss_sum, metric_sum, tokens as f64])?).expect("three sums");
+        let [loss_sum, metric_sum, tokens] =
+            <[f64; 3]>::try_from(
+                progress
+                    .dist()
+                    .sum(&[loss_sum, metric_sum, tokens as f64])?,
+            )
+            .expect("three sums");
         let samples = step_batches.iter().map(Vec::len).sum::<usize>() as f64;
         let mut record = json!({"step": step, "loss": loss_sum, "phases": {"train": clock.rates(samples, tokens, flops_per_token * tokens)}});
         if let Some(name) = metric {
@@ -74,7 +80,11 @@ pub fn run(
         progress.step_done(step, step == total, || {
             let mut tensors = Vec::new();
             opt.export(MODEL, &mut tensors)?;
-            Ok(Snapshot { step, tensors, state: json!({"step": step}) })
+            Ok(Snapshot {
+                step,
+                tensors,
+                state: json!({"step": step}),
+            })
         })?;
     }
     Ok(losses)

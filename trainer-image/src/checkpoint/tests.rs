@@ -10,7 +10,10 @@ fn scratch(name: &str) -> PathBuf {
 fn snapshot(step: u64) -> Snapshot {
     Snapshot {
         step,
-        tensors: vec![("actor.weight.w".into(), Tensor::from_slice(&[step as f32, 2.0, 3.0]))],
+        tensors: vec![(
+            "actor.weight.w".into(),
+            Tensor::from_slice(&[step as f32, 2.0, 3.0]),
+        )],
         state: serde_json::json!({"rng": step * 7}),
     }
 }
@@ -23,7 +26,10 @@ fn a_saved_checkpoint_reads_back_exactly() {
     let restored = latest(&root).unwrap();
     assert_eq!(restored.step, 40);
     assert_eq!(restored.state["rng"], 280);
-    assert_eq!(restored.tensors["actor.weight.w"], Tensor::from_slice(&[40f32, 2.0, 3.0]));
+    assert_eq!(
+        restored.tensors["actor.weight.w"],
+        Tensor::from_slice(&[40f32, 2.0, 3.0])
+    );
     let _ = std::fs::remove_dir_all(&root);
 }
 
@@ -58,7 +64,11 @@ fn truncated_corrupt_or_unfinished_checkpoints_are_skipped() {
     assert!(read(&newest).unwrap_err().contains("(corrupt)"));
     // No manifest (a folder someone copied by hand), and a half-written hidden folder.
     std::fs::remove_file(newest.join(MANIFEST)).unwrap();
-    assert!(read(&newest).unwrap_err().starts_with("no readable manifest.json"));
+    assert!(
+        read(&newest)
+            .unwrap_err()
+            .starts_with("no readable manifest.json")
+    );
     std::fs::create_dir_all(root.join("checkpoints/.partial-step-00000030")).unwrap();
     assert_eq!(latest(&root).unwrap().step, 10);
     let _ = std::fs::remove_dir_all(&root);

@@ -27,7 +27,9 @@ pub fn die_with_parent() {
 
 /// Exit code of a finished process: its code, or 128 + the signal that ended it.
 pub fn exit_code(status: ExitStatus) -> i32 {
-    status.code().unwrap_or_else(|| 128 + status.signal().unwrap_or(0))
+    status
+        .code()
+        .unwrap_or_else(|| 128 + status.signal().unwrap_or(0))
 }
 
 fn signal_all(children: &[(usize, Child)], signal: Signal) {
@@ -39,10 +41,14 @@ fn signal_all(children: &[(usize, Child)], signal: Signal) {
 /// Runs `args` (this program's own arguments) as `topology.local_world` workers and waits for
 /// them; returns the exit code for the launcher.
 pub fn run_workers(topology: &Topology, args: &[OsString]) -> Result<i32> {
-    let exe = std::env::current_exe().map_err(|source| Error::Read { path: "/proc/self/exe".into(), source })?;
+    let exe = std::env::current_exe().map_err(|source| Error::Read {
+        path: "/proc/self/exe".into(),
+        source,
+    })?;
     let stop = Arc::new(AtomicBool::new(false));
     for signal in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
-        signal_hook::flag::register(signal, stop.clone()).map_err(|e| Error::Distributed(format!("cannot handle signals: {e}")))?;
+        signal_hook::flag::register(signal, stop.clone())
+            .map_err(|e| Error::Distributed(format!("cannot handle signals: {e}")))?;
     }
     let mut children = Vec::new();
     for local_rank in 0..topology.local_world {
@@ -69,12 +75,18 @@ pub fn run_workers(topology: &Topology, args: &[OsString]) -> Result<i32> {
         }
         let mut i = 0;
         while i < children.len() {
-            match children[i].1.try_wait().map_err(|e| Error::Distributed(format!("waiting for workers: {e}")))? {
+            match children[i]
+                .1
+                .try_wait()
+                .map_err(|e| Error::Distributed(format!("waiting for workers: {e}")))?
+            {
                 Some(status) => {
                     let (rank, _) = children.remove(i);
                     let code = exit_code(status);
                     if code != 0 && first_failure.is_none() {
-                        eprintln!("rlhf-trainer: worker {rank} failed with exit code {code}; stopping the others");
+                        eprintln!(
+                            "rlhf-trainer: worker {rank} failed with exit code {code}; stopping the others"
+                        );
                         first_failure = Some(code);
                         signal_all(&children, Signal::SIGTERM);
                         stopping_since.get_or_insert_with(Instant::now);
@@ -88,5 +100,9 @@ pub fn run_workers(topology: &Topology, args: &[OsString]) -> Result<i32> {
         }
         std::thread::sleep(Duration::from_millis(50));
     }
-    Ok(first_failure.unwrap_or(if stop.load(Ordering::Relaxed) { 128 + 15 } else { 0 }))
+    Ok(first_failure.unwrap_or(if stop.load(Ordering::Relaxed) {
+        128 + 15
+    } else {
+        0
+    }))
 }

@@ -31,18 +31,41 @@ pub struct Dist {
 
 impl Dist {
     pub fn single() -> Self {
-        Self { topology: Topology::single(), group: None, strategy: Strategy::Ddp, offload_optimizer: false }
+        Self {
+            topology: Topology::single(),
+            group: None,
+            strategy: Strategy::Ddp,
+            offload_optimizer: false,
+        }
     }
 
     /// Joins the other ranks (nothing to join for world 1); `cuda`: training runs on GPUs, so
     /// CUDA tensors go through NCCL.
-    pub fn connect(topology: Topology, strategy: Strategy, offload_optimizer: bool, cuda: bool, timeout: Duration) -> Result<Self> {
+    pub fn connect(
+        topology: Topology,
+        strategy: Strategy,
+        offload_optimizer: bool,
+        cuda: bool,
+        timeout: Duration,
+    ) -> Result<Self> {
         let group = if topology.world > 1 {
-            Some(Rc::new(ProcessGroup::connect(&topology.master_addr, topology.master_port, topology.rank, topology.world, timeout, cuda)?))
+            Some(Rc::new(ProcessGroup::connect(
+                &topology.master_addr,
+                topology.master_port,
+                topology.rank,
+                topology.world,
+                timeout,
+                cuda,
+            )?))
         } else {
             None
         };
-        Ok(Self { topology, group, strategy, offload_optimizer })
+        Ok(Self {
+            topology,
+            group,
+            strategy,
+            offload_optimizer,
+        })
     }
 
     pub fn world(&self) -> usize {
@@ -59,7 +82,9 @@ impl Dist {
 
     /// Element-wise sums of `values` over ranks (the values themselves for one process).
     pub fn sum(&self, values: &[f64]) -> Result<Vec<f64>> {
-        let Some(group) = &self.group else { return Ok(values.to_vec()) };
+        let Some(group) = &self.group else {
+            return Ok(values.to_vec());
+        };
         let t = Tensor::from_slice(values);
         group.all_reduce_sum(&t)?;
         Ok(Vec::<f64>::try_from(&t)?)

@@ -9,7 +9,10 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use rlhf_spec::{BaseWeights, ResolvedDataset, ResolvedPipeline, ResolvedTokenizer, TrainerConfig, WeightsSource, resolve_pipeline};
+use rlhf_spec::{
+    BaseWeights, ResolvedDataset, ResolvedPipeline, ResolvedTokenizer, TrainerConfig,
+    WeightsSource, resolve_pipeline,
+};
 use std::process::Command;
 
 use serde_json::{Value, json};
@@ -35,13 +38,32 @@ pub enum RunFolder {
 }
 
 pub fn run(manifest: &Path, folder: RunFolder) -> Result<()> {
-    let text = std::fs::read_to_string(manifest).map_err(|source| Error::Read { path: manifest.into(), source })?;
+    let text = std::fs::read_to_string(manifest).map_err(|source| Error::Read {
+        path: manifest.into(),
+        source,
+    })?;
     let (job, pipeline) = parse(manifest, &text)?;
     let run_dir = prepare(&folder, &job, &text)?;
-    println!("{job}: {} stages, run folder {}", pipeline.order.len(), run_dir.display());
-    let outputs: BTreeMap<String, String> = pipeline.stages.iter().map(|s| (s.name.clone(), run_dir.join(&s.name).to_string_lossy().into_owned())).collect();
+    println!(
+        "{job}: {} stages, run folder {}",
+        pipeline.order.len(),
+        run_dir.display()
+    );
+    let outputs: BTreeMap<String, String> = pipeline
+        .stages
+        .iter()
+        .map(|s| {
+            (
+                s.name.clone(),
+                run_dir.join(&s.name).to_string_lossy().into_owned(),
+            )
+        })
+        .collect();
     for name in &pipeline.order {
-        let stage = pipeline.stage(name).expect("the order names resolved stages").clone();
+        let stage = pipeline
+            .stage(name)
+            .expect("the order names resolved stages")
+            .clone();
         let config = TrainerConfig {
             job: job.clone(),
             namespace: NAMESPACE.into(),
@@ -51,17 +73,37 @@ pub fn run(manifest: &Path, folder: RunFolder) -> Result<()> {
             metrics_port: 0,
             stage,
         };
-        if Path::new(&config.output_dir).join(stage::MODEL_DIR).join("config.json").exists() {
+        if Path::new(&config.output_dir)
+            .join(stage::MODEL_DIR)
+            .join("config.json")
+            .exists()
+        {
             println!("{name}: already done ({}), skipped", config.output_dir);
             continue;
         }
-        println!("{name}: running ({}, {} process(es))", config.output_dir, config.stage.parallelism.world_size());
+        println!(
+            "{name}: running ({}, {} process(es))",
+            config.output_dir,
+            config.stage.parallelism.world_size()
+        );
         run_stage(&config)?;
         let curves = Path::new(&config.output_dir).join(curves::CURVES_FILE);
-        let curves = if curves.exists() { format!(", training curves in {}", curves.display()) } else { String::new() };
-        println!("{name}: done, model in {}/{}{curves}", config.output_dir, stage::MODEL_DIR);
+        let curves = if curves.exists() {
+            format!(", training curves in {}", curves.display())
+        } else {
+            String::new()
+        };
+        println!(
+            "{name}: done, model in {}/{}{curves}",
+            config.output_dir,
+            stage::MODEL_DIR
+        );
     }
-    let logs = pipeline.order.iter().map(|n| (n.clone(), read_log(&run_dir.join(n).join(METRICS_LOG)))).collect();
+    let logs = pipeline
+        .order
+        .iter()
+        .map(|n| (n.clone(), read_log(&run_dir.join(n).join(METRICS_LOG))))
+        .collect();
     println!("{}", summary(&pipeline, &logs));
     Ok(())
 }
@@ -70,11 +112,24 @@ pub fn run(manifest: &Path, folder: RunFolder) -> Result<()> {
 /// variables for one machine; a failed stage fails the run with its exit code.
 fn run_stage(config: &TrainerConfig) -> Result<()> {
     let dir = Path::new(&config.output_dir);
-    std::fs::create_dir_all(dir).map_err(|source| Error::Write { path: dir.into(), source })?;
+    std::fs::create_dir_all(dir).map_err(|source| Error::Write {
+        path: dir.into(),
+        source,
+    })?;
     let path = dir.join(CONFIG_FILE);
-    std::fs::write(&path, serde_json::to_vec_pretty(config).expect("configs serialise")).map_err(|source| Error::Write { path: path.clone(), source })?;
+    std::fs::write(
+        &path,
+        serde_json::to_vec_pretty(config).expect("configs serialise"),
+    )
+    .map_err(|source| Error::Write {
+        path: path.clone(),
+        source,
+    })?;
     let world = config.stage.parallelism.world_size().to_string();
-    let exe = std::env::current_exe().map_err(|source| Error::Read { path: "/proc/self/exe".into(), source })?;
+    let exe = std::env::current_exe().map_err(|source| Error::Read {
+        path: "/proc/self/exe".into(),
+        source,
+    })?;
     let status = Command::new(exe)
         .args(["run", "--config"])
         .arg(&path)
@@ -88,26 +143,54 @@ fn run_stage(config: &TrainerConfig) -> Result<()> {
         .env_remove("LOCAL_RANK")
         .env_remove(launch::WORKER_ENV)
         .status()
-        .map_err(|source| Error::Read { path: path.clone(), source })?;
+        .map_err(|source| Error::Read {
+            path: path.clone(),
+            source,
+        })?;
     match launch::exit_code(status) {
         0 => Ok(()),
-        code => Err(Error::Stage { stage: config.stage.name.clone(), code }),
+        code => Err(Error::Stage {
+            stage: config.stage.name.clone(),
+            code,
+        }),
     }
 }
 
 /// A free TCP port on loopback for the stage's rendezvous.
 fn free_port() -> Result<u16> {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").map_err(|source| Error::Write { path: "127.0.0.1:0".into(), source })?;
-    listener.local_addr().map(|a| a.port()).map_err(|source| Error::Write { path: "127.0.0.1:0".into(), source })
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").map_err(|source| Error::Write {
+        path: "127.0.0.1:0".into(),
+        source,
+    })?;
+    listener
+        .local_addr()
+        .map(|a| a.port())
+        .map_err(|source| Error::Write {
+            path: "127.0.0.1:0".into(),
+            source,
+        })
 }
 
 /// The job name and its resolved pipeline, paths anchored at the manifest's folder.
 fn parse(manifest: &Path, text: &str) -> Result<(String, ResolvedPipeline)> {
-    let doc: Value = serde_yaml::from_str(text).map_err(|e| Error::invalid(manifest, format!("not YAML: {e}")))?;
-    let job = doc["metadata"]["name"].as_str().ok_or_else(|| Error::invalid(manifest, "metadata.name is missing"))?.to_string();
-    let spec = serde_json::from_value(doc["spec"].clone()).map_err(|e| Error::invalid(manifest, format!("spec: {e}")))?;
-    let mut pipeline = resolve_pipeline(&spec, "spec")
-        .map_err(|errors| Error::invalid(manifest, errors.iter().map(|e| e.to_string()).collect::<Vec<_>>().join("; ")))?;
+    let doc: Value = serde_yaml::from_str(text)
+        .map_err(|e| Error::invalid(manifest, format!("not YAML: {e}")))?;
+    let job = doc["metadata"]["name"]
+        .as_str()
+        .ok_or_else(|| Error::invalid(manifest, "metadata.name is missing"))?
+        .to_string();
+    let spec = serde_json::from_value(doc["spec"].clone())
+        .map_err(|e| Error::invalid(manifest, format!("spec: {e}")))?;
+    let mut pipeline = resolve_pipeline(&spec, "spec").map_err(|errors| {
+        Error::invalid(
+            manifest,
+            errors
+                .iter()
+                .map(|e| e.to_string())
+                .collect::<Vec<_>>()
+                .join("; "),
+        )
+    })?;
     anchor_paths(&mut pipeline, manifest.parent().unwrap_or(Path::new(".")));
     Ok((job, pipeline))
 }
@@ -133,7 +216,11 @@ pub fn anchor_paths(p: &mut ResolvedPipeline, base: &Path) {
             }
         }
         let m = &mut s.models;
-        for source in std::iter::once(&mut m.init).chain([&mut m.reward_model, &mut m.critic, &mut m.reference].into_iter().flatten()) {
+        for source in std::iter::once(&mut m.init).chain(
+            [&mut m.reward_model, &mut m.critic, &mut m.reference]
+                .into_iter()
+                .flatten(),
+        ) {
             if let WeightsSource::Path(path) = source {
                 anchor(path);
             }
@@ -148,20 +235,31 @@ fn prepare(folder: &RunFolder, job: &str, manifest_text: &str) -> Result<PathBuf
             if !dir.is_dir() {
                 return Err(Error::invalid(dir, "no such run folder to resume"));
             }
-            if std::fs::read_to_string(dir.join(MANIFEST_COPY)).is_ok_and(|old| old != manifest_text) {
-                eprintln!("rlhf-trainer: the manifest differs from the one {} started with; continuing with the new one", dir.display());
+            if std::fs::read_to_string(dir.join(MANIFEST_COPY))
+                .is_ok_and(|old| old != manifest_text)
+            {
+                eprintln!(
+                    "rlhf-trainer: the manifest differs from the one {} started with; continuing with the new one",
+                    dir.display()
+                );
             }
             return Ok(dir.clone());
         }
         RunFolder::Fresh(Some(dir)) => {
             if std::fs::read_dir(dir).is_ok_and(|mut entries| entries.next().is_some()) {
-                return Err(Error::invalid(dir, "the output folder is not empty; pass --resume to continue that run"));
+                return Err(Error::invalid(
+                    dir,
+                    "the output folder is not empty; pass --resume to continue that run",
+                ));
             }
             dir.clone()
         }
         RunFolder::Fresh(None) => first_free(Path::new("rlhf-output"), job),
     };
-    std::fs::create_dir_all(&dir).map_err(|source| Error::Write { path: dir.clone(), source })?;
+    std::fs::create_dir_all(&dir).map_err(|source| Error::Write {
+        path: dir.clone(),
+        source,
+    })?;
     let copy = dir.join(MANIFEST_COPY);
     std::fs::write(&copy, manifest_text).map_err(|source| Error::Write { path: copy, source })?;
     Ok(dir)
@@ -169,7 +267,10 @@ fn prepare(folder: &RunFolder, job: &str, manifest_text: &str) -> Result<PathBuf
 
 /// `<root>/<job>-<n>` for the smallest n >= 1 not taken.
 fn first_free(root: &Path, job: &str) -> PathBuf {
-    (1..).map(|n| root.join(format!("{job}-{n}"))).find(|p| !p.exists()).expect("some number is free")
+    (1..)
+        .map(|n| root.join(format!("{job}-{n}")))
+        .find(|p| !p.exists())
+        .expect("some number is free")
 }
 
 /// `{"stages": {name: {"kind", "first", "last"}}}` from each stage's held-out evaluations.
@@ -178,9 +279,17 @@ pub fn summary(p: &ResolvedPipeline, logs: &BTreeMap<String, Vec<Value>>) -> Val
         .order
         .iter()
         .map(|name| {
-            let evals: Vec<&Value> = logs.get(name).into_iter().flatten().filter_map(|r| r.get("eval")).collect();
+            let evals: Vec<&Value> = logs
+                .get(name)
+                .into_iter()
+                .flatten()
+                .filter_map(|r| r.get("eval"))
+                .collect();
             let kind = p.stage(name).map_or("", |s| s.kind.as_str());
-            (name.clone(), json!({"kind": kind, "first": evals.first(), "last": evals.last()}))
+            (
+                name.clone(),
+                json!({"kind": kind, "first": evals.first(), "last": evals.last()}),
+            )
         })
         .collect();
     json!({ "stages": stages })

@@ -19,23 +19,46 @@ spec:
 fn relative_paths_resolve_against_the_manifest_folder() {
     let (job, p) = parse(Path::new("/jobs/demo/job.yaml"), MANIFEST).unwrap();
     assert_eq!(job, "files");
-    assert_eq!(p.model.weights, BaseWeights::Path("/jobs/demo/./base".into()));
-    assert_eq!(p.model.tokenizer, ResolvedTokenizer::Path("/jobs/demo/tok".into()));
+    assert_eq!(
+        p.model.weights,
+        BaseWeights::Path("/jobs/demo/./base".into())
+    );
+    assert_eq!(
+        p.model.tokenizer,
+        ResolvedTokenizer::Path("/jobs/demo/tok".into())
+    );
     let sft = p.stage("sft").unwrap();
-    assert!(matches!(&sft.dataset, ResolvedDataset::File { path, .. } if path == "/jobs/demo/data/sft.jsonl"));
+    assert!(
+        matches!(&sft.dataset, ResolvedDataset::File { path, .. } if path == "/jobs/demo/data/sft.jsonl")
+    );
     let ppo = p.stage("ppo").unwrap();
-    assert!(matches!(&ppo.dataset, ResolvedDataset::File { path, .. } if path == "/abs/prompts.jsonl"), "absolute stays");
-    assert_eq!(ppo.models.reward_model, Some(WeightsSource::Path("/jobs/demo/models/rm".into())));
+    assert!(
+        matches!(&ppo.dataset, ResolvedDataset::File { path, .. } if path == "/abs/prompts.jsonl"),
+        "absolute stays"
+    );
+    assert_eq!(
+        ppo.models.reward_model,
+        Some(WeightsSource::Path("/jobs/demo/models/rm".into()))
+    );
     assert_eq!(ppo.models.init, WeightsSource::Stage("sft".into()));
     let ptx = ppo.ppo.as_ref().unwrap().ptx_dataset.as_ref().unwrap();
-    assert!(matches!(ptx, ResolvedDataset::File { path, .. } if path == "/jobs/demo/data/ptx.jsonl"));
+    assert!(
+        matches!(ptx, ResolvedDataset::File { path, .. } if path == "/jobs/demo/data/ptx.jsonl")
+    );
 }
 
 #[test]
 fn the_summary_holds_each_stages_first_and_last_evaluation() {
     let (_, p) = parse(Path::new("job.yaml"), MANIFEST).unwrap();
     let logs = BTreeMap::from([
-        ("sft".to_string(), vec![json!({"step": 0, "eval": {"loss": 9.0}}), json!({"step": 1, "loss": 5.0}), json!({"step": 2, "eval": {"loss": 2.0}})]),
+        (
+            "sft".to_string(),
+            vec![
+                json!({"step": 0, "eval": {"loss": 9.0}}),
+                json!({"step": 1, "loss": 5.0}),
+                json!({"step": 2, "eval": {"loss": 2.0}}),
+            ],
+        ),
         ("ppo".to_string(), vec![]),
     ]);
     assert_eq!(

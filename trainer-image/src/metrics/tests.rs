@@ -5,8 +5,19 @@ use super::*;
 type Labels<'a> = &'a [(&'a str, &'a str)];
 
 fn metrics() -> TrainerMetrics {
-    let labels = [("rlhf_job", "demo"), ("namespace", "ml"), ("stage", "ppo"), ("rank", "0")];
-    TrainerMetrics::new(labels.into_iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()).unwrap()
+    let labels = [
+        ("rlhf_job", "demo"),
+        ("namespace", "ml"),
+        ("stage", "ppo"),
+        ("rank", "0"),
+    ];
+    TrainerMetrics::new(
+        labels
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect(),
+    )
+    .unwrap()
 }
 
 #[test]
@@ -26,17 +37,48 @@ fn a_record_sets_the_architecture_metric_names() {
         ("rlhf_trainer_clip_fraction", &[], 0.0625),
         ("rlhf_trainer_loss", &[("kind", "policy")], -0.125),
         ("rlhf_trainer_loss", &[("kind", "value")], 0.5),
-        ("rlhf_trainer_samples_per_second", &[("phase", "experience")], 12.0),
-        ("rlhf_trainer_tokens_per_second", &[("phase", "experience")], 768.0),
+        (
+            "rlhf_trainer_samples_per_second",
+            &[("phase", "experience")],
+            12.0,
+        ),
+        (
+            "rlhf_trainer_tokens_per_second",
+            &[("phase", "experience")],
+            768.0,
+        ),
         ("rlhf_trainer_tflops", &[("phase", "experience")], 0.5),
-        ("rlhf_trainer_memory_bytes", &[("device", "cpu"), ("kind", "rss")], 1048576.0),
-        ("rlhf_trainer_memory_bytes", &[("device", "cpu"), ("kind", "peak")], 2097152.0),
+        (
+            "rlhf_trainer_memory_bytes",
+            &[("device", "cpu"), ("kind", "rss")],
+            1048576.0,
+        ),
+        (
+            "rlhf_trainer_memory_bytes",
+            &[("device", "cpu"), ("kind", "peak")],
+            2097152.0,
+        ),
     ];
     for (name, labels, value) in expected {
-        let all: Vec<(&str, &str)> = [("rlhf_job", "demo"), ("namespace", "ml"), ("stage", "ppo"), ("rank", "0")].into_iter().chain(labels.iter().copied()).collect();
-        assert_eq!(sample(&text, name, &all), Some(value), "{name} {labels:?} in\n{text}");
+        let all: Vec<(&str, &str)> = [
+            ("rlhf_job", "demo"),
+            ("namespace", "ml"),
+            ("stage", "ppo"),
+            ("rank", "0"),
+        ]
+        .into_iter()
+        .chain(labels.iter().copied())
+        .collect();
+        assert_eq!(
+            sample(&text, name, &all),
+            Some(value),
+            "{name} {labels:?} in\n{text}"
+        );
     }
-    assert!(!text.contains(" 99"), "held-out values stay in the log: {text}");
+    assert!(
+        !text.contains(" 99"),
+        "held-out values stay in the log: {text}"
+    );
 }
 
 #[test]
@@ -53,7 +95,10 @@ fn the_server_answers_metrics_and_nothing_else() {
     };
     let reply = get("/metrics");
     assert!(reply.starts_with("HTTP/1.1 200 OK"), "{reply}");
-    assert!(reply.contains("rlhf_trainer_loss{kind=\"train\""), "{reply}");
+    assert!(
+        reply.contains("rlhf_trainer_loss{kind=\"train\""),
+        "{reply}"
+    );
     assert!(get("/other").starts_with("HTTP/1.1 404"));
 }
 
@@ -65,10 +110,17 @@ fn process_memory_reads_this_process() {
 
 /// The value of the series `name` whose labels include all of `labels` (any order).
 fn sample(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
-    text.lines().filter(|l| l.starts_with(&format!("{name}{{"))).find_map(|line| {
-        let (series, value) = line.rsplit_once(' ')?;
-        let set = series.strip_prefix(name)?.trim_matches(|c| c == '{' || c == '}');
-        let have: Vec<&str> = set.split(',').collect();
-        labels.iter().all(|(k, v)| have.contains(&format!("{k}=\"{v}\"").as_str())).then(|| value.parse().ok())?
-    })
+    text.lines()
+        .filter(|l| l.starts_with(&format!("{name}{{")))
+        .find_map(|line| {
+            let (series, value) = line.rsplit_once(' ')?;
+            let set = series
+                .strip_prefix(name)?
+                .trim_matches(|c| c == '{' || c == '}');
+            let have: Vec<&str> = set.split(',').collect();
+            labels
+                .iter()
+                .all(|(k, v)| have.contains(&format!("{k}=\"{v}\"").as_str()))
+                .then(|| value.parse().ok())?
+        })
 }

@@ -18,7 +18,10 @@ pub struct KvCache {
 impl KvCache {
     /// Positions already cached.
     pub fn len(&self) -> i64 {
-        self.layers.first().and_then(|l| l.as_ref()).map_or(0, |(k, _)| k.size()[2])
+        self.layers
+            .first()
+            .and_then(|l| l.as_ref())
+            .map_or(0, |(k, _)| k.size()[2])
     }
 
     pub fn is_empty(&self) -> bool {
@@ -46,10 +49,14 @@ pub fn positions_and_mask(t: i64, attention_mask: &Tensor) -> (Tensor, Tensor) {
     let (b, s) = attention_mask.size2().expect("attention_mask is (B, S)");
     let keep = attention_mask.to_kind(Kind::Bool);
     let past = s - t;
-    let positions = (keep.to_kind(Kind::Int64).cumsum(1, Kind::Int64) - 1).clamp_min(0).narrow(1, past, t);
+    let positions = (keep.to_kind(Kind::Int64).cumsum(1, Kind::Int64) - 1)
+        .clamp_min(0)
+        .narrow(1, past, t);
     // Query i (absolute position past + i) sees keys 0 ..= past + i.
     let causal = Tensor::ones([t, s], (Kind::Bool, attention_mask.device())).tril(past);
-    let mask = causal.view([1, 1, t, s]).logical_and(&keep.view([b, 1, 1, s]));
+    let mask = causal
+        .view([1, 1, t, s])
+        .logical_and(&keep.view([b, 1, 1, s]));
     (positions, mask)
 }
 
@@ -59,7 +66,10 @@ pub fn attend(q: &Tensor, k: &Tensor, v: &Tensor, mask: &Tensor) -> Tensor {
     let hs = q.size()[3];
     // Scores and softmax in fp32 (masking with f32::MIN does not fit lower precisions).
     let scores = (q.matmul(&k.transpose(-2, -1)) / (hs as f64).sqrt()).to_kind(Kind::Float); // (B, nh, T, S)
-    let probs = scores.masked_fill(&mask.logical_not(), f32::MIN as f64).softmax(-1, Kind::Float).to_kind(q.kind());
+    let probs = scores
+        .masked_fill(&mask.logical_not(), f32::MIN as f64)
+        .softmax(-1, Kind::Float)
+        .to_kind(q.kind());
     probs.matmul(v) // (B, nh, T, hs)
 }
 
@@ -76,9 +86,15 @@ pub fn merge_heads(y: &Tensor) -> Tensor {
 
 /// Copies an HF folder's weights into `vs`. `rename` maps a file's tensor name to the variable
 /// name, or None for tensors that are not parameters here (buffers, tied copies).
-pub fn load_into(vs: &nn::VarStore, dir: &Path, rename: impl Fn(&str) -> Option<String>) -> Result<()> {
-    let weights: BTreeMap<String, Tensor> =
-        hf::read_weights(dir)?.into_iter().filter_map(|(name, t)| Some((rename(&name)?, t))).collect();
+pub fn load_into(
+    vs: &nn::VarStore,
+    dir: &Path,
+    rename: impl Fn(&str) -> Option<String>,
+) -> Result<()> {
+    let weights: BTreeMap<String, Tensor> = hf::read_weights(dir)?
+        .into_iter()
+        .filter_map(|(name, t)| Some((rename(&name)?, t)))
+        .collect();
     let vars: BTreeMap<String, Tensor> = vs.variables().into_iter().collect();
     hf::copy_into(&vars, &weights, dir)
 }

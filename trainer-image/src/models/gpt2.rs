@@ -42,23 +42,46 @@ pub struct Gpt2Config {
 }
 
 mod defaults {
-    pub fn vocab() -> i64 { 50257 }
-    pub fn positions() -> i64 { 1024 }
-    pub fn embd() -> i64 { 768 }
-    pub fn layers() -> i64 { 12 }
-    pub fn heads() -> i64 { 12 }
-    pub fn eps() -> f64 { 1e-5 }
-    pub fn activation() -> String { "gelu_new".into() }
+    pub fn vocab() -> i64 {
+        50257
+    }
+    pub fn positions() -> i64 {
+        1024
+    }
+    pub fn embd() -> i64 {
+        768
+    }
+    pub fn layers() -> i64 {
+        12
+    }
+    pub fn heads() -> i64 {
+        12
+    }
+    pub fn eps() -> f64 {
+        1e-5
+    }
+    pub fn activation() -> String {
+        "gelu_new".into()
+    }
 }
 
 impl Gpt2Config {
     fn check(&self, origin: &Path) -> Result<()> {
         let bad = |m: String| Err(Error::invalid(origin, m));
         if self.n_head <= 0 || self.n_embd % self.n_head != 0 {
-            return bad(format!("n_head {} does not divide n_embd {}", self.n_head, self.n_embd));
+            return bad(format!(
+                "n_head {} does not divide n_embd {}",
+                self.n_head, self.n_embd
+            ));
         }
-        if !matches!(self.activation_function.as_str(), "gelu_new" | "gelu_pytorch_tanh") {
-            return bad(format!("activation_function {:?} is not supported (gelu_new is)", self.activation_function));
+        if !matches!(
+            self.activation_function.as_str(),
+            "gelu_new" | "gelu_pytorch_tanh"
+        ) {
+            return bad(format!(
+                "activation_function {:?} is not supported (gelu_new is)",
+                self.activation_function
+            ));
         }
         Ok(())
     }
@@ -89,7 +112,17 @@ impl Gpt2Config {
 
 /// HF's Conv1D: y = x W + b with W stored [in, out].
 fn conv1d(p: nn::Path, d_in: i64, d_out: i64, std: f64) -> Projection {
-    Projection::new(p, d_in, d_out, Layout::InOut, true, Init::Randn { mean: 0.0, stdev: std })
+    Projection::new(
+        p,
+        d_in,
+        d_out,
+        Layout::InOut,
+        true,
+        Init::Randn {
+            mean: 0.0,
+            stdev: std,
+        },
+    )
 }
 
 #[derive(Debug)]
@@ -135,7 +168,14 @@ struct Block {
 impl Block {
     fn new(p: nn::Path, cfg: &Gpt2Config) -> Self {
         let ln = |name: &str| {
-            nn::layer_norm(&p / name, vec![cfg.n_embd], nn::LayerNormConfig { eps: cfg.layer_norm_epsilon, ..Default::default() })
+            nn::layer_norm(
+                &p / name,
+                vec![cfg.n_embd],
+                nn::LayerNormConfig {
+                    eps: cfg.layer_norm_epsilon,
+                    ..Default::default()
+                },
+            )
         };
         // GPT-2 scales the residual projections' init by 1/sqrt(2 x layers).
         let (std, proj_std) = (0.02, 0.02 / (2.0 * cfg.n_layer as f64).sqrt());
@@ -177,12 +217,31 @@ impl Gpt2 {
     pub fn new(vs: &nn::VarStore, config: Gpt2Config) -> Result<Self> {
         config.check(Path::new("<architecture>"))?;
         let t = vs.root() / "transformer";
-        let emb = Init::Randn { mean: 0.0, stdev: 0.02 };
+        let emb = Init::Randn {
+            mean: 0.0,
+            stdev: 0.02,
+        };
         let wte = (&t / "wte").var("weight", &[config.vocab_size, config.n_embd], emb);
         let wpe = (&t / "wpe").var("weight", &[config.n_positions, config.n_embd], emb);
-        let blocks = (0..config.n_layer).map(|i| Block::new(&t / "h" / i, &config)).collect();
-        let ln_f = nn::layer_norm(&t / "ln_f", vec![config.n_embd], nn::LayerNormConfig { eps: config.layer_norm_epsilon, ..Default::default() });
-        Ok(Self { config, wte, wpe, blocks, ln_f, recompute: Recompute::default() })
+        let blocks = (0..config.n_layer)
+            .map(|i| Block::new(&t / "h" / i, &config))
+            .collect();
+        let ln_f = nn::layer_norm(
+            &t / "ln_f",
+            vec![config.n_embd],
+            nn::LayerNormConfig {
+                eps: config.layer_norm_epsilon,
+                ..Default::default()
+            },
+        );
+        Ok(Self {
+            config,
+            wte,
+            wpe,
+            blocks,
+            ln_f,
+            recompute: Recompute::default(),
+        })
     }
 
     /// Token plus position embeddings.
@@ -196,7 +255,9 @@ impl Gpt2 {
         config.check(&dir.join(hf::CONFIG_FILE))?;
         let vs = nn::VarStore::new(device);
         let model = Self::new(&vs, config)?;
-        common::load_into(&vs, dir, |name| (!is_buffer_or_tied(name)).then(|| canonical_name(name)))?;
+        common::load_into(&vs, dir, |name| {
+            (!is_buffer_or_tied(name)).then(|| canonical_name(name))
+        })?;
         Ok((vs, model))
     }
 }
@@ -215,8 +276,18 @@ impl CausalLm for Gpt2 {
         let (positions, mask) = common::positions_and_mask(t, attention_mask);
         if self.recompute.active(cache.len()) {
             let x0 = tch::no_grad(|| self.embed(input_ids, &positions));
-            let block = |i: usize, x: &Tensor| self.blocks[i].forward(x, &mask, &mut KvCache::default(), i);
-            let last = self.recompute.forward(x0, self.blocks.len(), block, vec![input_ids.shallow_clone(), positions.shallow_clone(), mask.shallow_clone()]);
+            let block =
+                |i: usize, x: &Tensor| self.blocks[i].forward(x, &mask, &mut KvCache::default(), i);
+            let last = self.recompute.forward(
+                x0,
+                self.blocks.len(),
+                block,
+                vec![
+                    input_ids.shallow_clone(),
+                    positions.shallow_clone(),
+                    mask.shallow_clone(),
+                ],
+            );
             return self.ln_f.forward(&last);
         }
         let mut x = self.embed(input_ids, &positions);
@@ -232,7 +303,10 @@ impl CausalLm for Gpt2 {
     }
 
     fn projections(&self) -> Vec<&Projection> {
-        self.blocks.iter().flat_map(|b| [&b.attn.c_attn, &b.attn.c_proj, &b.mlp.c_fc, &b.mlp.c_proj]).collect()
+        self.blocks
+            .iter()
+            .flat_map(|b| [&b.attn.c_attn, &b.attn.c_proj, &b.mlp.c_fc, &b.mlp.c_proj])
+            .collect()
     }
 
     fn set_checkpointing(&self, on: bool) {
@@ -241,7 +315,10 @@ impl CausalLm for Gpt2 {
 
     /// Context: [ids, positions, mask].
     fn finish_backward(&self) {
-        self.recompute.backward(|i, x, c| self.blocks[i].forward(x, &c[2], &mut KvCache::default(), i), |c| self.embed(&c[0], &c[1]));
+        self.recompute.backward(
+            |i, x, c| self.blocks[i].forward(x, &c[2], &mut KvCache::default(), i),
+            |c| self.embed(&c[0], &c[1]),
+        );
     }
 }
 
@@ -252,5 +329,9 @@ fn is_buffer_or_tied(name: &str) -> bool {
 
 /// The original GPT-2 files name weights without the `transformer.` prefix.
 fn canonical_name(name: &str) -> String {
-    if name.starts_with("transformer.") { name.to_string() } else { format!("transformer.{name}") }
+    if name.starts_with("transformer.") {
+        name.to_string()
+    } else {
+        format!("transformer.{name}")
+    }
 }

@@ -21,7 +21,14 @@ pub struct ScalarHead {
 impl ScalarHead {
     /// A new head (normal 0.02, as HF initialises `score`) on `lm`, whose weights are in `vs`.
     pub fn attach(vs: &nn::VarStore, lm: Box<dyn CausalLm>) -> Self {
-        let score = (vs.root() / "score").var("weight", &[1, lm.hidden_size()], Init::Randn { mean: 0.0, stdev: 0.02 });
+        let score = (vs.root() / "score").var(
+            "weight",
+            &[1, lm.hidden_size()],
+            Init::Randn {
+                mean: 0.0,
+                stdev: 0.02,
+            },
+        );
         Self { lm, score }
     }
 
@@ -30,8 +37,13 @@ impl ScalarHead {
         let (vs, lm) = load_causal_lm(dir, device)?;
         let head = Self::attach(&vs, lm);
         if let Some(saved) = hf::read_weights(dir)?.remove(SCORE) {
-            let vars = std::collections::BTreeMap::from([(SCORE.to_string(), head.score.shallow_clone())]);
-            hf::copy_into(&vars, &std::collections::BTreeMap::from([(SCORE.to_string(), saved)]), dir)?;
+            let vars =
+                std::collections::BTreeMap::from([(SCORE.to_string(), head.score.shallow_clone())]);
+            hf::copy_into(
+                &vars,
+                &std::collections::BTreeMap::from([(SCORE.to_string(), saved)]),
+                dir,
+            )?;
         }
         Ok((vs, head))
     }
@@ -39,7 +51,10 @@ impl ScalarHead {
     /// One value per position (B, T).
     pub fn per_token(&self, input_ids: &Tensor, attention_mask: &Tensor) -> Tensor {
         let hidden = self.lm.hidden_states(input_ids, Some(attention_mask)); // (B, T, C)
-        hidden.matmul(&self.score.tr()).squeeze_dim(-1).to_kind(Kind::Float)
+        hidden
+            .matmul(&self.score.tr())
+            .squeeze_dim(-1)
+            .to_kind(Kind::Float)
     }
 
     /// One score per sequence (B), read at each row's last real token (any padding side).
@@ -47,19 +62,30 @@ impl ScalarHead {
         let t = input_ids.size()[1];
         let positions = Tensor::arange(t, (Kind::Int64, input_ids.device())) + 1;
         let last = (attention_mask.to_kind(Kind::Int64) * positions).argmax(-1, true); // (B, 1)
-        self.per_token(input_ids, attention_mask).gather(1, &last, false).squeeze_dim(1)
+        self.per_token(input_ids, attention_mask)
+            .gather(1, &last, false)
+            .squeeze_dim(1)
     }
 
     /// Writes `vs` as `<Family>ForSequenceClassification` with one label. transformers finds
     /// each row's last token through `pad_token_id`, so it is recorded.
     pub fn save(&self, vs: &nn::VarStore, dir: &Path, pad_token_id: i64) -> Result<()> {
         let mut config = self.lm.hf_config();
-        let lm_class = config["architectures"][0].as_str().unwrap_or_default().to_string();
-        config["architectures"] = serde_json::json!([lm_class.replace("LMHeadModel", "ForSequenceClassification").replace("ForCausalLM", "ForSequenceClassification")]);
+        let lm_class = config["architectures"][0]
+            .as_str()
+            .unwrap_or_default()
+            .to_string();
+        config["architectures"] = serde_json::json!([lm_class
+            .replace("LMHeadModel", "ForSequenceClassification")
+            .replace("ForCausalLM", "ForSequenceClassification")]);
         config["num_labels"] = 1.into();
         config["id2label"] = serde_json::json!({"0": "LABEL_0"});
         config["label2id"] = serde_json::json!({"LABEL_0": 0});
         config["pad_token_id"] = pad_token_id.into();
-        hf::write_folder(dir, &config, &super::lora::merged_tensors(vs, &self.lm.projections()))
+        hf::write_folder(
+            dir,
+            &config,
+            &super::lora::merged_tensors(vs, &self.lm.projections()),
+        )
     }
 }

@@ -49,10 +49,18 @@ pub struct LlamaConfig {
 }
 
 mod defaults {
-    pub fn positions() -> i64 { 2048 }
-    pub fn eps() -> f64 { 1e-6 }
-    pub fn theta() -> f64 { 10000.0 }
-    pub fn act() -> String { "silu".into() }
+    pub fn positions() -> i64 {
+        2048
+    }
+    pub fn eps() -> f64 {
+        1e-6
+    }
+    pub fn theta() -> f64 {
+        10000.0
+    }
+    pub fn act() -> String {
+        "silu".into()
+    }
 }
 
 impl LlamaConfig {
@@ -61,22 +69,36 @@ impl LlamaConfig {
     }
 
     fn head_dim(&self) -> i64 {
-        self.head_dim.unwrap_or(self.hidden_size / self.num_attention_heads.max(1))
+        self.head_dim
+            .unwrap_or(self.hidden_size / self.num_attention_heads.max(1))
     }
 
     fn check(&self, origin: &Path) -> Result<()> {
         let bad = |m: String| Err(Error::invalid(origin, m));
-        if self.num_attention_heads <= 0 || self.kv_heads() <= 0 || self.num_attention_heads % self.kv_heads() != 0 {
-            return bad(format!("num_key_value_heads {} must divide num_attention_heads {}", self.kv_heads(), self.num_attention_heads));
+        if self.num_attention_heads <= 0
+            || self.kv_heads() <= 0
+            || self.num_attention_heads % self.kv_heads() != 0
+        {
+            return bad(format!(
+                "num_key_value_heads {} must divide num_attention_heads {}",
+                self.kv_heads(),
+                self.num_attention_heads
+            ));
         }
         if self.head_dim() % 2 != 0 {
-            return bad(format!("head_dim {} must be even for rotary embeddings", self.head_dim()));
+            return bad(format!(
+                "head_dim {} must be even for rotary embeddings",
+                self.head_dim()
+            ));
         }
         if self.rope_scaling.as_ref().is_some_and(|v| !v.is_null()) {
             return bad("rope_scaling is not supported yet".into());
         }
         if self.hidden_act != "silu" {
-            return bad(format!("hidden_act {:?} is not supported (silu is)", self.hidden_act));
+            return bad(format!(
+                "hidden_act {:?} is not supported (silu is)",
+                self.hidden_act
+            ));
         }
         Ok(())
     }
@@ -113,7 +135,10 @@ struct RmsNorm {
 
 impl RmsNorm {
     fn new(p: nn::Path, dim: i64, eps: f64) -> Self {
-        Self { weight: p.var("weight", &[dim], Init::Const(1.0)), eps }
+        Self {
+            weight: p.var("weight", &[dim], Init::Const(1.0)),
+            eps,
+        }
     }
 }
 
@@ -128,8 +153,12 @@ impl Module for RmsNorm {
 /// cos and sin (B, 1, T, hd) of the rotary embedding for `positions` (B, T).
 fn rotary(positions: &Tensor, head_dim: i64, theta: f64, kind: Kind) -> (Tensor, Tensor) {
     let device = positions.device();
-    let exponents = Tensor::arange_start_step(0, head_dim, 2, (Kind::Float, device)) / head_dim as f64;
-    let inv_freq = Tensor::from(theta as f32).to_device(device).pow(&exponents).reciprocal(); // (hd/2)
+    let exponents =
+        Tensor::arange_start_step(0, head_dim, 2, (Kind::Float, device)) / head_dim as f64;
+    let inv_freq = Tensor::from(theta as f32)
+        .to_device(device)
+        .pow(&exponents)
+        .reciprocal(); // (hd/2)
     let freqs = positions.to_kind(Kind::Float).unsqueeze(-1) * inv_freq; // (B, T, hd/2)
     let emb = Tensor::cat(&[&freqs, &freqs], -1).unsqueeze(1); // (B, 1, T, hd)
     (emb.cos().to_kind(kind), emb.sin().to_kind(kind))
@@ -142,7 +171,17 @@ fn rotate_half(x: &Tensor) -> Tensor {
 }
 
 fn linear(p: nn::Path, d_in: i64, d_out: i64, bias: bool) -> Projection {
-    Projection::new(p, d_in, d_out, Layout::OutIn, bias, Init::Randn { mean: 0.0, stdev: 0.02 })
+    Projection::new(
+        p,
+        d_in,
+        d_out,
+        Layout::OutIn,
+        bias,
+        Init::Randn {
+            mean: 0.0,
+            stdev: 0.02,
+        },
+    )
 }
 
 #[derive(Debug)]
@@ -170,19 +209,33 @@ impl Attention {
         }
     }
 
-    fn forward(&self, x: &Tensor, rope: &(Tensor, Tensor), mask: &Tensor, cache: &mut KvCache, layer: usize) -> Tensor {
+    fn forward(
+        &self,
+        x: &Tensor,
+        rope: &(Tensor, Tensor),
+        mask: &Tensor,
+        cache: &mut KvCache,
+        layer: usize,
+    ) -> Tensor {
         let (cos, sin) = rope;
         let (b, t, _) = x.size3().expect("(B, T, C)");
         let split = |y: Tensor, n: i64| y.view([b, t, n, self.head_dim]).transpose(1, 2); // (B, n, T, hd)
         let q = split(self.q_proj.forward(x), self.heads);
         let k = split(self.k_proj.forward(x), self.kv_heads);
         let v = split(self.v_proj.forward(x), self.kv_heads);
-        let (q, k) = (&q * cos + rotate_half(&q) * sin, &k * cos + rotate_half(&k) * sin);
+        let (q, k) = (
+            &q * cos + rotate_half(&q) * sin,
+            &k * cos + rotate_half(&k) * sin,
+        );
         let (k, v) = cache.extend(layer, k, v); // rotated keys are cached, as in HF: (B, kv, S, hd)
         // Each key/value head serves heads / kv_heads consecutive query heads.
         let rep = self.heads / self.kv_heads;
-        let (k, v) = (k.repeat_interleave_self_int(rep, 1, None), v.repeat_interleave_self_int(rep, 1, None));
-        self.o_proj.forward(&common::merge_heads(&common::attend(&q, &k, &v, mask)))
+        let (k, v) = (
+            k.repeat_interleave_self_int(rep, 1, None),
+            v.repeat_interleave_self_int(rep, 1, None),
+        );
+        self.o_proj
+            .forward(&common::merge_heads(&common::attend(&q, &k, &v, mask)))
     }
 }
 
@@ -196,7 +249,8 @@ struct Mlp {
 
 impl Module for Mlp {
     fn forward(&self, x: &Tensor) -> Tensor {
-        self.down_proj.forward(&(self.gate_proj.forward(x).silu() * self.up_proj.forward(x)))
+        self.down_proj
+            .forward(&(self.gate_proj.forward(x).silu() * self.up_proj.forward(x)))
     }
 }
 
@@ -214,17 +268,46 @@ impl Block {
         Self {
             input_layernorm: RmsNorm::new(&p / "input_layernorm", c.hidden_size, c.rms_norm_eps),
             self_attn: Attention::new(&p / "self_attn", c),
-            post_attention_layernorm: RmsNorm::new(&p / "post_attention_layernorm", c.hidden_size, c.rms_norm_eps),
+            post_attention_layernorm: RmsNorm::new(
+                &p / "post_attention_layernorm",
+                c.hidden_size,
+                c.rms_norm_eps,
+            ),
             mlp: Mlp {
-                gate_proj: linear(&m / "gate_proj", c.hidden_size, c.intermediate_size, c.mlp_bias),
-                up_proj: linear(&m / "up_proj", c.hidden_size, c.intermediate_size, c.mlp_bias),
-                down_proj: linear(&m / "down_proj", c.intermediate_size, c.hidden_size, c.mlp_bias),
+                gate_proj: linear(
+                    &m / "gate_proj",
+                    c.hidden_size,
+                    c.intermediate_size,
+                    c.mlp_bias,
+                ),
+                up_proj: linear(
+                    &m / "up_proj",
+                    c.hidden_size,
+                    c.intermediate_size,
+                    c.mlp_bias,
+                ),
+                down_proj: linear(
+                    &m / "down_proj",
+                    c.intermediate_size,
+                    c.hidden_size,
+                    c.mlp_bias,
+                ),
             },
         }
     }
 
-    fn forward(&self, x: &Tensor, rope: &(Tensor, Tensor), mask: &Tensor, cache: &mut KvCache, layer: usize) -> Tensor {
-        let x = x + self.self_attn.forward(&self.input_layernorm.forward(x), rope, mask, cache, layer);
+    fn forward(
+        &self,
+        x: &Tensor,
+        rope: &(Tensor, Tensor),
+        mask: &Tensor,
+        cache: &mut KvCache,
+        layer: usize,
+    ) -> Tensor {
+        let x =
+            x + self
+                .self_attn
+                .forward(&self.input_layernorm.forward(x), rope, mask, cache, layer);
         &x + self.mlp.forward(&self.post_attention_layernorm.forward(&x))
     }
 }
@@ -246,13 +329,27 @@ impl Llama {
     pub fn new(vs: &nn::VarStore, config: LlamaConfig) -> Result<Self> {
         config.check(Path::new("<architecture>"))?;
         let m = vs.root() / "model";
-        let init = Init::Randn { mean: 0.0, stdev: 0.02 };
-        let embed_tokens = (&m / "embed_tokens").var("weight", &[config.vocab_size, config.hidden_size], init);
-        let layers = (0..config.num_hidden_layers).map(|i| Block::new(&m / "layers" / i, &config)).collect();
+        let init = Init::Randn {
+            mean: 0.0,
+            stdev: 0.02,
+        };
+        let embed_tokens =
+            (&m / "embed_tokens").var("weight", &[config.vocab_size, config.hidden_size], init);
+        let layers = (0..config.num_hidden_layers)
+            .map(|i| Block::new(&m / "layers" / i, &config))
+            .collect();
         let norm = RmsNorm::new(&m / "norm", config.hidden_size, config.rms_norm_eps);
-        let lm_head = (!config.tie_word_embeddings)
-            .then(|| (vs.root() / "lm_head").var("weight", &[config.vocab_size, config.hidden_size], init));
-        Ok(Self { config, embed_tokens, layers, norm, lm_head, recompute: Recompute::default() })
+        let lm_head = (!config.tie_word_embeddings).then(|| {
+            (vs.root() / "lm_head").var("weight", &[config.vocab_size, config.hidden_size], init)
+        });
+        Ok(Self {
+            config,
+            embed_tokens,
+            layers,
+            norm,
+            lm_head,
+            recompute: Recompute::default(),
+        })
     }
 
     /// Loads a Hugging Face Llama folder onto `device`.
@@ -264,7 +361,8 @@ impl Llama {
         let tied = model.lm_head.is_none();
         // Rotary inverse frequencies are recomputed, never read; a tied head has no own tensor.
         common::load_into(&vs, dir, |name| {
-            (!(name.ends_with("rotary_emb.inv_freq") || tied && name == "lm_head.weight")).then(|| name.to_string())
+            (!(name.ends_with("rotary_emb.inv_freq") || tied && name == "lm_head.weight"))
+                .then(|| name.to_string())
         })?;
         Ok((vs, model))
     }
@@ -283,12 +381,26 @@ impl CausalLm for Llama {
         let t = input_ids.size()[1];
         let (positions, mask) = common::positions_and_mask(t, attention_mask);
         let kind = self.embed_tokens.kind();
-        let rope = rotary(&positions, self.config.head_dim(), self.config.rope_theta, kind);
+        let rope = rotary(
+            &positions,
+            self.config.head_dim(),
+            self.config.rope_theta,
+            kind,
+        );
         if self.recompute.active(cache.len()) {
             let x0 = tch::no_grad(|| common::embed(&self.embed_tokens, input_ids));
-            let block = |i: usize, x: &Tensor| self.layers[i].forward(x, &rope, &mask, &mut KvCache::default(), i);
-            let context = vec![input_ids.shallow_clone(), mask.shallow_clone(), rope.0.shallow_clone(), rope.1.shallow_clone()];
-            let last = self.recompute.forward(x0, self.layers.len(), block, context);
+            let block = |i: usize, x: &Tensor| {
+                self.layers[i].forward(x, &rope, &mask, &mut KvCache::default(), i)
+            };
+            let context = vec![
+                input_ids.shallow_clone(),
+                mask.shallow_clone(),
+                rope.0.shallow_clone(),
+                rope.1.shallow_clone(),
+            ];
+            let last = self
+                .recompute
+                .forward(x0, self.layers.len(), block, context);
             return self.norm.forward(&last);
         }
         let mut x = common::embed(&self.embed_tokens, input_ids);
@@ -309,7 +421,15 @@ impl CausalLm for Llama {
     /// Context: [ids, mask, cos, sin].
     fn finish_backward(&self) {
         self.recompute.backward(
-            |i, x, c| self.layers[i].forward(x, &(c[2].shallow_clone(), c[3].shallow_clone()), &c[1], &mut KvCache::default(), i),
+            |i, x, c| {
+                self.layers[i].forward(
+                    x,
+                    &(c[2].shallow_clone(), c[3].shallow_clone()),
+                    &c[1],
+                    &mut KvCache::default(),
+                    i,
+                )
+            },
             |c| common::embed(&self.embed_tokens, &c[0]),
         );
     }
@@ -317,7 +437,17 @@ impl CausalLm for Llama {
     fn projections(&self) -> Vec<&Projection> {
         self.layers
             .iter()
-            .flat_map(|l| [&l.self_attn.q_proj, &l.self_attn.k_proj, &l.self_attn.v_proj, &l.self_attn.o_proj, &l.mlp.gate_proj, &l.mlp.up_proj, &l.mlp.down_proj])
+            .flat_map(|l| {
+                [
+                    &l.self_attn.q_proj,
+                    &l.self_attn.k_proj,
+                    &l.self_attn.v_proj,
+                    &l.self_attn.o_proj,
+                    &l.mlp.gate_proj,
+                    &l.mlp.up_proj,
+                    &l.mlp.down_proj,
+                ]
+            })
             .collect()
     }
 }

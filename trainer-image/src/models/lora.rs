@@ -18,13 +18,27 @@ fn is_adapter(name: &str) -> bool {
 /// Adds adapters to the projections of `lm` named in `cfg.target_modules` and freezes every
 /// other variable of `vs` except those starting with one of `keep_trainable` (a scalar head's
 /// `score`). Returns how many projections got an adapter.
-pub fn attach(lm: &dyn CausalLm, vs: &nn::VarStore, cfg: &ResolvedLora, keep_trainable: &[&str]) -> Result<usize> {
+pub fn attach(
+    lm: &dyn CausalLm,
+    vs: &nn::VarStore,
+    cfg: &ResolvedLora,
+    keep_trainable: &[&str],
+) -> Result<usize> {
     let projections = lm.projections();
-    let targets: Vec<&&Projection> = projections.iter().filter(|p| cfg.target_modules.iter().any(|m| m == p.module())).collect();
+    let targets: Vec<&&Projection> = projections
+        .iter()
+        .filter(|p| cfg.target_modules.iter().any(|m| m == p.module()))
+        .collect();
     if targets.is_empty() {
         let mut modules: Vec<&str> = projections.iter().map(|p| p.module()).collect();
         modules.dedup();
-        return Err(Error::invalid("<parallelism.lora.targetModules>", format!("{:?} match no projection of this model (it has {modules:?})", cfg.target_modules)));
+        return Err(Error::invalid(
+            "<parallelism.lora.targetModules>",
+            format!(
+                "{:?} match no projection of this model (it has {modules:?})",
+                cfg.target_modules
+            ),
+        ));
     }
     for p in &targets {
         p.attach_lora(&vs.root(), i64::from(cfg.rank), cfg.alpha, cfg.dropout);
@@ -40,7 +54,10 @@ pub fn attach(lm: &dyn CausalLm, vs: &nn::VarStore, cfg: &ResolvedLora, keep_tra
 /// The variables of `vs` as a plain model: adapters merged into their projections' weights and
 /// left out.
 pub fn merged_tensors(vs: &nn::VarStore, projections: &[&Projection]) -> Vec<(String, Tensor)> {
-    let merged: BTreeMap<String, Tensor> = projections.iter().filter_map(|p| p.merged_weight()).collect();
+    let merged: BTreeMap<String, Tensor> = projections
+        .iter()
+        .filter_map(|p| p.merged_weight())
+        .collect();
     common::named_tensors(vs)
         .into_iter()
         .filter(|(name, _)| !is_adapter(name))

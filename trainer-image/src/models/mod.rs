@@ -38,7 +38,11 @@ pub trait CausalLm: std::fmt::Debug {
     /// Writes `vs` (this model's variables) as a plain Hugging Face folder: LoRA adapters are
     /// merged into their weights.
     fn save(&self, vs: &nn::VarStore, dir: &Path) -> Result<()> {
-        hf::write_folder(dir, &self.hf_config(), &lora::merged_tensors(vs, &self.projections()))
+        hf::write_folder(
+            dir,
+            &self.hf_config(),
+            &lora::merged_tensors(vs, &self.projections()),
+        )
     }
 
     /// Switches every LoRA adapter on or off (off: the base model, e.g. PPO's reference).
@@ -63,7 +67,8 @@ pub trait CausalLm: std::fmt::Debug {
 
     /// Next-token logits (B, T, V) of a whole sequence, in fp32 whatever the weights' dtype.
     fn logits(&self, input_ids: &Tensor, attention_mask: Option<&Tensor>) -> Tensor {
-        self.lm_head(&self.hidden_states(input_ids, attention_mask)).to_kind(tch::Kind::Float)
+        self.lm_head(&self.hidden_states(input_ids, attention_mask))
+            .to_kind(tch::Kind::Float)
     }
 }
 
@@ -75,8 +80,12 @@ pub fn load_causal_lm(dir: &Path, device: Device) -> Result<(nn::VarStore, Box<d
     }
     let kind: ModelType = hf::read_config(dir)?;
     match kind.model_type.as_deref() {
-        Some("gpt2") => gpt2::Gpt2::load(dir, device).map(|(vs, m)| (vs, Box::new(m) as Box<dyn CausalLm>)),
-        Some("llama") => llama::Llama::load(dir, device).map(|(vs, m)| (vs, Box::new(m) as Box<dyn CausalLm>)),
+        Some("gpt2") => {
+            gpt2::Gpt2::load(dir, device).map(|(vs, m)| (vs, Box::new(m) as Box<dyn CausalLm>))
+        }
+        Some("llama") => {
+            llama::Llama::load(dir, device).map(|(vs, m)| (vs, Box::new(m) as Box<dyn CausalLm>))
+        }
         other => Err(Error::invalid(
             dir.join(hf::CONFIG_FILE),
             format!("model_type {other:?} is not supported (gpt2, llama)"),
@@ -85,9 +94,17 @@ pub fn load_causal_lm(dir: &Path, device: Device) -> Result<(nn::VarStore, Box<d
 }
 
 /// A randomly initialised model of `family` with the inline architecture of an RLHFJob.
-pub fn random_causal_lm(family: rlhf_spec::ModelFamily, arch: &rlhf_spec::Architecture, vs: &nn::VarStore) -> Result<Box<dyn CausalLm>> {
-    let (vocab, hidden, layers, heads) =
-        (i64::from(arch.vocab_size), i64::from(arch.hidden_size), i64::from(arch.num_layers), i64::from(arch.num_heads));
+pub fn random_causal_lm(
+    family: rlhf_spec::ModelFamily,
+    arch: &rlhf_spec::Architecture,
+    vs: &nn::VarStore,
+) -> Result<Box<dyn CausalLm>> {
+    let (vocab, hidden, layers, heads) = (
+        i64::from(arch.vocab_size),
+        i64::from(arch.hidden_size),
+        i64::from(arch.num_layers),
+        i64::from(arch.num_heads),
+    );
     let json = match family {
         rlhf_spec::ModelFamily::Gpt2 => serde_json::json!({
             "vocab_size": vocab, "n_positions": arch.max_positions, "n_embd": hidden, "n_layer": layers, "n_head": heads,
@@ -102,8 +119,14 @@ pub fn random_causal_lm(family: rlhf_spec::ModelFamily, arch: &rlhf_spec::Archit
     };
     let bad = |e: serde_json::Error| Error::invalid("<model.architecture>", e.to_string());
     Ok(match family {
-        rlhf_spec::ModelFamily::Gpt2 => Box::new(gpt2::Gpt2::new(vs, serde_json::from_value(json).map_err(bad)?)?),
-        rlhf_spec::ModelFamily::Llama => Box::new(llama::Llama::new(vs, serde_json::from_value(json).map_err(bad)?)?),
+        rlhf_spec::ModelFamily::Gpt2 => Box::new(gpt2::Gpt2::new(
+            vs,
+            serde_json::from_value(json).map_err(bad)?,
+        )?),
+        rlhf_spec::ModelFamily::Llama => Box::new(llama::Llama::new(
+            vs,
+            serde_json::from_value(json).map_err(bad)?,
+        )?),
     })
 }
 

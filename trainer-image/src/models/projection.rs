@@ -3,8 +3,8 @@
 //! train. GPT-2's Conv1D stores W as [in, out], nn.Linear (Llama) as [out, in]; both are here.
 use std::cell::{Cell, OnceCell};
 
-use tch::nn::{self, Init};
 use tch::Tensor;
+use tch::nn::{self, Init};
 
 use super::recompute::grad_mode_enabled;
 
@@ -46,7 +46,13 @@ impl Projection {
         };
         let weight = p.var("weight", &dims, init);
         let bias = bias.then(|| p.var("bias", &[d_out], Init::Const(0.0)));
-        Self { name: p.components().collect::<Vec<_>>().join("."), weight, bias, layout, adapter: OnceCell::new() }
+        Self {
+            name: p.components().collect::<Vec<_>>().join("."),
+            weight,
+            bias,
+            layout,
+            adapter: OnceCell::new(),
+        }
     }
 
     pub fn name(&self) -> &str {
@@ -77,7 +83,11 @@ impl Projection {
         };
         match self.adapter.get() {
             Some(ad) if ad.enabled.get() => {
-                let x = if ad.dropout > 0.0 && grad_mode_enabled() { x.dropout(ad.dropout, true) } else { x.shallow_clone() };
+                let x = if ad.dropout > 0.0 && grad_mode_enabled() {
+                    x.dropout(ad.dropout, true)
+                } else {
+                    x.shallow_clone()
+                };
                 y + x.matmul(&ad.a.tr()).matmul(&ad.b.tr()) * ad.scale
             }
             _ => y,
@@ -92,12 +102,25 @@ impl Projection {
         let p = parts.fold(first, |p, c| p.sub(c));
         let (d_in, d_out) = self.dims();
         let bound = 1.0 / (d_in as f64).sqrt();
-        let mut a = p.sub("lora_A").var("weight", &[r, d_in], Init::Uniform { lo: -bound, up: bound });
+        let mut a = p.sub("lora_A").var(
+            "weight",
+            &[r, d_in],
+            Init::Uniform {
+                lo: -bound,
+                up: bound,
+            },
+        );
         let mut b = p.sub("lora_B").var("weight", &[d_out, r], Init::Const(0.0));
         for t in [&mut a, &mut b] {
             t.set_data(&t.to_kind(self.weight.kind())); // in place: the VarStore keeps tracking it
         }
-        let _ = self.adapter.set(Adapter { a, b, scale: alpha / r as f64, dropout, enabled: Cell::new(true) });
+        let _ = self.adapter.set(Adapter {
+            a,
+            b,
+            scale: alpha / r as f64,
+            dropout,
+            enabled: Cell::new(true),
+        });
     }
 
     pub fn has_adapter(&self) -> bool {
@@ -119,6 +142,9 @@ impl Projection {
             Layout::InOut => delta.tr(),
             Layout::OutIn => delta,
         };
-        Some((format!("{}.weight", self.name), tch::no_grad(|| &self.weight + delta)))
+        Some((
+            format!("{}.weight", self.name),
+            tch::no_grad(|| &self.weight + delta),
+        ))
     }
 }

@@ -12,7 +12,8 @@ use tch::{Kind, Tensor};
 /// Whether autograd is recording (tch has no query for it): a product with a leaf that requires
 /// grad requires grad only then.
 pub fn grad_mode_enabled() -> bool {
-    (Tensor::ones([1], (Kind::Float, tch::Device::Cpu)).set_requires_grad(true) * 2.0).requires_grad()
+    (Tensor::ones([1], (Kind::Float, tch::Device::Cpu)).set_requires_grad(true) * 2.0)
+        .requires_grad()
 }
 
 /// One checkpointed forward awaiting its backward.
@@ -50,7 +51,13 @@ impl Recompute {
 
     /// Runs `blocks` blocks from `x0` without recording; returns the leaf the rest of the
     /// forward (final norm, heads, loss) continues from.
-    pub fn forward(&self, x0: Tensor, blocks: usize, block: impl Fn(usize, &Tensor) -> Tensor, context: Vec<Tensor>) -> Tensor {
+    pub fn forward(
+        &self,
+        x0: Tensor,
+        blocks: usize,
+        block: impl Fn(usize, &Tensor) -> Tensor,
+        context: Vec<Tensor>,
+    ) -> Tensor {
         let (inputs, last) = tch::no_grad(|| {
             let mut inputs = Vec::with_capacity(blocks);
             let mut x = x0;
@@ -62,13 +69,21 @@ impl Recompute {
             (inputs, x)
         });
         let leaf = last.detach().set_requires_grad(true);
-        self.pending.borrow_mut().push(Segment { inputs, leaf: leaf.shallow_clone(), context });
+        self.pending.borrow_mut().push(Segment {
+            inputs,
+            leaf: leaf.shallow_clone(),
+            context,
+        });
         leaf
     }
 
     /// Back-propagates every pending segment (newest first) through the blocks, recomputed one at
     /// a time by `block(i, x, context)`, then through `embed(context)` (the recorded x0).
-    pub fn backward(&self, block: impl Fn(usize, &Tensor, &[Tensor]) -> Tensor, embed: impl Fn(&[Tensor]) -> Tensor) {
+    pub fn backward(
+        &self,
+        block: impl Fn(usize, &Tensor, &[Tensor]) -> Tensor,
+        embed: impl Fn(&[Tensor]) -> Tensor,
+    ) {
         let segments: Vec<Segment> = self.pending.borrow_mut().drain(..).collect();
         for seg in segments.into_iter().rev() {
             let mut upstream = seg.leaf.grad();
@@ -78,12 +93,16 @@ impl Recompute {
             for (i, input) in seg.inputs.iter().enumerate().rev() {
                 let x = input.detach().set_requires_grad(true);
                 let y = block(i, &x, &seg.context);
-                (y.to_kind(Kind::Float) * upstream.to_kind(Kind::Float)).sum(Kind::Float).backward();
+                (y.to_kind(Kind::Float) * upstream.to_kind(Kind::Float))
+                    .sum(Kind::Float)
+                    .backward();
                 upstream = x.grad();
             }
             let x0 = embed(&seg.context);
             if x0.requires_grad() {
-                (x0.to_kind(Kind::Float) * upstream.to_kind(Kind::Float)).sum(Kind::Float).backward();
+                (x0.to_kind(Kind::Float) * upstream.to_kind(Kind::Float))
+                    .sum(Kind::Float)
+                    .backward();
             }
         }
     }

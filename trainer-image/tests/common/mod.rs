@@ -15,9 +15,20 @@ pub fn python() -> PathBuf {
 
 pub fn run_reference(args: &[&str]) -> String {
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/hf_reference.py");
-    let out = Command::new(python()).arg(script).args(args).output().expect("running the python reference");
-    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
-    assert!(out.status.success(), "hf_reference.py {args:?} failed:\n{text}");
+    let out = Command::new(python())
+        .arg(script)
+        .args(args)
+        .output()
+        .expect("running the python reference");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        out.status.success(),
+        "hf_reference.py {args:?} failed:\n{text}"
+    );
     text
 }
 
@@ -30,24 +41,42 @@ pub fn scratch(name: &str) -> PathBuf {
 
 pub fn reference_batch(dir: &Path) -> (Tensor, Tensor, Tensor) {
     let mut tensors: BTreeMap<String, Tensor> =
-        Tensor::read_safetensors(dir.join("reference.safetensors")).unwrap().into_iter().collect();
-    let mut take = |name: &str| tensors.remove(name).unwrap_or_else(|| panic!("reference has {name}"));
+        Tensor::read_safetensors(dir.join("reference.safetensors"))
+            .unwrap()
+            .into_iter()
+            .collect();
+    let mut take = |name: &str| {
+        tensors
+            .remove(name)
+            .unwrap_or_else(|| panic!("reference has {name}"))
+    };
     (take("input_ids"), take("attention_mask"), take("logits"))
 }
 
-
 /// Reads one tensor of a safetensors file.
 pub fn read_tensor(file: &Path, name: &str) -> Tensor {
-    let mut all: BTreeMap<String, Tensor> = Tensor::read_safetensors(file).unwrap().into_iter().collect();
-    all.remove(name).unwrap_or_else(|| panic!("{} has no {name}", file.display()))
+    let mut all: BTreeMap<String, Tensor> = Tensor::read_safetensors(file)
+        .unwrap()
+        .into_iter()
+        .collect();
+    all.remove(name)
+        .unwrap_or_else(|| panic!("{} has no {name}", file.display()))
 }
 
 /// GPT-2's original encoder.json and vocab.bpe, as shipped in the tiktoken-rs crate we build with.
 pub fn gpt2_files() -> (PathBuf, PathBuf) {
-    let out = std::process::Command::new(env!("CARGO")).args(["metadata", "--format-version", "1"]).output().unwrap();
-    let meta: serde_json::Value = serde_json::from_slice(&out.stdout).expect("cargo metadata output");
-    let manifest = meta["packages"].as_array().unwrap().iter().find(|p| p["name"] == "tiktoken-rs").expect("tiktoken-rs in the build")
-        ["manifest_path"]
+    let out = std::process::Command::new(env!("CARGO"))
+        .args(["metadata", "--format-version", "1"])
+        .output()
+        .unwrap();
+    let meta: serde_json::Value =
+        serde_json::from_slice(&out.stdout).expect("cargo metadata output");
+    let manifest = meta["packages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["name"] == "tiktoken-rs")
+        .expect("tiktoken-rs in the build")["manifest_path"]
         .as_str()
         .unwrap()
         .to_string();
@@ -68,7 +97,12 @@ pub fn tiny_job(name: &str, parallelism: &str, stages: &str) -> String {
 /// `rlhf-trainer local MANIFEST <flag> FOLDER` (flag `--output` or `--resume`), not yet run.
 pub fn local(manifest: &Path, flag: &str, folder: &Path) -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_rlhf-trainer"));
-    c.args(["local", manifest.to_str().unwrap(), flag, folder.to_str().unwrap()]);
+    c.args([
+        "local",
+        manifest.to_str().unwrap(),
+        flag,
+        folder.to_str().unwrap(),
+    ]);
     c
 }
 
@@ -80,6 +114,10 @@ pub fn run_local(dir: &Path, name: &str, manifest: &str) -> (PathBuf, String) {
     let out = dir.join(name);
     let result = local(&path, "--output", &out).output().unwrap();
     let stdout = String::from_utf8_lossy(&result.stdout).into_owned();
-    assert!(result.status.success(), "{name}: {stdout}{}", String::from_utf8_lossy(&result.stderr));
+    assert!(
+        result.status.success(),
+        "{name}: {stdout}{}",
+        String::from_utf8_lossy(&result.stderr)
+    );
     (out, stdout)
 }

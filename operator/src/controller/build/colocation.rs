@@ -32,7 +32,10 @@ pub fn colocation_of(job: &ValidatedJob) -> Option<String> {
 
 fn colocation_term(job: &str) -> PodAffinityTerm {
     PodAffinityTerm {
-        label_selector: Some(LabelSelector { match_labels: Some([(names::LABEL_JOB.to_string(), job.to_string())].into()), ..Default::default() }),
+        label_selector: Some(LabelSelector {
+            match_labels: Some([(names::LABEL_JOB.to_string(), job.to_string())].into()),
+            ..Default::default()
+        }),
         topology_key: HOSTNAME_TOPOLOGY.into(),
         ..Default::default()
     }
@@ -44,15 +47,30 @@ pub fn pod_affinity(job: &ValidatedJob) -> Option<Affinity> {
         return job.pod.affinity.clone();
     }
     let mut affinity = job.pod.affinity.clone().unwrap_or_default();
-    let pod_affinity = affinity.pod_affinity.get_or_insert_with(PodAffinity::default);
-    pod_affinity.required_during_scheduling_ignored_during_execution.get_or_insert_default().push(colocation_term(&job.name));
+    let pod_affinity = affinity
+        .pod_affinity
+        .get_or_insert_with(PodAffinity::default);
+    pod_affinity
+        .required_during_scheduling_ignored_during_execution
+        .get_or_insert_default()
+        .push(colocation_term(&job.name));
     Some(affinity)
 }
 
 /// `<namespace>/<job>` when the pod carries its job's colocation term.
 pub fn colocated_job(pod: &Pod) -> Option<String> {
     let job = pod.labels().get(names::LABEL_JOB)?;
-    let affinity = pod.spec.as_ref()?.affinity.as_ref()?.pod_affinity.as_ref()?;
-    let terms = affinity.required_during_scheduling_ignored_during_execution.as_ref()?;
-    terms.contains(&colocation_term(job)).then(|| job_key(&pod.namespace().unwrap_or_default(), job))
+    let affinity = pod
+        .spec
+        .as_ref()?
+        .affinity
+        .as_ref()?
+        .pod_affinity
+        .as_ref()?;
+    let terms = affinity
+        .required_during_scheduling_ignored_during_execution
+        .as_ref()?;
+    terms
+        .contains(&colocation_term(job))
+        .then(|| job_key(&pod.namespace().unwrap_or_default(), job))
 }

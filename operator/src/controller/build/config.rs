@@ -12,14 +12,19 @@ pub fn trainer_config(job: &ValidatedJob, stage: &str) -> Option<TrainerConfig> 
     let s = job.stage(stage)?;
     let out = |name: &str| stage_output_dir(&job.mount_path, &job.namespace, &job.name, name);
     let m = &s.resolved.models;
-    let stage_outputs = [Some(&m.init), m.reward_model.as_ref(), m.critic.as_ref(), m.reference.as_ref()]
-        .into_iter()
-        .flatten()
-        .filter_map(|w| match w {
-            WeightsSource::Stage(name) => Some((name.clone(), out(name))),
-            _ => None,
-        })
-        .collect();
+    let stage_outputs = [
+        Some(&m.init),
+        m.reward_model.as_ref(),
+        m.critic.as_ref(),
+        m.reference.as_ref(),
+    ]
+    .into_iter()
+    .flatten()
+    .filter_map(|w| match w {
+        WeightsSource::Stage(name) => Some((name.clone(), out(name))),
+        _ => None,
+    })
+    .collect();
     Some(TrainerConfig {
         job: job.name.clone(),
         namespace: job.namespace.clone(),
@@ -36,7 +41,11 @@ pub fn config_map(job: &ValidatedJob, stage: &str) -> Option<ConfigMap> {
     let config = trainer_config(job, stage)?;
     let json = serde_json::to_string_pretty(&config).expect("trainer config always serializes");
     Some(ConfigMap {
-        metadata: meta(job, names::config_map(&job.name, stage), names::stage_labels(&job.name, stage)),
+        metadata: meta(
+            job,
+            names::config_map(&job.name, stage),
+            names::stage_labels(&job.name, stage),
+        ),
         data: Some(BTreeMap::from([(names::CONFIG_FILE.to_string(), json)])),
         ..Default::default()
     })

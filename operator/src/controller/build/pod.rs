@@ -1,8 +1,8 @@
 use std::collections::BTreeMap;
 
 use k8s_openapi::api::core::v1::{
-    ConfigMapVolumeSource, Container, ContainerPort, EnvVar, PersistentVolumeClaimVolumeSource, Pod, PodSpec, Volume,
-    VolumeMount,
+    ConfigMapVolumeSource, Container, ContainerPort, EnvVar, PersistentVolumeClaimVolumeSource,
+    Pod, PodSpec, Volume, VolumeMount,
 };
 use sha2::{Digest, Sha256};
 
@@ -22,12 +22,21 @@ pub struct Gang {
 
 pub fn gang(job: &ValidatedJob, stage: &str, generation: u32) -> Option<Gang> {
     let s = job.stage(stage)?;
-    let mut pods: Vec<Pod> = (0..s.resolved.parallelism.nodes).map(|rank| pod(job, s, rank, generation)).collect();
+    let mut pods: Vec<Pod> = (0..s.resolved.parallelism.nodes)
+        .map(|rank| pod(job, s, rank, generation))
+        .collect();
     let hash = spec_hash(job, stage, &pods);
     for p in &mut pods {
-        p.metadata.annotations.get_or_insert_with(BTreeMap::new).insert(names::ANNOTATION_SPEC_HASH.to_string(), hash.clone());
+        p.metadata
+            .annotations
+            .get_or_insert_with(BTreeMap::new)
+            .insert(names::ANNOTATION_SPEC_HASH.to_string(), hash.clone());
     }
-    Some(Gang { stage: stage.to_string(), pods, spec_hash: hash })
+    Some(Gang {
+        stage: stage.to_string(),
+        pods,
+        spec_hash: hash,
+    })
 }
 
 /// Hash of everything a gang is started with (pod specs and trainer config).
@@ -37,7 +46,11 @@ fn spec_hash(job: &ValidatedJob, stage: &str, pods: &[Pod]) -> String {
     for p in pods {
         h.update(serde_json::to_vec(&p.spec).unwrap_or_default());
     }
-    h.finalize().iter().take(8).map(|b| format!("{b:02x}")).collect()
+    h.finalize()
+        .iter()
+        .take(8)
+        .map(|b| format!("{b:02x}"))
+        .collect()
 }
 
 fn pod(job: &ValidatedJob, s: &ValidatedStage, rank: u32, generation: u32) -> Pod {
@@ -54,13 +67,20 @@ fn pod(job: &ValidatedJob, s: &ValidatedStage, rank: u32, generation: u32) -> Po
         },
         Volume {
             name: names::CONFIG_VOLUME.into(),
-            config_map: Some(ConfigMapVolumeSource { name: names::config_map(&job.name, stage), ..Default::default() }),
+            config_map: Some(ConfigMapVolumeSource {
+                name: names::config_map(&job.name, stage),
+                ..Default::default()
+            }),
             ..Default::default()
         },
     ];
     volumes.extend(job.pod.volumes.iter().cloned());
     let mut mounts = vec![
-        VolumeMount { name: names::STORAGE_VOLUME.into(), mount_path: job.mount_path.clone(), ..Default::default() },
+        VolumeMount {
+            name: names::STORAGE_VOLUME.into(),
+            mount_path: job.mount_path.clone(),
+            ..Default::default()
+        },
         VolumeMount {
             name: names::CONFIG_VOLUME.into(),
             mount_path: names::CONFIG_MOUNT_PATH.into(),
@@ -98,7 +118,8 @@ fn pod(job: &ValidatedJob, s: &ValidatedStage, rank: u32, generation: u32) -> Po
         hostname: Some(name.clone()),
         subdomain: Some(names::service(&job.name, stage)),
         service_account_name: job.pod.service_account.clone(),
-        image_pull_secrets: (!job.pod.pull_secrets.is_empty()).then(|| job.pod.pull_secrets.clone()),
+        image_pull_secrets: (!job.pod.pull_secrets.is_empty())
+            .then(|| job.pod.pull_secrets.clone()),
         node_selector: (!job.pod.node_selector.is_empty()).then(|| job.pod.node_selector.clone()),
         tolerations: (!job.pod.tolerations.is_empty()).then(|| job.pod.tolerations.clone()),
         affinity: colocation::pod_affinity(job),
@@ -106,16 +127,27 @@ fn pod(job: &ValidatedJob, s: &ValidatedStage, rank: u32, generation: u32) -> Po
         volumes: Some(volumes),
         ..Default::default()
     };
-    let mut metadata = meta(job, name, names::pod_labels(&job.name, stage, rank, generation));
+    let mut metadata = meta(
+        job,
+        name,
+        names::pod_labels(&job.name, stage, rank, generation),
+    );
     if let Some(scheduler) = batch_scheduler(job.scheduling.gang) {
         spec.scheduler_name = Some(scheduler.scheduler_name.to_string());
         scheduler.mark_member(&mut metadata, &names::pod_group(&job.name, stage));
     }
     if job.scheduling.gang == GangMode::Native {
         // Admission counts these pods' GPUs as taken even before the scheduler binds them.
-        metadata.labels.get_or_insert_default().insert(names::LABEL_NATIVE_GANG.into(), "true".into());
+        metadata
+            .labels
+            .get_or_insert_default()
+            .insert(names::LABEL_NATIVE_GANG.into(), "true".into());
     }
-    Pod { metadata, spec: Some(spec), ..Default::default() }
+    Pod {
+        metadata,
+        spec: Some(spec),
+        ..Default::default()
+    }
 }
 
 /// torchrun's variables plus ours (ARCHITECTURE.md); the trainer's launcher adds RANK/LOCAL_RANK.
@@ -135,14 +167,23 @@ fn env(job: &ValidatedJob, s: &ValidatedStage, rank: u32) -> Vec<EnvVar> {
         ("NODE_RANK", rank.to_string()),
         ("LOCAL_WORLD_SIZE", p.gpus_per_node.to_string()),
         ("WORLD_SIZE", p.world_size().to_string()),
-        ("RLHF_CONFIG", format!("{}/{}", names::CONFIG_MOUNT_PATH, names::CONFIG_FILE)),
+        (
+            "RLHF_CONFIG",
+            format!("{}/{}", names::CONFIG_MOUNT_PATH, names::CONFIG_FILE),
+        ),
         ("RLHF_JOB", job.name.clone()),
         ("RLHF_STAGE", stage.to_string()),
         ("RLHF_NAMESPACE", job.namespace.clone()),
         ("RLHF_METRICS_PORT", job.metrics_port.to_string()),
     ];
-    let mut env: Vec<EnvVar> =
-        ours.into_iter().map(|(k, v)| EnvVar { name: k.into(), value: Some(v), value_from: None }).collect();
+    let mut env: Vec<EnvVar> = ours
+        .into_iter()
+        .map(|(k, v)| EnvVar {
+            name: k.into(),
+            value: Some(v),
+            value_from: None,
+        })
+        .collect();
     env.extend(job.pod.env.iter().cloned());
     env
 }

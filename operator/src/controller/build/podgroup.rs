@@ -81,7 +81,8 @@ impl BatchScheduler {
             Membership::Annotation(key) => (&mut metadata.annotations, key),
             Membership::Label(key) => (&mut metadata.labels, key),
         };
-        map.get_or_insert_with(BTreeMap::new).insert(key.to_string(), group.to_string());
+        map.get_or_insert_with(BTreeMap::new)
+            .insert(key.to_string(), group.to_string());
     }
 }
 
@@ -120,8 +121,15 @@ pub fn pod_group(job: &ValidatedJob, stage: &str) -> Option<DynamicObject> {
         spec.insert("scheduleTimeoutSeconds".into(), json!(timeout));
     }
     Some(DynamicObject {
-        types: Some(TypeMeta { api_version: scheduler.api_version(), kind: POD_GROUP_KIND.into() }),
-        metadata: meta(job, names::pod_group(&job.name, stage), names::stage_labels(&job.name, stage)),
+        types: Some(TypeMeta {
+            api_version: scheduler.api_version(),
+            kind: POD_GROUP_KIND.into(),
+        }),
+        metadata: meta(
+            job,
+            names::pod_group(&job.name, stage),
+            names::stage_labels(&job.name, stage),
+        ),
         data: json!({ "spec": Value::Object(spec) }),
     })
 }
@@ -132,13 +140,18 @@ pub fn pod_group(job: &ValidatedJob, stage: &str) -> Option<DynamicObject> {
 fn gang_requests(resources: &ResourceRequirements, members: u32) -> BTreeMap<String, Quantity> {
     let mut per_pod = resources.limits.clone().unwrap_or_default();
     per_pod.extend(resources.requests.clone().unwrap_or_default());
-    per_pod.into_iter().filter_map(|(name, q)| Some((name, times(&q, members)?))).collect()
+    per_pod
+        .into_iter()
+        .filter_map(|(name, q)| Some((name, times(&q, members)?)))
+        .collect()
 }
 
 /// `q` x `n`, exactly, keeping `q`'s suffix: "500m" x 3 = "1500m", "1.5Gi" x 2 = "3.0Gi".
 fn times(q: &Quantity, n: u32) -> Option<Quantity> {
     let text = q.0.trim().trim_start_matches('+');
-    let split = text.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(text.len());
+    let split = text
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(text.len());
     let (number, suffix) = text.split_at(split);
     let (whole, fraction) = number.split_once('.').unwrap_or((number, ""));
     if whole.is_empty() && fraction.is_empty() {
@@ -152,17 +165,25 @@ fn times(q: &Quantity, n: u32) -> Option<Quantity> {
     let scale = fraction.len();
     let padded = format!("{product:0>width$}", width = scale + 1);
     let (int_part, frac_part) = padded.split_at(padded.len() - scale);
-    let number = if scale == 0 { int_part.to_string() } else { format!("{int_part}.{frac_part}") };
+    let number = if scale == 0 {
+        int_part.to_string()
+    } else {
+        format!("{int_part}.{frac_part}")
+    };
     Some(Quantity(format!("{number}{suffix}")))
 }
 
 /// A Kubernetes quantity suffix: binary (Ki..Ei), decimal (n, u, m, k, M..E) or an exponent (e3, E-2).
 fn is_suffix(s: &str) -> bool {
-    const UNITS: &[&str] = &["", "Ki", "Mi", "Gi", "Ti", "Pi", "Ei", "n", "u", "m", "k", "M", "G", "T", "P", "E"];
+    const UNITS: &[&str] = &[
+        "", "Ki", "Mi", "Gi", "Ti", "Pi", "Ei", "n", "u", "m", "k", "M", "G", "T", "P", "E",
+    ];
     if UNITS.contains(&s) {
         return true;
     }
-    let Some(exp) = s.strip_prefix(['e', 'E']) else { return false };
+    let Some(exp) = s.strip_prefix(['e', 'E']) else {
+        return false;
+    };
     let exp = exp.strip_prefix(['+', '-']).unwrap_or(exp);
     !exp.is_empty() && exp.chars().all(|c| c.is_ascii_digit())
 }
@@ -198,11 +219,21 @@ mod tests {
     #[test]
     fn gang_requests_default_to_limits() {
         let resources = ResourceRequirements {
-            limits: Some(BTreeMap::from([("nvidia.com/gpu".into(), q("2")), ("memory".into(), q("8Gi"))])),
-            requests: Some(BTreeMap::from([("nvidia.com/gpu".into(), q("2")), ("cpu".into(), q("500m"))])),
+            limits: Some(BTreeMap::from([
+                ("nvidia.com/gpu".into(), q("2")),
+                ("memory".into(), q("8Gi")),
+            ])),
+            requests: Some(BTreeMap::from([
+                ("nvidia.com/gpu".into(), q("2")),
+                ("cpu".into(), q("500m")),
+            ])),
             ..Default::default()
         };
-        let want = BTreeMap::from([("nvidia.com/gpu".into(), q("6")), ("memory".into(), q("24Gi")), ("cpu".into(), q("1500m"))]);
+        let want = BTreeMap::from([
+            ("nvidia.com/gpu".into(), q("6")),
+            ("memory".into(), q("24Gi")),
+            ("cpu".into(), q("1500m")),
+        ]);
         assert_eq!(gang_requests(&resources, 3), want);
     }
 }

@@ -8,7 +8,11 @@ use crate::names;
 /// MASTER_ADDR resolves before the pods are ready (publishNotReadyAddresses).
 pub fn headless_service(job: &ValidatedJob, stage: &str) -> Service {
     Service {
-        metadata: meta(job, names::service(&job.name, stage), names::stage_labels(&job.name, stage)),
+        metadata: meta(
+            job,
+            names::service(&job.name, stage),
+            names::stage_labels(&job.name, stage),
+        ),
         spec: Some(ServiceSpec {
             cluster_ip: Some("None".into()),
             selector: Some(names::stage_labels(&job.name, stage)),

@@ -74,7 +74,8 @@ fn seconds_since(then: &Option<Time>, now: Timestamp) -> Option<i64> {
 }
 
 fn after(t: Timestamp, seconds: i64) -> Timestamp {
-    t.saturating_add(SignedDuration::from_secs(seconds)).unwrap_or(t)
+    t.saturating_add(SignedDuration::from_secs(seconds))
+        .unwrap_or(t)
 }
 
 pub fn advance(prev: &StageStatus, input: StageInputs<'_>) -> StageOutcome {
@@ -97,7 +98,11 @@ pub fn advance(prev: &StageStatus, input: StageInputs<'_>) -> StageOutcome {
         _ => follow_gang(&mut out, &input),
     }
     if out.status.phase != prev.phase {
-        out.transitions.push(phase_transition(input.name, &out.status, out.failure.as_deref()));
+        out.transitions.push(phase_transition(
+            input.name,
+            &out.status,
+            out.failure.as_deref(),
+        ));
     }
     out
 }
@@ -111,7 +116,9 @@ fn record_progress(s: &mut StageStatus, progress: Option<TrainerProgress>, now: 
     s.last_step = Some(p.step);
     // Other stages export the reward gauge too, at 0, and so does PPO before its first step:
     // only PPO's, once it has stepped, means anything.
-    let reward = p.reward_mean.filter(|_| s.kind == StageKind::Ppo && p.step > 0);
+    let reward = p
+        .reward_mean
+        .filter(|_| s.kind == StageKind::Ppo && p.step > 0);
     s.last_reward = reward.or(s.last_reward);
     s.first_reward = s.first_reward.or(reward);
 }
@@ -135,7 +142,12 @@ fn start_next_gang(out: &mut StageOutcome, input: &StageInputs<'_>) {
         out.cleanup = Some(Cleanup::All);
         return;
     }
-    if let Some(at) = s.retry_after.as_ref().map(|t| t.0).filter(|at| *at > input.now) {
+    if let Some(at) = s
+        .retry_after
+        .as_ref()
+        .map(|t| t.0)
+        .filter(|at| *at > input.now)
+    {
         out.wake_at = Some(at);
         return;
     }
@@ -151,9 +163,17 @@ fn start_next_gang(out: &mut StageOutcome, input: &StageInputs<'_>) {
 /// Waiting/Queued/Pending/Running: watch the current gang for success, failure and stalls.
 fn follow_gang(out: &mut StageOutcome, input: &StageInputs<'_>) {
     let generation = out.status.gang_generation;
-    let current: Vec<&ObservedPod> = input.pods.iter().copied().filter(|p| p.generation == generation && !p.deleting).collect();
+    let current: Vec<&ObservedPod> = input
+        .pods
+        .iter()
+        .copied()
+        .filter(|p| p.generation == generation && !p.deleting)
+        .collect();
     let created = out.status.gang_start_time.is_some();
-    if let Some(why) = created.then(|| gang_problem(&out.status, &current, input)).flatten() {
+    if let Some(why) = created
+        .then(|| gang_problem(&out.status, &current, input))
+        .flatten()
+    {
         return match why {
             Problem::Permanent(why) => fail(out, why, Cleanup::Unfinished),
             Problem::Retryable(why) => restart(out, input, why),
@@ -161,7 +181,9 @@ fn follow_gang(out: &mut StageOutcome, input: &StageInputs<'_>) {
         };
     }
     let count = current.len() as u32;
-    let all = |ok: &dyn Fn(PodPhase) -> bool| count == input.gang_size && current.iter().all(|p| ok(p.phase));
+    let all = |ok: &dyn Fn(PodPhase) -> bool| {
+        count == input.gang_size && current.iter().all(|p| ok(p.phase))
+    };
     let s = &mut out.status;
     if all(&|p| p == PodPhase::Succeeded) {
         s.phase = StagePhase::Succeeded;
@@ -173,7 +195,9 @@ fn follow_gang(out: &mut StageOutcome, input: &StageInputs<'_>) {
         s.phase = StagePhase::Running;
         s.message = None;
         out.wake_at = input.policy.progress_deadline_seconds.and_then(|d| {
-            s.last_progress_time.as_ref().map(|t| after(t.0, d as i64 + 1))
+            s.last_progress_time
+                .as_ref()
+                .map(|t| after(t.0, d as i64 + 1))
         });
     } else {
         // A Queued stage stays Queued until admission says otherwise (the reconciler decides).
@@ -181,7 +205,10 @@ fn follow_gang(out: &mut StageOutcome, input: &StageInputs<'_>) {
             s.phase = StagePhase::Pending;
         }
         out.launch = true;
-        out.wake_at = s.gang_start_time.as_ref().map(|t| after(t.0, input.gang_timeout_seconds as i64 + 1));
+        out.wake_at = s
+            .gang_start_time
+            .as_ref()
+            .map(|t| after(t.0, input.gang_timeout_seconds as i64 + 1));
     }
 }
 
@@ -192,11 +219,20 @@ enum Problem {
 }
 
 /// What is wrong with a created gang, if anything, most decisive first.
-fn gang_problem(s: &StageStatus, current: &[&ObservedPod], input: &StageInputs<'_>) -> Option<Problem> {
-    if let Some(p) = current.iter().find(|p| matches!(p.phase, PodPhase::Failed | PodPhase::Unknown)) {
+fn gang_problem(
+    s: &StageStatus,
+    current: &[&ObservedPod],
+    input: &StageInputs<'_>,
+) -> Option<Problem> {
+    if let Some(p) = current
+        .iter()
+        .find(|p| matches!(p.phase, PodPhase::Failed | PodPhase::Unknown))
+    {
         let why = p.failure();
         return Some(if p.exit_code == Some(PERMANENT_ERROR_EXIT_CODE) {
-            Problem::Permanent(format!("{why}: a permanent error (bad config or input), not retried"))
+            Problem::Permanent(format!(
+                "{why}: a permanent error (bad config or input), not retried"
+            ))
         } else {
             Problem::Retryable(why)
         });
@@ -204,21 +240,38 @@ fn gang_problem(s: &StageStatus, current: &[&ObservedPod], input: &StageInputs<'
     let count = current.len() as u32;
     if count < input.gang_size {
         let missing = input.gang_size - count;
-        return Some(Problem::Retryable(format!("{missing} of the gang's {} pods were deleted or evicted", input.gang_size)));
+        return Some(Problem::Retryable(format!(
+            "{missing} of the gang's {} pods were deleted or evicted",
+            input.gang_size
+        )));
     }
     let active = |p: &&&ObservedPod| p.is_active();
-    if let Some(p) = current.iter().filter(active).find(|p| p.node.as_ref().is_some_and(|n| input.not_ready_nodes.contains(n))) {
-        return Some(Problem::Retryable(format!("node {} of pod {} is not Ready", p.node.as_deref().unwrap_or_default(), p.name)));
+    if let Some(p) = current.iter().filter(active).find(|p| {
+        p.node
+            .as_ref()
+            .is_some_and(|n| input.not_ready_nodes.contains(n))
+    }) {
+        return Some(Problem::Retryable(format!(
+            "node {} of pod {} is not Ready",
+            p.node.as_deref().unwrap_or_default(),
+            p.name
+        )));
     }
-    let running = current.iter().all(|p| matches!(p.phase, PodPhase::Running | PodPhase::Succeeded));
+    let running = current
+        .iter()
+        .all(|p| matches!(p.phase, PodPhase::Running | PodPhase::Succeeded));
     if running && s.phase == StagePhase::Running {
         let deadline = input.policy.progress_deadline_seconds.map(|d| d as i64);
         let idle = seconds_since(&s.last_progress_time, input.now);
         if let (Some(deadline), Some(idle)) = (deadline, idle)
             && idle > deadline
         {
-            let step = s.last_step.map_or("none yet".to_string(), |n| n.to_string());
-            return Some(Problem::Retryable(format!("no progress for {idle}s (progressDeadlineSeconds {deadline}; last step {step})")));
+            let step = s
+                .last_step
+                .map_or("none yet".to_string(), |n| n.to_string());
+            return Some(Problem::Retryable(format!(
+                "no progress for {idle}s (progressDeadlineSeconds {deadline}; last step {step})"
+            )));
         }
     }
     let waited = seconds_since(&s.gang_start_time, input.now).unwrap_or(0);
@@ -244,21 +297,41 @@ fn fail(out: &mut StageOutcome, why: String, cleanup: Cleanup) {
 fn restart(out: &mut StageOutcome, input: &StageInputs<'_>, why: String) {
     let limit = input.policy.backoff_limit;
     if input.job_failed {
-        return fail(out, format!("{why}; not restarted: the job has failed"), Cleanup::Unfinished);
+        return fail(
+            out,
+            format!("{why}; not restarted: the job has failed"),
+            Cleanup::Unfinished,
+        );
     }
     if out.status.restarts >= limit {
-        return fail(out, format!("{why}; backoffLimit ({limit} gang restarts) reached"), Cleanup::Unfinished);
+        return fail(
+            out,
+            format!("{why}; backoffLimit ({limit} gang restarts) reached"),
+            Cleanup::Unfinished,
+        );
     }
     let s = &mut out.status;
     s.restarts += 1;
     let wait = backoff(s.restarts);
-    tear_down(out, input, input.now.saturating_add(wait).unwrap_or(input.now));
+    tear_down(
+        out,
+        input,
+        input.now.saturating_add(wait).unwrap_or(input.now),
+    );
     let s = &mut out.status;
-    s.message = Some(format!("gang restart {}/{limit} in {}s: {why}", s.restarts, wait.as_secs()));
+    s.message = Some(format!(
+        "gang restart {}/{limit} in {}s: {why}",
+        s.restarts,
+        wait.as_secs()
+    ));
     out.transitions.push(Transition {
         action: format!("{RESTART_ACTION_PREFIX}{}", input.name),
         reason: "GangRestarting".into(),
-        message: format!("stage {}: {}", input.name, out.status.message.as_deref().unwrap_or_default()),
+        message: format!(
+            "stage {}: {}",
+            input.name,
+            out.status.message.as_deref().unwrap_or_default()
+        ),
         warning: true,
     });
 }
@@ -290,10 +363,22 @@ fn phase_transition(stage: &str, s: &StageStatus, failure: Option<&str>) -> Tran
     let phase = s.phase;
     let message = match (phase, failure, s.message.as_deref()) {
         (StagePhase::Failed, Some(why), _) => format!("stage {stage} failed: {why}"),
-        (StagePhase::Pending, _, _) => format!("stage {stage} started: creating its gang (generation {})", s.gang_generation),
+        (StagePhase::Pending, _, _) => format!(
+            "stage {stage} started: creating its gang (generation {})",
+            s.gang_generation
+        ),
         (_, _, Some(why)) => format!("stage {stage} is {phase:?}: {why}"),
         _ => format!("stage {stage} is {phase:?}"),
     };
-    let reason = if phase == StagePhase::Pending { "StageStarted".to_string() } else { format!("Stage{phase:?}") };
-    Transition { action: format!("Stage/{stage}"), reason, message, warning: phase == StagePhase::Failed }
+    let reason = if phase == StagePhase::Pending {
+        "StageStarted".to_string()
+    } else {
+        format!("Stage{phase:?}")
+    };
+    Transition {
+        action: format!("Stage/{stage}"),
+        reason,
+        message,
+        warning: phase == StagePhase::Failed,
+    }
 }

@@ -35,14 +35,37 @@ fn hash(stage: &str) -> String {
     format!("hash-{stage}")
 }
 
-fn decide_at(job: &ValidatedJob, prev: &RLHFJobStatus, pods: &[ObservedPod], second: i64) -> Decision {
+fn decide_at(
+    job: &ValidatedJob,
+    prev: &RLHFJobStatus,
+    pods: &[ObservedPod],
+    second: i64,
+) -> Decision {
     decide_with(job, prev, pods, second, &BTreeMap::new(), &BTreeSet::new())
 }
 
 /// Decides as the reconciler does, which then admits every launched gang (room for all).
-fn decide_with(job: &ValidatedJob, prev: &RLHFJobStatus, pods: &[ObservedPod], second: i64, progress: &BTreeMap<String, TrainerProgress>, not_ready: &BTreeSet<String>) -> Decision {
-    let hashes = job.stages.iter().map(|s| (s.resolved.name.clone(), hash(&s.resolved.name))).collect();
-    let obs = Observed { generation: Some(4), pods, desired_hashes: &hashes, progress, not_ready_nodes: not_ready, now: at(second) };
+fn decide_with(
+    job: &ValidatedJob,
+    prev: &RLHFJobStatus,
+    pods: &[ObservedPod],
+    second: i64,
+    progress: &BTreeMap<String, TrainerProgress>,
+    not_ready: &BTreeSet<String>,
+) -> Decision {
+    let hashes = job
+        .stages
+        .iter()
+        .map(|s| (s.resolved.name.clone(), hash(&s.resolved.name)))
+        .collect();
+    let obs = Observed {
+        generation: Some(4),
+        pods,
+        desired_hashes: &hashes,
+        progress,
+        not_ready_nodes: not_ready,
+        now: at(second),
+    };
     let mut d = decide(job, prev, &obs);
     for stage in d.launch.clone() {
         let _waited = d.admitted(&stage, at(second));
@@ -86,11 +109,19 @@ fn pods(gangs: &[(&str, PodPhase)]) -> Vec<ObservedPod> {
 }
 
 fn phases(status: &RLHFJobStatus) -> Vec<(&str, StagePhase)> {
-    status.stages.iter().map(|s| (s.name.as_str(), s.phase)).collect()
+    status
+        .stages
+        .iter()
+        .map(|s| (s.name.as_str(), s.phase))
+        .collect()
 }
 
 fn condition<'a>(status: &'a RLHFJobStatus, type_: &str) -> &'a Condition {
-    status.conditions.iter().find(|c| c.type_ == type_).unwrap_or_else(|| panic!("no {type_} condition: {status:?}"))
+    status
+        .conditions
+        .iter()
+        .find(|c| c.type_ == type_)
+        .unwrap_or_else(|| panic!("no {type_} condition: {status:?}"))
 }
 
 fn true_condition(type_: &str, reason: &str, message: &str, since: i64) -> Condition {
@@ -105,7 +136,12 @@ fn true_condition(type_: &str, reason: &str, message: &str, since: i64) -> Condi
 }
 
 fn transition(action: &str, reason: &str, message: &str, warning: bool) -> Transition {
-    Transition { action: action.into(), reason: reason.into(), message: message.into(), warning }
+    Transition {
+        action: action.into(),
+        reason: reason.into(),
+        message: message.into(),
+        warning,
+    }
 }
 
 fn launches(d: &Decision) -> Vec<&str> {
@@ -117,7 +153,14 @@ use PodPhase::{Failed, Pending, Running, Succeeded};
 #[test]
 fn a_fresh_job_starts_the_stages_without_dependencies() {
     let d = history(&job(), &[vec![]]);
-    assert_eq!(phases(&d.status), [("sft", StagePhase::Pending), ("rm", StagePhase::Pending), ("ppo", StagePhase::Waiting)]);
+    assert_eq!(
+        phases(&d.status),
+        [
+            ("sft", StagePhase::Pending),
+            ("rm", StagePhase::Pending),
+            ("ppo", StagePhase::Waiting)
+        ]
+    );
     assert_eq!(launches(&d), ["sft", "rm"]);
     assert_eq!(d.status.phase, Some(JobPhase::Pending));
     assert_eq!(d.status.current_stage.as_deref(), Some("sft,rm"));
@@ -125,13 +168,32 @@ fn a_fresh_job_starts_the_stages_without_dependencies() {
     assert_eq!(d.status.start_time, Some(Time(at(0))));
     assert!(d.status.conditions.is_empty(), "{:?}", d.status.conditions);
     let sft = &d.status.stages[0];
-    assert_eq!((sft.start_time.clone(), sft.output.as_deref()), (Some(Time(at(0))), Some("/rlhf/team-a/chat/sft")));
-    assert_eq!((d.status.stages[2].start_time.clone(), d.status.stages[2].output.as_deref()), (None, None));
+    assert_eq!(
+        (sft.start_time.clone(), sft.output.as_deref()),
+        (Some(Time(at(0))), Some("/rlhf/team-a/chat/sft"))
+    );
+    assert_eq!(
+        (
+            d.status.stages[2].start_time.clone(),
+            d.status.stages[2].output.as_deref()
+        ),
+        (None, None)
+    );
     assert_eq!(
         d.transitions,
         [
-            transition("Stage/sft", "StageStarted", "stage sft started: creating its gang (generation 0)", false),
-            transition("Stage/rm", "StageStarted", "stage rm started: creating its gang (generation 0)", false),
+            transition(
+                "Stage/sft",
+                "StageStarted",
+                "stage sft started: creating its gang (generation 0)",
+                false
+            ),
+            transition(
+                "Stage/rm",
+                "StageStarted",
+                "stage rm started: creating its gang (generation 0)",
+                false
+            ),
         ]
     );
 }
@@ -141,21 +203,55 @@ fn a_stage_runs_once_its_whole_gang_runs() {
     let mut partly = pods(&[("sft", Running), ("rm", Running)]);
     partly[3].phase = Pending;
     let d = history(&job(), &[vec![], partly]);
-    assert_eq!(phases(&d.status)[..2], [("sft", StagePhase::Running), ("rm", StagePhase::Pending)]);
+    assert_eq!(
+        phases(&d.status)[..2],
+        [("sft", StagePhase::Running), ("rm", StagePhase::Pending)]
+    );
 
-    let d = history(&job(), &[vec![], pods(&[("sft", Running), ("rm", Running)])]);
-    assert_eq!(phases(&d.status), [("sft", StagePhase::Running), ("rm", StagePhase::Running), ("ppo", StagePhase::Waiting)]);
+    let d = history(
+        &job(),
+        &[vec![], pods(&[("sft", Running), ("rm", Running)])],
+    );
+    assert_eq!(
+        phases(&d.status),
+        [
+            ("sft", StagePhase::Running),
+            ("rm", StagePhase::Running),
+            ("ppo", StagePhase::Waiting)
+        ]
+    );
     assert_eq!(d.status.phase, Some(JobPhase::Running));
     // Spec order, as the stages are listed in the status.
     assert_eq!(d.status.current_stage.as_deref(), Some("sft,rm"));
-    assert!(d.launch.is_empty(), "a running gang is complete: {:?}", d.launch);
-    assert_eq!(d.transitions[0], transition("Stage/sft", "StageRunning", "stage sft is Running", false));
+    assert!(
+        d.launch.is_empty(),
+        "a running gang is complete: {:?}",
+        d.launch
+    );
+    assert_eq!(
+        d.transitions[0],
+        transition("Stage/sft", "StageRunning", "stage sft is Running", false)
+    );
 }
 
 #[test]
 fn ppo_starts_when_sft_and_rm_succeeded() {
-    let d = history(&job(), &[vec![], pods(&[("sft", Running), ("rm", Running)]), pods(&[("sft", Succeeded), ("rm", Succeeded)])]);
-    assert_eq!(phases(&d.status), [("sft", StagePhase::Succeeded), ("rm", StagePhase::Succeeded), ("ppo", StagePhase::Pending)]);
+    let d = history(
+        &job(),
+        &[
+            vec![],
+            pods(&[("sft", Running), ("rm", Running)]),
+            pods(&[("sft", Succeeded), ("rm", Succeeded)]),
+        ],
+    );
+    assert_eq!(
+        phases(&d.status),
+        [
+            ("sft", StagePhase::Succeeded),
+            ("rm", StagePhase::Succeeded),
+            ("ppo", StagePhase::Pending)
+        ]
+    );
     assert_eq!(launches(&d), ["ppo"]);
     assert_eq!(d.status.stages[0].completion_time, Some(Time(at(2))));
     assert_eq!(d.status.phase, Some(JobPhase::Pending));
@@ -174,17 +270,37 @@ fn succeeded_stages_stay_succeeded_after_their_pods_are_cleaned() {
             pods(&[("ppo", Succeeded)]),
         ],
     );
-    assert_eq!(phases(&d.status), [("sft", StagePhase::Succeeded), ("rm", StagePhase::Succeeded), ("ppo", StagePhase::Succeeded)]);
+    assert_eq!(
+        phases(&d.status),
+        [
+            ("sft", StagePhase::Succeeded),
+            ("rm", StagePhase::Succeeded),
+            ("ppo", StagePhase::Succeeded)
+        ]
+    );
     assert_eq!(d.status.phase, Some(JobPhase::Succeeded));
     assert_eq!(d.status.completion_time, Some(Time(at(4))));
     assert_eq!(d.status.stages[0].completion_time, Some(Time(at(2))));
     assert_eq!(d.status.current_stage, None);
     assert!(d.launch.is_empty(), "{:?}", d.launch);
-    assert_eq!(d.status.conditions, [true_condition("Succeeded", "AllStagesSucceeded", "every stage succeeded", 4)]);
+    assert_eq!(
+        d.status.conditions,
+        [true_condition(
+            "Succeeded",
+            "AllStagesSucceeded",
+            "every stage succeeded",
+            4
+        )]
+    );
     assert_eq!(
         d.transitions,
         [
-            transition("Stage/ppo", "StageSucceeded", "stage ppo is Succeeded", false),
+            transition(
+                "Stage/ppo",
+                "StageSucceeded",
+                "stage ppo is Succeeded",
+                false
+            ),
             transition("Job", "JobSucceeded", "job Succeeded", false),
         ]
     );
@@ -194,7 +310,10 @@ fn succeeded_stages_stay_succeeded_after_their_pods_are_cleaned() {
 fn sft_fails(job: &ValidatedJob, failed: impl FnOnce(&mut ObservedPod)) -> Decision {
     let mut failing = pods(&[("sft", Running), ("rm", Running)]);
     failed(&mut failing[1]);
-    history(job, &[vec![], pods(&[("sft", Running), ("rm", Running)]), failing])
+    history(
+        job,
+        &[vec![], pods(&[("sft", Running), ("rm", Running)]), failing],
+    )
 }
 
 #[test]
@@ -205,31 +324,73 @@ fn a_failed_pod_restarts_the_whole_gang_after_a_backoff() {
         p.exit_code = Some(137);
         p.reason = Some("OOMKilled".into());
     });
-    assert_eq!(phases(&d.status), [("sft", StagePhase::Restarting), ("rm", StagePhase::Running), ("ppo", StagePhase::Waiting)]);
+    assert_eq!(
+        phases(&d.status),
+        [
+            ("sft", StagePhase::Restarting),
+            ("rm", StagePhase::Running),
+            ("ppo", StagePhase::Waiting)
+        ]
+    );
     assert_eq!(d.status.phase, Some(JobPhase::Restarting));
     let sft = &d.status.stages[0];
-    assert_eq!((sft.restarts, sft.gang_generation, sft.retry_after.clone()), (1, 1, Some(Time(at(2 + BACKOFF_FIRST)))));
+    assert_eq!(
+        (sft.restarts, sft.gang_generation, sft.retry_after.clone()),
+        (1, 1, Some(Time(at(2 + BACKOFF_FIRST))))
+    );
     let why = "gang restart 1/3 in 5s: pod chat-sft-1 failed (exit code 137, OOMKilled)";
     assert_eq!(sft.message.as_deref(), Some(why));
-    assert_eq!(d.cleanup, BTreeMap::from([("sft".to_string(), Cleanup::All)]), "the whole gang goes, not just the failed pod");
+    assert_eq!(
+        d.cleanup,
+        BTreeMap::from([("sft".to_string(), Cleanup::All)]),
+        "the whole gang goes, not just the failed pod"
+    );
     assert!(d.launch.is_empty());
-    assert_eq!(condition(&d.status, "Restarting").message, format!("stage sft: {why}"));
-    assert_eq!(d.transitions[0], transition("Restart/sft", "GangRestarting", &format!("stage sft: {why}"), true));
+    assert_eq!(
+        condition(&d.status, "Restarting").message,
+        format!("stage sft: {why}")
+    );
+    assert_eq!(
+        d.transitions[0],
+        transition(
+            "Restart/sft",
+            "GangRestarting",
+            &format!("stage sft: {why}"),
+            true
+        )
+    );
 
     // While the old pods are still there nothing starts, even after the backoff.
     let mut old = pods(&[("sft", Running), ("rm", Running)]);
     old[0].deleting = true;
     let waiting = decide_at(&job, &d.status, &old, 30);
-    assert_eq!((waiting.status.stages[0].phase, waiting.cleanup.get("sft")), (StagePhase::Restarting, Some(&Cleanup::All)));
+    assert_eq!(
+        (waiting.status.stages[0].phase, waiting.cleanup.get("sft")),
+        (StagePhase::Restarting, Some(&Cleanup::All))
+    );
     // Old pods gone, backoff not over: wait for it.
     let rm_only = pods(&[("rm", Running)]);
     let early = decide_at(&job, &d.status, &rm_only, 3);
-    assert_eq!((early.status.stages[0].phase, early.wake_at), (StagePhase::Restarting, Some(at(2 + BACKOFF_FIRST))));
+    assert_eq!(
+        (early.status.stages[0].phase, early.wake_at),
+        (StagePhase::Restarting, Some(at(2 + BACKOFF_FIRST)))
+    );
     // Then generation 1 starts.
     let next = decide_at(&job, &d.status, &rm_only, 2 + BACKOFF_FIRST);
-    assert_eq!((next.status.stages[0].phase, next.status.stages[0].gang_generation), (StagePhase::Pending, 1));
+    assert_eq!(
+        (
+            next.status.stages[0].phase,
+            next.status.stages[0].gang_generation
+        ),
+        (StagePhase::Pending, 1)
+    );
     assert_eq!(launches(&next), ["sft"]);
-    assert!(next.status.conditions.iter().all(|c| c.type_ != "Restarting" || c.status == "False"));
+    assert!(
+        next.status
+            .conditions
+            .iter()
+            .all(|c| c.type_ != "Restarting" || c.status == "False")
+    );
 }
 
 const BACKOFF_FIRST: i64 = 5;
@@ -247,20 +408,50 @@ fn exit_code_2_fails_the_stage_at_once_and_stops_the_rest_of_its_gang() {
         p.exit_code = Some(PERMANENT_ERROR_EXIT_CODE);
     });
     assert_eq!(phases(&d.status)[0], ("sft", StagePhase::Failed));
-    assert_eq!((d.status.phase, d.status.stages[0].restarts), (Some(JobPhase::Failed), 0));
-    let why = "pod chat-sft-1 failed (exit code 2): a permanent error (bad config or input), not retried";
-    assert_eq!(condition(&d.status, "Failed").message, format!("stage sft: {why}"));
-    assert_eq!(d.cleanup, BTreeMap::from([("sft".to_string(), Cleanup::Unfinished)]));
-    assert!(d.launch.is_empty(), "a failed job creates no pods: {:?}", d.launch);
+    assert_eq!(
+        (d.status.phase, d.status.stages[0].restarts),
+        (Some(JobPhase::Failed), 0)
+    );
+    let why =
+        "pod chat-sft-1 failed (exit code 2): a permanent error (bad config or input), not retried";
+    assert_eq!(
+        condition(&d.status, "Failed").message,
+        format!("stage sft: {why}")
+    );
+    assert_eq!(
+        d.cleanup,
+        BTreeMap::from([("sft".to_string(), Cleanup::Unfinished)])
+    );
+    assert!(
+        d.launch.is_empty(),
+        "a failed job creates no pods: {:?}",
+        d.launch
+    );
     let rm_running = pods(&[("rm", Running)]);
     let again = decide_at(&job(), &d.status, &rm_running, 3);
-    assert_eq!((again.status.clone(), again.transitions.len()), (d.status.clone(), 0), "sticky, and reported once");
+    assert_eq!(
+        (again.status.clone(), again.transitions.len()),
+        (d.status.clone(), 0),
+        "sticky, and reported once"
+    );
     // The job has failed: a gang that breaks now is not restarted.
     let mut rm_failing = rm_running;
     rm_failing[0].phase = Failed;
     let after = decide_at(&job(), &again.status, &rm_failing, 4);
-    assert_eq!((after.status.stages[1].phase, after.status.stages[1].restarts), (StagePhase::Failed, 0));
-    assert!(after.status.stages[1].message.as_deref().unwrap().ends_with("not restarted: the job has failed"));
+    assert_eq!(
+        (
+            after.status.stages[1].phase,
+            after.status.stages[1].restarts
+        ),
+        (StagePhase::Failed, 0)
+    );
+    assert!(
+        after.status.stages[1]
+            .message
+            .as_deref()
+            .unwrap()
+            .ends_with("not restarted: the job has failed")
+    );
 }
 
 #[test]
@@ -273,25 +464,54 @@ fn restarts_stop_at_the_backoff_limit() {
         p.exit_code = Some(1);
     };
     let first = sft_fails(&job, failed);
-    assert_eq!((first.status.stages[0].phase, first.status.stages[0].restarts), (StagePhase::Restarting, 1));
+    assert_eq!(
+        (
+            first.status.stages[0].phase,
+            first.status.stages[0].restarts
+        ),
+        (StagePhase::Restarting, 1)
+    );
     // Generation 1 starts and runs, then fails again: the limit is spent.
     let gen1 = |phase: PodPhase| -> Vec<ObservedPod> {
-        pods(&[("sft", phase)]).into_iter().map(|p| ObservedPod { generation: 1, ..p }).collect()
+        pods(&[("sft", phase)])
+            .into_iter()
+            .map(|p| ObservedPod { generation: 1, ..p })
+            .collect()
     };
     let started = decide_at(&job, &first.status, &[], 60);
     let running = decide_at(&job, &started.status, &gen1(Running), 61);
     let mut failing = gen1(Running);
     failed(&mut failing[0]);
     let d = decide_at(&job, &running.status, &failing, 62);
-    assert_eq!((d.status.stages[0].phase, d.status.stages[0].restarts), (StagePhase::Failed, 1));
-    assert!(d.status.stages[0].message.as_deref().unwrap().ends_with("backoffLimit (1 gang restarts) reached"), "{:?}", d.status.stages[0].message);
+    assert_eq!(
+        (d.status.stages[0].phase, d.status.stages[0].restarts),
+        (StagePhase::Failed, 1)
+    );
+    assert!(
+        d.status.stages[0]
+            .message
+            .as_deref()
+            .unwrap()
+            .ends_with("backoffLimit (1 gang restarts) reached"),
+        "{:?}",
+        d.status.stages[0].message
+    );
 }
 
 #[test]
 fn a_pod_gone_from_a_running_gang_restarts_it() {
     let d = sft_fails(&job(), |p| p.deleting = true); // being deleted counts as gone
-    assert_eq!((d.status.stages[0].phase, d.status.stages[0].restarts), (StagePhase::Restarting, 1));
-    assert!(d.status.stages[0].message.as_deref().unwrap().ends_with("1 of the gang's 2 pods were deleted or evicted"));
+    assert_eq!(
+        (d.status.stages[0].phase, d.status.stages[0].restarts),
+        (StagePhase::Restarting, 1)
+    );
+    assert!(
+        d.status.stages[0]
+            .message
+            .as_deref()
+            .unwrap()
+            .ends_with("1 of the gang's 2 pods were deleted or evicted")
+    );
 }
 
 #[test]
@@ -299,14 +519,36 @@ fn a_node_going_not_ready_restarts_the_gangs_on_it() {
     let job = job();
     let running = history(&job, &[vec![], pods(&[("sft", Running), ("rm", Running)])]);
     let down = BTreeSet::from(["node-1".to_string()]);
-    let d = decide_with(&job, &running.status, &pods(&[("sft", Running), ("rm", Running)]), 2, &BTreeMap::new(), &down);
-    assert_eq!(phases(&d.status)[..2], [("sft", StagePhase::Restarting), ("rm", StagePhase::Restarting)]);
-    assert!(d.status.stages[0].message.as_deref().unwrap().ends_with("node node-1 of pod chat-sft-1 is not Ready"));
+    let d = decide_with(
+        &job,
+        &running.status,
+        &pods(&[("sft", Running), ("rm", Running)]),
+        2,
+        &BTreeMap::new(),
+        &down,
+    );
+    assert_eq!(
+        phases(&d.status)[..2],
+        [
+            ("sft", StagePhase::Restarting),
+            ("rm", StagePhase::Restarting)
+        ]
+    );
+    assert!(
+        d.status.stages[0]
+            .message
+            .as_deref()
+            .unwrap()
+            .ends_with("node node-1 of pod chat-sft-1 is not Ready")
+    );
 }
 
 /// What sft's and ppo's rank 0 report (both export the reward gauge).
 fn progress(step: u64, reward: Option<f64>) -> BTreeMap<String, TrainerProgress> {
-    let p = TrainerProgress { step, reward_mean: reward };
+    let p = TrainerProgress {
+        step,
+        reward_mean: reward,
+    };
     BTreeMap::from([("sft".to_string(), p), ("ppo".to_string(), p)])
 }
 
@@ -318,18 +560,53 @@ fn progress_reaches_the_status_and_a_stalled_gang_is_restarted() {
     let gangs = pods(&[("sft", Running), ("rm", Running)]);
     let running = history(&job, &[vec![], gangs.clone()]);
     let none = BTreeSet::new();
-    let d = decide_with(&job, &running.status, &gangs, 10, &progress(7, Some(0.5)), &none);
+    let d = decide_with(
+        &job,
+        &running.status,
+        &gangs,
+        10,
+        &progress(7, Some(0.5)),
+        &none,
+    );
     let sft = &d.status.stages[0];
-    assert_eq!((sft.last_step, sft.last_reward, sft.last_progress_time.clone()), (Some(7), None, Some(Time(at(10)))), "only PPO has a reward");
+    assert_eq!(
+        (
+            sft.last_step,
+            sft.last_reward,
+            sft.last_progress_time.clone()
+        ),
+        (Some(7), None, Some(Time(at(10)))),
+        "only PPO has a reward"
+    );
     assert_eq!((d.status.last_step, d.status.last_reward), (Some(7), None));
-    assert_eq!(d.wake_at, Some(at(10 + PROGRESS_POLL_SECONDS)), "running stages are polled");
+    assert_eq!(
+        d.wake_at,
+        Some(at(10 + PROGRESS_POLL_SECONDS)),
+        "running stages are polled"
+    );
     // The same step 60 s later is still within the deadline; 61 s is not.
     let same = decide_with(&job, &d.status, &gangs, 70, &progress(7, Some(0.5)), &none);
     assert_eq!(same.status.stages[0].phase, StagePhase::Running);
-    let stalled = decide_with(&job, &same.status, &gangs, 71, &progress(7, Some(0.5)), &none);
-    assert_eq!((stalled.status.stages[0].phase, stalled.status.stages[0].restarts), (StagePhase::Restarting, 1));
+    let stalled = decide_with(
+        &job,
+        &same.status,
+        &gangs,
+        71,
+        &progress(7, Some(0.5)),
+        &none,
+    );
+    assert_eq!(
+        (
+            stalled.status.stages[0].phase,
+            stalled.status.stages[0].restarts
+        ),
+        (StagePhase::Restarting, 1)
+    );
     let message = stalled.status.stages[0].message.clone().unwrap();
-    assert!(message.ends_with("no progress for 61s (progressDeadlineSeconds 60; last step 7)"), "{message}");
+    assert!(
+        message.ends_with("no progress for 61s (progressDeadlineSeconds 60; last step 7)"),
+        "{message}"
+    );
     // rm never reported a step: its deadline counts from when it started running (second 1).
     assert_eq!(stalled.status.stages[1].phase, StagePhase::Restarting);
 }
@@ -337,15 +614,52 @@ fn progress_reaches_the_status_and_a_stalled_gang_is_restarted() {
 #[test]
 fn ppo_reports_its_first_and_latest_reward() {
     let job = job();
-    let done = history(&job, &[vec![], pods(&[("sft", Succeeded), ("rm", Succeeded)]), pods(&[("ppo", Running)])]);
+    let done = history(
+        &job,
+        &[
+            vec![],
+            pods(&[("sft", Succeeded), ("rm", Succeeded)]),
+            pods(&[("ppo", Running)]),
+        ],
+    );
     let none = BTreeSet::new();
-    let before_any_step = decide_with(&job, &done.status, &pods(&[("ppo", Running)]), 3, &progress(0, Some(0.0)), &none);
-    assert_eq!(before_any_step.status.stages[2].first_reward, None, "the gauge's initial 0 is no reward");
-    let first = decide_with(&job, &before_any_step.status, &pods(&[("ppo", Running)]), 3, &progress(2, Some(-1.5)), &none);
-    let later = decide_with(&job, &first.status, &pods(&[("ppo", Running)]), 8, &progress(9, Some(0.75)), &none);
+    let before_any_step = decide_with(
+        &job,
+        &done.status,
+        &pods(&[("ppo", Running)]),
+        3,
+        &progress(0, Some(0.0)),
+        &none,
+    );
+    assert_eq!(
+        before_any_step.status.stages[2].first_reward, None,
+        "the gauge's initial 0 is no reward"
+    );
+    let first = decide_with(
+        &job,
+        &before_any_step.status,
+        &pods(&[("ppo", Running)]),
+        3,
+        &progress(2, Some(-1.5)),
+        &none,
+    );
+    let later = decide_with(
+        &job,
+        &first.status,
+        &pods(&[("ppo", Running)]),
+        8,
+        &progress(9, Some(0.75)),
+        &none,
+    );
     let ppo = &later.status.stages[2];
-    assert_eq!((ppo.first_reward, ppo.last_reward, ppo.last_step), (Some(-1.5), Some(0.75), Some(9)));
-    assert_eq!((later.status.last_step, later.status.last_reward), (Some(9), Some(0.75)));
+    assert_eq!(
+        (ppo.first_reward, ppo.last_reward, ppo.last_step),
+        (Some(-1.5), Some(0.75), Some(9))
+    );
+    assert_eq!(
+        (later.status.last_step, later.status.last_reward),
+        (Some(9), Some(0.75))
+    );
 }
 
 #[test]
@@ -358,9 +672,24 @@ fn an_admitted_gang_that_never_runs_is_requeued_without_counting_a_restart() {
     assert_eq!(d.wake_at, Some(at(31)));
     let d = decide_at(&job, &d.status, &stuck, 31);
     let sft = &d.status.stages[0];
-    assert_eq!((sft.phase, sft.restarts, sft.gang_generation), (StagePhase::Restarting, 0, 1));
-    assert!(sft.message.as_deref().unwrap().starts_with("the gang was not fully Running 31s after it was admitted"));
-    assert_eq!(d.transitions.iter().filter(|t| t.reason == "GangTimeout").count(), 2, "one per stage");
+    assert_eq!(
+        (sft.phase, sft.restarts, sft.gang_generation),
+        (StagePhase::Restarting, 0, 1)
+    );
+    assert!(
+        sft.message
+            .as_deref()
+            .unwrap()
+            .starts_with("the gang was not fully Running 31s after it was admitted")
+    );
+    assert_eq!(
+        d.transitions
+            .iter()
+            .filter(|t| t.reason == "GangTimeout")
+            .count(),
+        2,
+        "one per stage"
+    );
     assert_eq!(d.cleanup.get("sft"), Some(&Cleanup::All));
 }
 
@@ -369,13 +698,28 @@ fn queued_gangs_say_why_and_where_and_are_polled() {
     let job = job();
     let hashes = BTreeMap::new();
     let (no_progress, no_nodes) = (BTreeMap::new(), BTreeSet::new());
-    let obs = Observed { generation: Some(1), pods: &[], desired_hashes: &hashes, progress: &no_progress, not_ready_nodes: &no_nodes, now: at(0) };
+    let obs = Observed {
+        generation: Some(1),
+        pods: &[],
+        desired_hashes: &hashes,
+        progress: &no_progress,
+        not_ready_nodes: &no_nodes,
+        now: at(0),
+    };
     let mut d = decide(&job, &RLHFJobStatus::default(), &obs);
-    d.queued("sft", 2, "needs 2 pods x 1 GPUs; 0 of 8 GPUs free on 1 eligible nodes", at(0));
+    d.queued(
+        "sft",
+        2,
+        "needs 2 pods x 1 GPUs; 0 of 8 GPUs free on 1 eligible nodes",
+        at(0),
+    );
     d.queued("rm", 3, "waiting behind team-a/other/sft", at(0));
     assert_eq!(d.launch, Vec::<String>::new());
     assert_eq!(d.status.phase, Some(JobPhase::Queued));
-    assert_eq!(phases(&d.status)[..2], [("sft", StagePhase::Queued), ("rm", StagePhase::Queued)]);
+    assert_eq!(
+        phases(&d.status)[..2],
+        [("sft", StagePhase::Queued), ("rm", StagePhase::Queued)]
+    );
     let cond = condition(&d.status, "Queued");
     assert_eq!(
         cond.message,
@@ -386,12 +730,19 @@ fn queued_gangs_say_why_and_where_and_are_polled() {
     // Next round the stages ask again; once admitted they are Pending and the condition clears.
     let again = decide_at(&job, &d.status, &[], 5);
     assert_eq!(launches(&again), ["sft", "rm"]);
-    assert_eq!(phases(&again.status)[..2], [("sft", StagePhase::Pending), ("rm", StagePhase::Pending)]);
+    assert_eq!(
+        phases(&again.status)[..2],
+        [("sft", StagePhase::Pending), ("rm", StagePhase::Pending)]
+    );
     assert_eq!(condition(&again.status, "Queued").status, "False");
     assert_eq!(again.status.stages[0].gang_start_time, Some(Time(at(5))));
     assert_eq!(again.status.stages[0].queued_since, None);
     let mut not_yet_admitted = decide(&job, &d.status, &obs);
-    assert_eq!(not_yet_admitted.admitted("rm", at(12)), 12.0, "queued since second 0");
+    assert_eq!(
+        not_yet_admitted.admitted("rm", at(12)),
+        12.0,
+        "queued since second 0"
+    );
 }
 
 #[test]
@@ -401,13 +752,26 @@ fn deadlines_ttl_and_clean_pod_policy() {
     let job = validated(v);
     let gangs = pods(&[("sft", Running), ("rm", Succeeded)]);
     let d = history(&job, &[vec![], gangs.clone()]);
-    assert_eq!(d.cleanup.get("rm"), Some(&Cleanup::All), "cleanPodPolicy All: a finished stage's pods go");
+    assert_eq!(
+        d.cleanup.get("rm"),
+        Some(&Cleanup::All),
+        "cleanPodPolicy All: a finished stage's pods go"
+    );
     let late = decide_at(&job, &d.status, &gangs, 101);
-    assert_eq!((late.status.phase, late.status.stages[0].phase), (Some(JobPhase::Failed), StagePhase::Failed));
-    assert_eq!(condition(&late.status, "Failed").message, "stage sft: activeDeadlineSeconds (100s) exceeded");
+    assert_eq!(
+        (late.status.phase, late.status.stages[0].phase),
+        (Some(JobPhase::Failed), StagePhase::Failed)
+    );
+    assert_eq!(
+        condition(&late.status, "Failed").message,
+        "stage sft: activeDeadlineSeconds (100s) exceeded"
+    );
     assert!(!late.delete_job);
     assert!(!decide_at(&job, &late.status, &[], 150).delete_job);
-    assert!(decide_at(&job, &late.status, &[], 151).delete_job, "ttlSecondsAfterFinished counts from completion (101)");
+    assert!(
+        decide_at(&job, &late.status, &[], 151).delete_job,
+        "ttlSecondsAfterFinished counts from completion (101)"
+    );
 }
 
 #[test]
@@ -419,20 +783,38 @@ fn suspending_deletes_the_pods_and_resuming_starts_a_new_gang_generation() {
     let running = history(&job(), &[vec![], gangs.clone()]);
     let d = decide_at(&suspended, &running.status, &gangs, 2);
     assert_eq!(d.status.phase, Some(JobPhase::Suspended));
-    assert_eq!(phases(&d.status), [("sft", StagePhase::Suspended), ("rm", StagePhase::Suspended), ("ppo", StagePhase::Waiting)]);
+    assert_eq!(
+        phases(&d.status),
+        [
+            ("sft", StagePhase::Suspended),
+            ("rm", StagePhase::Suspended),
+            ("ppo", StagePhase::Waiting)
+        ]
+    );
     assert_eq!(d.cleanup.len(), 2);
     assert!(d.launch.is_empty());
     assert_eq!(condition(&d.status, "Suspended").status, "True");
     let resumed = decide_at(&job(), &d.status, &[], 3);
-    assert_eq!(phases(&resumed.status)[..2], [("sft", StagePhase::Pending), ("rm", StagePhase::Pending)]);
-    assert_eq!((resumed.status.stages[0].gang_generation, resumed.status.stages[0].restarts), (1, 0));
+    assert_eq!(
+        phases(&resumed.status)[..2],
+        [("sft", StagePhase::Pending), ("rm", StagePhase::Pending)]
+    );
+    assert_eq!(
+        (
+            resumed.status.stages[0].gang_generation,
+            resumed.status.stages[0].restarts
+        ),
+        (1, 0)
+    );
     assert_eq!(launches(&resumed), ["sft", "rm"]);
 }
 
 /// sft's running gang was started from an older spec.
 fn stale_round() -> Vec<ObservedPod> {
     let mut round = pods(&[("sft", Running), ("rm", Running)]);
-    round[..2].iter_mut().for_each(|p| p.spec_hash = Some("old".into()));
+    round[..2]
+        .iter_mut()
+        .for_each(|p| p.spec_hash = Some("old".into()));
     round
 }
 
@@ -442,7 +824,15 @@ fn a_spec_change_waits_for_running_stages() {
     assert!(d.launch.is_empty());
     assert_eq!(phases(&d.status)[0], ("sft", StagePhase::Running));
     let message = "stage(s) sft run with an earlier spec; the change applies to stages not started yet and to their next gang";
-    assert_eq!(d.status.conditions, [true_condition("SpecChangeDeferred", "StageAlreadyStarted", message, 1)]);
+    assert_eq!(
+        d.status.conditions,
+        [true_condition(
+            "SpecChangeDeferred",
+            "StageAlreadyStarted",
+            message,
+            1
+        )]
+    );
 }
 
 #[test]
@@ -452,50 +842,104 @@ fn deciding_again_on_the_same_pods_changes_nothing() {
     let second = decide_at(&job, &first.status, &stale_round(), 60);
     // Same status (so no patch), the condition keeps its lastTransitionTime, no new events.
     assert_eq!(second.status, first.status);
-    assert_eq!(condition(&second.status, "SpecChangeDeferred").last_transition_time, Time(at(1)));
+    assert_eq!(
+        condition(&second.status, "SpecChangeDeferred").last_transition_time,
+        Time(at(1))
+    );
     assert_eq!(second.transitions, []);
 
-    let resolved = decide_at(&job, &second.status, &pods(&[("sft", Running), ("rm", Running)]), 61);
+    let resolved = decide_at(
+        &job,
+        &second.status,
+        &pods(&[("sft", Running), ("rm", Running)]),
+        61,
+    );
     let deferred = condition(&resolved.status, "SpecChangeDeferred");
-    assert_eq!((deferred.status.as_str(), deferred.reason.as_str(), deferred.message.as_str()), ("False", "Resolved", "SpecChangeDeferred no longer applies"));
+    assert_eq!(
+        (
+            deferred.status.as_str(),
+            deferred.reason.as_str(),
+            deferred.message.as_str()
+        ),
+        ("False", "Resolved", "SpecChangeDeferred no longer applies")
+    );
     assert_eq!(deferred.last_transition_time, Time(at(61)));
 }
 
 fn invalid(prev: &RLHFJobStatus, errors: &[FieldError], second: i64) -> Decision {
     let no_hashes = BTreeMap::new();
     let (no_progress, no_nodes) = (BTreeMap::new(), BTreeSet::new());
-    decide_invalid(prev, errors, &Observed { generation: Some(4), pods: &[], desired_hashes: &no_hashes, progress: &no_progress, not_ready_nodes: &no_nodes, now: at(second) })
+    decide_invalid(
+        prev,
+        errors,
+        &Observed {
+            generation: Some(4),
+            pods: &[],
+            desired_hashes: &no_hashes,
+            progress: &no_progress,
+            not_ready_nodes: &no_nodes,
+            now: at(second),
+        },
+    )
 }
 
 #[test]
 fn an_invalid_spec_is_reported_once() {
     let errors = [
         FieldError::new("spec.env[0].name", "MASTER_ADDR is set by the operator"),
-        FieldError::new("spec.scheduling.queue", "a queue only applies to gang: volcano"),
+        FieldError::new(
+            "spec.scheduling.queue",
+            "a queue only applies to gang: volcano",
+        ),
     ];
     let message = "spec.env[0].name: MASTER_ADDR is set by the operator; spec.scheduling.queue: a queue only applies to gang: volcano";
     let d = invalid(&RLHFJobStatus::default(), &errors, 0);
     assert_eq!(d.status.phase, Some(JobPhase::Failed));
-    assert_eq!(d.status.conditions, [true_condition("InvalidSpec", "InvalidSpec", message, 0)]);
-    assert_eq!(d.transitions, [transition("Validate", "InvalidSpec", message, true)]);
+    assert_eq!(
+        d.status.conditions,
+        [true_condition("InvalidSpec", "InvalidSpec", message, 0)]
+    );
+    assert_eq!(
+        d.transitions,
+        [transition("Validate", "InvalidSpec", message, true)]
+    );
     assert!(d.launch.is_empty());
 
     let again = invalid(&d.status, &errors, 30);
-    assert_eq!((&again.status, &again.transitions), (&d.status, &Vec::new()));
+    assert_eq!(
+        (&again.status, &again.transitions),
+        (&d.status, &Vec::new())
+    );
 
     let other = invalid(&d.status, &errors[1..], 31);
     assert_eq!(other.transitions.len(), 1);
-    assert_eq!(condition(&other.status, "InvalidSpec").last_transition_time, Time(at(0)));
+    assert_eq!(
+        condition(&other.status, "InvalidSpec").last_transition_time,
+        Time(at(0))
+    );
 
     // Fixing the spec resolves the condition and the job starts.
     let fixed = decide_at(&job(), &d.status, &[], 40);
     let cond = condition(&fixed.status, "InvalidSpec");
-    assert_eq!((cond.status.as_str(), cond.reason.as_str(), cond.last_transition_time.clone()), ("False", "Resolved", Time(at(40))));
-    assert_eq!((fixed.status.phase, launches(&fixed)), (Some(JobPhase::Pending), vec!["sft", "rm"]));
+    assert_eq!(
+        (
+            cond.status.as_str(),
+            cond.reason.as_str(),
+            cond.last_transition_time.clone()
+        ),
+        ("False", "Resolved", Time(at(40)))
+    );
+    assert_eq!(
+        (fixed.status.phase, launches(&fixed)),
+        (Some(JobPhase::Pending), vec!["sft", "rm"])
+    );
 
     // An edit that breaks a started job keeps its phase: its running gangs go on.
     let started = invalid(&fixed.status, &errors, 41);
-    assert_eq!((started.status.phase, started.status.stages.clone()), (Some(JobPhase::Pending), fixed.status.stages));
+    assert_eq!(
+        (started.status.phase, started.status.stages.clone()),
+        (Some(JobPhase::Pending), fixed.status.stages)
+    );
 }
 
 #[test]
@@ -504,13 +948,28 @@ fn a_suspended_job_launches_nothing() {
     v["runPolicy"] = json!({"suspend": true});
     let suspended = validated(v);
     let d = history(&suspended, &[vec![]]);
-    assert_eq!(phases(&d.status), [("sft", StagePhase::Waiting), ("rm", StagePhase::Waiting), ("ppo", StagePhase::Waiting)]);
+    assert_eq!(
+        phases(&d.status),
+        [
+            ("sft", StagePhase::Waiting),
+            ("rm", StagePhase::Waiting),
+            ("ppo", StagePhase::Waiting)
+        ]
+    );
     assert_eq!(d.status.phase, Some(JobPhase::Suspended));
     assert_eq!((d.launch.len(), d.transitions.len()), (0, 0));
 
     // Suspended while running: the gangs are not topped up.
-    let running = history(&job(), &[vec![], pods(&[("sft", Running), ("rm", Running)])]);
-    let d = decide_at(&suspended, &running.status, &pods(&[("sft", Running), ("rm", Pending)]), 2);
+    let running = history(
+        &job(),
+        &[vec![], pods(&[("sft", Running), ("rm", Running)])],
+    );
+    let d = decide_at(
+        &suspended,
+        &running.status,
+        &pods(&[("sft", Running), ("rm", Pending)]),
+        2,
+    );
     assert_eq!(d.status.phase, Some(JobPhase::Suspended));
     assert!(d.launch.is_empty(), "{:?}", d.launch);
 }

@@ -27,7 +27,11 @@ fn spec() -> Value {
 
 /// The errors as `field: message`, in the order validate reports them.
 fn errors_named(name: &str, spec: Value) -> Vec<String> {
-    validate(&job_named(name, spec)).expect_err("job should be rejected").iter().map(|e| e.to_string()).collect()
+    validate(&job_named(name, spec))
+        .expect_err("job should be rejected")
+        .iter()
+        .map(|e| e.to_string())
+        .collect()
 }
 
 fn errors(spec: Value) -> Vec<String> {
@@ -37,7 +41,11 @@ fn errors(spec: Value) -> Vec<String> {
 /// `spec()` with `value` set at the JSON pointer `at` (parents created as needed).
 fn spec_with(at: &str, value: Value) -> Value {
     let mut v = spec();
-    let parts: Vec<String> = at.split('/').skip(1).map(|p| p.replace("~1", "/")).collect();
+    let parts: Vec<String> = at
+        .split('/')
+        .skip(1)
+        .map(|p| p.replace("~1", "/"))
+        .collect();
     let (key, parents) = parts.split_last().expect("pointer names a field");
     let mut node = &mut v;
     for part in parents {
@@ -57,7 +65,10 @@ fn resources(v: Value) -> ResourceRequirements {
 #[test]
 fn valid_job_gets_every_default() {
     let job = validated(spec());
-    assert_eq!((job.name.as_str(), job.namespace.as_str(), job.uid.as_str()), ("chat", TEST_NAMESPACE, TEST_UID));
+    assert_eq!(
+        (job.name.as_str(), job.namespace.as_str(), job.uid.as_str()),
+        ("chat", TEST_NAMESPACE, TEST_UID)
+    );
     assert_eq!(
         job.claim,
         Claim::Owned {
@@ -80,10 +91,21 @@ fn valid_job_gets_every_default() {
             progress_deadline_seconds: None,
         }
     );
-    assert_eq!(job.scheduling, SchedulingPlan { gang: GangMode::Native, queue: None, timeout_seconds: 600 });
+    assert_eq!(
+        job.scheduling,
+        SchedulingPlan {
+            gang: GangMode::Native,
+            queue: None,
+            timeout_seconds: 600
+        }
+    );
     assert_eq!(job.pod.pull_policy, "IfNotPresent");
     assert_eq!(job.pod.image, "registry.local/rlhf-trainer:test");
-    let names: Vec<&str> = job.stages.iter().map(|s| s.resolved.name.as_str()).collect();
+    let names: Vec<&str> = job
+        .stages
+        .iter()
+        .map(|s| s.resolved.name.as_str())
+        .collect();
     assert_eq!(names, ["sft", "rm", "ppo"]);
 }
 
@@ -106,8 +128,19 @@ fn gpus_per_node_sets_limits_and_requests() {
 
 #[test]
 fn a_matching_gpu_count_is_accepted() {
-    let job = validated(spec_with("/resources/requests", json!({"nvidia.com/gpu": "2"})));
-    assert_eq!(job.stage("sft").unwrap().resources.requests.as_ref().unwrap()[GPU_RESOURCE], Quantity("2".into()));
+    let job = validated(spec_with(
+        "/resources/requests",
+        json!({"nvidia.com/gpu": "2"}),
+    ));
+    assert_eq!(
+        job.stage("sft")
+            .unwrap()
+            .resources
+            .requests
+            .as_ref()
+            .unwrap()[GPU_RESOURCE],
+        Quantity("2".into())
+    );
 }
 
 #[test]
@@ -117,22 +150,36 @@ fn rejects_a_gpu_count_that_disagrees_with_gpus_per_node() {
     let msg = "spec.resources.limits[nvidia.com/gpu]: 8 disagrees with gpusPerNode 2; leave it out, the operator sets it";
     assert_eq!(errs, [msg]);
 
-    let errs = errors(spec_with("/stages/2/resources/requests/nvidia.com~1gpu", json!("1")));
+    let errs = errors(spec_with(
+        "/stages/2/resources/requests/nvidia.com~1gpu",
+        json!("1"),
+    ));
     assert_eq!(
         errs,
-        ["spec.stages[2].resources.requests[nvidia.com/gpu]: 1 disagrees with gpusPerNode 2; leave it out, the operator sets it"]
+        [
+            "spec.stages[2].resources.requests[nvidia.com/gpu]: 1 disagrees with gpusPerNode 2; leave it out, the operator sets it"
+        ]
     );
 }
 
 #[test]
 fn rejects_reserved_env_vars() {
-    let errs = errors(spec_with("/env", json!([{"name": "HF_HOME", "value": "/cache"}, {"name": "MASTER_ADDR", "value": "x"}])));
-    assert_eq!(errs, ["spec.env[1].name: MASTER_ADDR is set by the operator"]);
+    let errs = errors(spec_with(
+        "/env",
+        json!([{"name": "HF_HOME", "value": "/cache"}, {"name": "MASTER_ADDR", "value": "x"}]),
+    ));
+    assert_eq!(
+        errs,
+        ["spec.env[1].name: MASTER_ADDR is set by the operator"]
+    );
 }
 
 #[test]
 fn rejects_volumes_and_mounts_that_clash_with_the_operator() {
-    let mut v = spec_with("/volumes", json!([{"name": "data", "emptyDir": {}}, {"name": "rlhf-config", "emptyDir": {}}]));
+    let mut v = spec_with(
+        "/volumes",
+        json!([{"name": "data", "emptyDir": {}}, {"name": "rlhf-config", "emptyDir": {}}]),
+    );
     v["volumeMounts"] = json!([
         {"name": "data", "mountPath": "/data"},
         {"name": "models", "mountPath": "/models"},
@@ -152,20 +199,47 @@ fn rejects_volumes_and_mounts_that_clash_with_the_operator() {
 
 #[test]
 fn an_existing_claim_excludes_size() {
-    let errs = errors(spec_with("/storage", json!({"claimName": "shared", "size": "1Ti"})));
-    assert_eq!(errs, ["spec.storage.claimName: an existing claim cannot be combined with size, storageClassName or accessModes"]);
+    let errs = errors(spec_with(
+        "/storage",
+        json!({"claimName": "shared", "size": "1Ti"}),
+    ));
+    assert_eq!(
+        errs,
+        [
+            "spec.storage.claimName: an existing claim cannot be combined with size, storageClassName or accessModes"
+        ]
+    );
 
-    let job = validated(spec_with("/storage", json!({"claimName": "shared", "mountPath": "/out"})));
-    assert_eq!((job.claim, job.mount_path.as_str()), (Claim::Existing("shared".into()), "/out"));
+    let job = validated(spec_with(
+        "/storage",
+        json!({"claimName": "shared", "mountPath": "/out"}),
+    ));
+    assert_eq!(
+        (job.claim, job.mount_path.as_str()),
+        (Claim::Existing("shared".into()), "/out")
+    );
 }
 
 #[test]
 fn a_queue_needs_volcano() {
     let errs = errors(spec_with("/scheduling", json!({"queue": "research"})));
-    assert_eq!(errs, ["spec.scheduling.queue: a queue only applies to gang: volcano"]);
+    assert_eq!(
+        errs,
+        ["spec.scheduling.queue: a queue only applies to gang: volcano"]
+    );
 
-    let job = validated(spec_with("/scheduling", json!({"gang": "volcano", "queue": "research"})));
-    assert_eq!(job.scheduling, SchedulingPlan { gang: GangMode::Volcano, queue: Some("research".into()), timeout_seconds: 600 });
+    let job = validated(spec_with(
+        "/scheduling",
+        json!({"gang": "volcano", "queue": "research"}),
+    ));
+    assert_eq!(
+        job.scheduling,
+        SchedulingPlan {
+            gang: GangMode::Volcano,
+            queue: Some("research".into()),
+            timeout_seconds: 600
+        }
+    );
 }
 
 #[test]
@@ -173,20 +247,29 @@ fn multi_node_stages_cannot_share_a_read_write_once_volume() {
     let errs = errors(spec_with("/stages/1/parallelism", json!({"nodes": 2})));
     assert_eq!(
         errs,
-        ["spec.stages[1].parallelism.nodes: 2 pods on different nodes cannot share a ReadWriteOnce volume; \
-          set spec.storage.accessModes [ReadWriteMany] or spec.storage.claimName"]
+        [
+            "spec.stages[1].parallelism.nodes: 2 pods on different nodes cannot share a ReadWriteOnce volume; \
+          set spec.storage.accessModes [ReadWriteMany] or spec.storage.claimName"
+        ]
     );
 
     let mut v = spec_with("/stages/1/parallelism", json!({"nodes": 2}));
     v["storage"] = json!({"accessModes": ["ReadWriteMany"], "size": "50Gi"});
-    assert_eq!(validated(v).stage("rm").unwrap().resolved.parallelism.nodes, 2);
+    assert_eq!(
+        validated(v).stage("rm").unwrap().resolved.parallelism.nodes,
+        2
+    );
 }
 
 #[test]
 fn job_names_must_make_valid_pod_and_service_names() {
     // "<59 chars>-sft-0" is 65 characters; every stage name is at least 2 long.
     let long = format!("j{}", "x".repeat(58));
-    let too_long = |stage: &str| format!("pod name \"{long}-{stage}-0\" would exceed 63 characters; shorten the job or stage name");
+    let too_long = |stage: &str| {
+        format!(
+            "pod name \"{long}-{stage}-0\" would exceed 63 characters; shorten the job or stage name"
+        )
+    };
     assert_eq!(
         errors_named(&long, spec()),
         [
@@ -204,7 +287,9 @@ fn job_names_must_make_valid_pod_and_service_names() {
     );
     assert_eq!(
         errors_named("chat.v2", spec()),
-        ["metadata.name: \"chat.v2\" must not contain '.' (pod hostnames and Service names are DNS labels)"]
+        [
+            "metadata.name: \"chat.v2\" must not contain '.' (pod hostnames and Service names are DNS labels)"
+        ]
     );
 }
 
@@ -224,5 +309,10 @@ fn pipeline_errors_come_with_spec_paths_next_to_the_operators_own() {
 #[test]
 fn storage_mount_path_must_not_hide_the_config() {
     let errs = errors(spec_with("/storage/mountPath", json!("/etc/rlhf/")));
-    assert_eq!(errs, ["spec.storage.mountPath: \"/etc/rlhf/\" is not usable: choose a folder other than / and /etc/rlhf"]);
+    assert_eq!(
+        errs,
+        [
+            "spec.storage.mountPath: \"/etc/rlhf/\" is not usable: choose a folder other than / and /etc/rlhf"
+        ]
+    );
 }

@@ -20,7 +20,10 @@ fn assert_close(actual: &Tensor, expected: &[f32]) {
     let got = Vec::<f32>::try_from(&actual.to_kind(Kind::Float).flatten(0, -1)).unwrap();
     assert_eq!(got.len(), expected.len(), "got {got:?}");
     for (g, e) in got.iter().zip(expected) {
-        assert!((g - e).abs() <= 1e-6 * (1.0 + e.abs()), "got {got:?}, expected {expected:?}");
+        assert!(
+            (g - e).abs() <= 1e-6 * (1.0 + e.abs()),
+            "got {got:?}, expected {expected:?}"
+        );
     }
 }
 
@@ -41,7 +44,10 @@ fn masked_mean_ignores_padding() {
     let x = rows(&[0.5, -1.2, 2.0, 9.0, 1.5, 0.3, 7.0, -8.0], 4);
     let mask = rows(&[1.0, 1.0, 1.0, 0.0, 1.0, 1.0, 0.0, 0.0], 4).to_kind(Kind::Bool);
     assert_close(&masked_mean(&x, &mask, None), &[0.620000005]);
-    assert_close(&masked_mean(&x, &mask, Some(1)), &[0.433333308, 0.899999976]);
+    assert_close(
+        &masked_mean(&x, &mask, Some(1)),
+        &[0.433333308, 0.899999976],
+    );
 }
 
 #[test]
@@ -52,13 +58,34 @@ fn masked_whiten_uses_real_tokens_only() {
     assert_close(&masked_whiten(&x, &mask, true), &[-s, s, 0.0]);
     assert_close(&masked_whiten(&x, &mask, false), &[2.0 - s, 2.0 + s, 0.0]);
     // One real token: 0, not NaN.
-    assert_close(&masked_whiten(&vector(&[5.0, 1.0]), &vector(&[1.0, 0.0]), true), &[0.0, 0.0]);
+    assert_close(
+        &masked_whiten(&vector(&[5.0, 1.0]), &vector(&[1.0, 0.0]), true),
+        &[0.0, 0.0],
+    );
     // trl.core.masked_whiten(x, m, shift_mean) * m.
     let x = rows(&[0.5, -1.2, 2.0, 9.0, 1.5, 0.3, 7.0, -8.0], 4);
     let mask = rows(&[1.0, 1.0, 1.0, 0.0, 1.0, 1.0, 0.0, 0.0], 4);
-    let shifted = [-0.0971095115, -1.47282755, 1.1167593, 0.0, 0.712136388, -0.258958668, 0.0, 0.0];
+    let shifted = [
+        -0.0971095115,
+        -1.47282755,
+        1.1167593,
+        0.0,
+        0.712136388,
+        -0.258958668,
+        0.0,
+        0.0,
+    ];
     assert_close(&masked_whiten(&x, &mask, true), &shifted);
-    let kept = [0.522890508, -0.852827549, 1.73675931, 0.0, 1.33213639, 0.361041337, 0.0, 0.0];
+    let kept = [
+        0.522890508,
+        -0.852827549,
+        1.73675931,
+        0.0,
+        1.33213639,
+        0.361041337,
+        0.0,
+        0.0,
+    ];
     assert_close(&masked_whiten(&x, &mask, false), &kept);
 }
 
@@ -66,18 +93,44 @@ fn masked_whiten_uses_real_tokens_only() {
 fn token_logprobs_and_entropy() {
     // softmax([0, ln 3]) = [1/4, 3/4]; bf16 logits still give fp32 results.
     let logits = Tensor::from_slice(&[0.0, 3.0f32.ln()]).view([1, 1, 2]);
-    let logp = token_logprobs(&logits.to_kind(Kind::BFloat16), &Tensor::from_slice(&[1i64]).view([1, 1]));
+    let logp = token_logprobs(
+        &logits.to_kind(Kind::BFloat16),
+        &Tensor::from_slice(&[1i64]).view([1, 1]),
+    );
     assert_eq!(logp.kind(), Kind::Float);
-    assert!((logp.double_value(&[0, 0]) - 0.75f64.ln()).abs() < 1e-2, "bf16 rounds ln 3");
-    assert_close(&token_logprobs(&logits, &Tensor::from_slice(&[0i64]).view([1, 1])), &[0.25f32.ln()]);
+    assert!(
+        (logp.double_value(&[0, 0]) - 0.75f64.ln()).abs() < 1e-2,
+        "bf16 rounds ln 3"
+    );
+    assert_close(
+        &token_logprobs(&logits, &Tensor::from_slice(&[0i64]).view([1, 1])),
+        &[0.25f32.ln()],
+    );
     let h = -(0.25 * 0.25f32.ln() + 0.75 * 0.75f32.ln());
     assert_close(&entropy_from_logits(&logits), &[h]);
-    assert_close(&entropy_from_logits(&Tensor::zeros([1, 1, 4], (Kind::Float, Device::Cpu))), &[4f32.ln()]);
+    assert_close(
+        &entropy_from_logits(&Tensor::zeros([1, 1, 4], (Kind::Float, Device::Cpu))),
+        &[4f32.ln()],
+    );
     // torch.log_softmax(logits, -1).gather(-1, tokens[..., None]); Categorical(logits=logits).entropy().
     let tokens = Tensor::from_slice(&[0i64, 4, 2, 3, 1, 1]).view([2, 3]);
-    let expected = [-3.76565742, -0.466575116, -1.18536294, -2.07850885, -1.01932156, -5.173841];
+    let expected = [
+        -3.76565742,
+        -0.466575116,
+        -1.18536294,
+        -2.07850885,
+        -1.01932156,
+        -5.173841,
+    ];
     assert_close(&token_logprobs(&wave_logits(), &tokens), &expected);
-    let expected = [1.27803171, 1.08075237, 1.22989142, 0.544974983, 0.936245263, 0.784201384];
+    let expected = [
+        1.27803171,
+        1.08075237,
+        1.22989142,
+        0.544974983,
+        0.936245263,
+        0.784201384,
+    ];
     assert_close(&entropy_from_logits(&wave_logits()), &expected);
 }
 
@@ -86,7 +139,10 @@ fn sft_loss_shifts_and_masks() {
     // Only logits[0] -> labels[1] counts: -ln(3/4). The last logits and the -100 label are never read.
     let logits = Tensor::from_slice(&[0.0, 3.0f32.ln(), 5.0, f32::NAN]).view([1, 2, 2]);
     let labels = Tensor::from_slice(&[-100i64, 1]).view([1, 2]);
-    assert_close(&sft_loss(&logits, &labels, &rows(&[0.0, 1.0], 2)), &[-(0.75f32.ln())]);
+    assert_close(
+        &sft_loss(&logits, &labels, &rows(&[0.0, 1.0], 2)),
+        &[-(0.75f32.ln())],
+    );
     // F.cross_entropy(logits[:, :-1].reshape(-1, 5), labels[:, 1:].reshape(-1), ignore_index=-100)
     // with labels [[-100, 4, 2], [3, 1, -100]] (-100 where the mask is 0).
     let labels = Tensor::from_slice(&[-100i64, 4, 2, 3, 1, -100]).view([2, 3]);
@@ -116,26 +172,66 @@ fn kl_penalty_estimators() {
     // k1 = logp - ref; ratio = torch.exp(ref - logp); k3 = (ratio - 1) - torch.log(ratio).
     let logp = rows(&[-0.5, -2.0, -0.1, -3.0, -1.0, -0.7], 3);
     let ref_logp = rows(&[-0.7, -1.5, -0.1, -1.0, -2.5, -0.2], 3);
-    assert_close(&kl_penalty(&logp, &ref_logp, K1), &[0.2, -0.5, 0.0, -2.0, 1.5, -0.5]);
-    let expected = [0.0187307447, 0.148721248, 0.0, 4.38905621, 0.723130167, 0.148721248];
+    assert_close(
+        &kl_penalty(&logp, &ref_logp, K1),
+        &[0.2, -0.5, 0.0, -2.0, 1.5, -0.5],
+    );
+    let expected = [
+        0.0187307447,
+        0.148721248,
+        0.0,
+        4.38905621,
+        0.723130167,
+        0.148721248,
+    ];
     assert_close(&kl_penalty(&logp, &ref_logp, K3), &expected);
 }
 
 #[test]
 fn token_rewards_put_the_score_on_the_last_real_token() {
     // A right-padded row, a row behind its prompt, a row without real tokens.
-    let (kl, scores) = (Tensor::ones([3, 4], (Kind::Float, Device::Cpu)), vector(&[5.0, -20.0, 3.0]));
-    let mask = rows(&[1.0, 1.0, 1.0, 0.0, 0.0, 1.0, 1.0, 0.0, 0.0, 0.0, 0.0, 0.0], 4);
-    let clipped = [-0.1, -0.1, 4.9, 0.0, 0.0, -0.1, -10.1, 0.0, 0.0, 0.0, 0.0, 0.0];
+    let (kl, scores) = (
+        Tensor::ones([3, 4], (Kind::Float, Device::Cpu)),
+        vector(&[5.0, -20.0, 3.0]),
+    );
+    let mask = rows(
+        &[1.0, 1.0, 1.0, 0.0, 0.0, 1.0, 1.0, 0.0, 0.0, 0.0, 0.0, 0.0],
+        4,
+    );
+    let clipped = [
+        -0.1, -0.1, 4.9, 0.0, 0.0, -0.1, -10.1, 0.0, 0.0, 0.0, 0.0, 0.0,
+    ];
     assert_close(&token_rewards(&kl, 0.1, &scores, &mask, 10.0), &clipped);
-    let unclipped = [-0.1, -0.1, 4.9, 0.0, 0.0, -0.1, -20.1, 0.0, 0.0, 0.0, 0.0, 0.0];
+    let unclipped = [
+        -0.1, -0.1, 4.9, 0.0, 0.0, -0.1, -20.1, 0.0, 0.0, 0.0, 0.0, 0.0,
+    ];
     assert_close(&token_rewards(&kl, 0.1, &scores, &mask, 0.0), &unclipped);
     // openrlhf.models.utils.compute_reward(r=[12, -0.4], kl_coef=0.05, kl=k3 of kl_penalty_estimators,
     // action_mask=[[1, 1, 0], [1, 1, 1]], reward_clip_range=(-10, 10)) * action_mask.
-    let kl = rows(&[0.0187307447, 0.148721248, 0.0, 4.38905621, 0.723130167, 0.148721248], 3);
+    let kl = rows(
+        &[
+            0.0187307447,
+            0.148721248,
+            0.0,
+            4.38905621,
+            0.723130167,
+            0.148721248,
+        ],
+        3,
+    );
     let mask = rows(&[1.0, 1.0, 0.0, 1.0, 1.0, 1.0], 3);
-    let expected = [-0.000936537224, 9.9925642, 0.0, -0.219452813, -0.0361565091, -0.407436073];
-    assert_close(&token_rewards(&kl, 0.05, &vector(&[12.0, -0.4]), &mask, 10.0), &expected);
+    let expected = [
+        -0.000936537224,
+        9.9925642,
+        0.0,
+        -0.219452813,
+        -0.0361565091,
+        -0.407436073,
+    ];
+    assert_close(
+        &token_rewards(&kl, 0.05, &vector(&[12.0, -0.4]), &mask, 10.0),
+        &expected,
+    );
 }
 
 #[test]
@@ -154,23 +250,55 @@ fn gae_respects_rows_of_different_lengths() {
     let values = rows(&[0.2, 0.4, -0.1, 0.6, 0.3, 1.0, -0.5, 0.25, 9.0, 9.0], 5);
     let mask = rows(&[1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 0.0, 0.0], 5);
     let (advantages, returns) = gae(&rewards, &values, &mask, 0.99, 0.95);
-    let expected = [0.797653794, 0.533390522, 1.31035674, 0.65534997, 0.7, -1.39765167, -0.428125083, -1.25, 0.0, 0.0];
+    let expected = [
+        0.797653794,
+        0.533390522,
+        1.31035674,
+        0.65534997,
+        0.7,
+        -1.39765167,
+        -0.428125083,
+        -1.25,
+        0.0,
+        0.0,
+    ];
     assert_close(&advantages, &expected);
-    let expected = [0.997653782, 0.933390498, 1.21035671, 1.25534999, 1.0, -0.397651672, -0.928125083, -1.0, 0.0, 0.0];
+    let expected = [
+        0.997653782,
+        0.933390498,
+        1.21035671,
+        1.25534999,
+        1.0,
+        -0.397651672,
+        -0.928125083,
+        -1.0,
+        0.0,
+        0.0,
+    ];
     assert_close(&returns, &expected);
 }
 
 #[test]
 fn policy_loss_clips_the_ratio() {
     // Ratio 1: loss = -mean A over real tokens; the padded 100 is ignored.
-    let (zeros, mask) = (Tensor::zeros([2, 2], (Kind::Float, Device::Cpu)), rows(&[1.0, 1.0, 1.0, 0.0], 2));
-    let (loss, clip_fraction, approx_kl) = policy_loss(&zeros, &zeros, &rows(&[1.0, 2.0, 3.0, 100.0], 2), &mask, 0.2);
+    let (zeros, mask) = (
+        Tensor::zeros([2, 2], (Kind::Float, Device::Cpu)),
+        rows(&[1.0, 1.0, 1.0, 0.0], 2),
+    );
+    let (loss, clip_fraction, approx_kl) = policy_loss(
+        &zeros,
+        &zeros,
+        &rows(&[1.0, 2.0, 3.0, 100.0], 2),
+        &mask,
+        0.2,
+    );
     assert_close(&loss, &[-2.0]);
     assert_close(&clip_fraction, &[0.0]);
     assert_close(&approx_kl, &[0.0]);
     // Ratio e^0.5 with A = 1: max(-1.6487, -1.2) = -1.2, clipped; approx_kl = 0.5 * 0.25.
     let one = vector(&[1.0]);
-    let (loss, clip_fraction, approx_kl) = policy_loss(&vector(&[0.5]), &vector(&[0.0]), &one, &one, 0.2);
+    let (loss, clip_fraction, approx_kl) =
+        policy_loss(&vector(&[0.5]), &vector(&[0.0]), &one, &one, 0.2);
     assert_close(&loss, &[-1.2]);
     assert_close(&clip_fraction, &[1.0]);
     assert_close(&approx_kl, &[0.125]);
@@ -188,15 +316,31 @@ fn policy_loss_clips_the_ratio() {
 #[test]
 fn value_loss_takes_the_worse_of_clipped_and_unclipped() {
     // Unclipped: 0.5 * (1 + 4) / 2. Clipped: V = 1 from V_old = 0 clips to 0.2; (0.2 - 2)^2 > (1 - 2)^2.
-    let (v, r, m) = (vector(&[1.0, 2.0]), vector(&[0.0, 0.0]), vector(&[1.0, 1.0]));
+    let (v, r, m) = (
+        vector(&[1.0, 2.0]),
+        vector(&[0.0, 0.0]),
+        vector(&[1.0, 1.0]),
+    );
     assert_close(&value_loss(&v, &v, &r, &m, 0.2), &[1.25]);
-    assert_close(&value_loss(&vector(&[1.0]), &vector(&[0.0]), &vector(&[2.0]), &vector(&[1.0]), 0.2), &[1.62]);
+    assert_close(
+        &value_loss(
+            &vector(&[1.0]),
+            &vector(&[0.0]),
+            &vector(&[2.0]),
+            &vector(&[1.0]),
+            0.2,
+        ),
+        &[1.62],
+    );
     // TRL's PPOTrainer.loss: 0.5 * masked_mean(max((v - R)^2, (clamp(v, ov - 0.2, ov + 0.2) - R)^2)).
     let values = rows(&[0.5, 1.4, -0.2, 2.0, 0.0, 50.0], 3);
     let old_values = rows(&[0.4, 1.0, -0.3, 2.5, 0.1, 0.0], 3);
     let returns = rows(&[1.0, 0.0, -0.25, 1.0, 0.3, 0.0], 3);
     let mask = rows(&[1.0, 1.0, 1.0, 1.0, 1.0, 0.0], 3);
-    assert_close(&value_loss(&values, &old_values, &returns, &mask, 0.2), &[0.399249971]);
+    assert_close(
+        &value_loss(&values, &old_values, &returns, &mask, 0.2),
+        &[0.399249971],
+    );
 }
 
 #[test]
@@ -213,9 +357,16 @@ fn kl_controllers() {
     // trl AdaptiveKLController(0.05, target=6, horizon=10000), updated with (7, 256), (30, 256), (1, 512).
     let mut trl = KlController::new(0.05, Some(6.0), 10_000);
     let expected = [0.05021333333333333, 0.0504704256, 0.049953608441856];
-    for ((kl, n), expected) in [(7.0, 256), (30.0, 256), (1.0, 512)].into_iter().zip(expected) {
+    for ((kl, n), expected) in [(7.0, 256), (30.0, 256), (1.0, 512)]
+        .into_iter()
+        .zip(expected)
+    {
         trl.update(kl, n);
-        assert!((trl.value() - expected).abs() < 1e-15, "{} vs {expected}", trl.value());
+        assert!(
+            (trl.value() - expected).abs() < 1e-15,
+            "{} vs {expected}",
+            trl.value()
+        );
     }
 }
 

@@ -9,7 +9,15 @@ pub const EPS: f64 = 1e-8;
 
 /// One AdamW step of `value` with gradient `grad` at step `t` (1-based); `exp_avg` and
 /// `exp_avg_sq` are updated in place. Call under `no_grad`.
-pub fn update(value: &mut Tensor, grad: &Tensor, exp_avg: &mut Tensor, exp_avg_sq: &mut Tensor, lr: f64, weight_decay: f64, t: u64) {
+pub fn update(
+    value: &mut Tensor,
+    grad: &Tensor,
+    exp_avg: &mut Tensor,
+    exp_avg_sq: &mut Tensor,
+    lr: f64,
+    weight_decay: f64,
+    t: u64,
+) {
     let t = t as i32;
     let (bias1, bias2) = (1.0 - BETA1.powi(t), 1.0 - BETA2.powi(t));
     let _ = value.g_mul_scalar_(1.0 - lr * weight_decay);
@@ -23,5 +31,9 @@ pub fn update(value: &mut Tensor, grad: &Tensor, exp_avg: &mut Tensor, exp_avg_s
 /// The factor gradients are scaled by so their global L2 norm (`total_norm`) is at most
 /// `max_norm` (as torch's clip_grad_norm_; 1 when clipping is off or not needed).
 pub fn clip_coefficient(total_norm: f64, max_norm: f64) -> f64 {
-    if max_norm <= 0.0 { 1.0 } else { (max_norm / (total_norm + 1e-6)).min(1.0) }
+    if max_norm <= 0.0 {
+        1.0
+    } else {
+        (max_norm / (total_norm + 1e-6)).min(1.0)
+    }
 }

@@ -12,7 +12,10 @@ pub struct LossScaler {
 
 impl Default for LossScaler {
     fn default() -> Self {
-        Self { scale: INITIAL_SCALE, good_steps: 0 }
+        Self {
+            scale: INITIAL_SCALE,
+            good_steps: 0,
+        }
     }
 }
 

@@ -16,8 +16,8 @@ use tch::{Tensor, nn};
 use crate::distributed::Dist;
 use crate::error::{Error, Result};
 use crate::rng::SplitMix64;
-use rlhf_spec::{ResolvedTraining, Strategy as StrategyKind};
 use loss_scale::LossScaler;
+use rlhf_spec::{ResolvedTraining, Strategy as StrategyKind};
 use strategy::{Replicated, Sharded, StepSettings, Strategy};
 
 pub struct Optimizer {
@@ -36,7 +36,11 @@ impl Optimizer {
     /// AdamW over the trainable variables of `vs`, in name order, shared among `dist`'s ranks
     /// by its strategy. Ranks start from rank 0's weights.
     pub fn new(vs: &nn::VarStore, cfg: &ResolvedTraining, dist: &Dist) -> Result<Self> {
-        let mut params: Vec<(String, Tensor)> = vs.variables().into_iter().filter(|(_, t)| t.requires_grad()).collect();
+        let mut params: Vec<(String, Tensor)> = vs
+            .variables()
+            .into_iter()
+            .filter(|(_, t)| t.requires_grad())
+            .collect();
         params.sort_by(|a, b| a.0.cmp(&b.0));
         if params.is_empty() {
             return Err(Error::invalid("<model>", "no trainable weights"));
@@ -44,12 +48,38 @@ impl Optimizer {
         tch::no_grad(|| params.iter().try_for_each(|(_, v)| dist.broadcast(v)))?;
         let strategy: Box<dyn Strategy> = match (&dist.group, dist.strategy) {
             (None, _) => Box::new(Replicated::new(&params, None, dist.offload_optimizer)),
-            (Some(g), StrategyKind::Ddp) => Box::new(Replicated::new(&params, Some(g.clone()), dist.offload_optimizer)),
-            (Some(g), StrategyKind::Zero1) => Box::new(Sharded::new(&params, g.clone(), false, dist.offload_optimizer)),
-            (Some(g), StrategyKind::Zero2) => Box::new(Sharded::new(&params, g.clone(), true, dist.offload_optimizer)),
+            (Some(g), StrategyKind::Ddp) => Box::new(Replicated::new(
+                &params,
+                Some(g.clone()),
+                dist.offload_optimizer,
+            )),
+            (Some(g), StrategyKind::Zero1) => Box::new(Sharded::new(
+                &params,
+                g.clone(),
+                false,
+                dist.offload_optimizer,
+            )),
+            (Some(g), StrategyKind::Zero2) => Box::new(Sharded::new(
+                &params,
+                g.clone(),
+                true,
+                dist.offload_optimizer,
+            )),
         };
-        let scaler = params.iter().any(|(_, v)| v.kind() == tch::Kind::Half).then(LossScaler::default);
-        Ok(Self { params, strategy, scaler, lr: cfg.learning_rate, weight_decay: cfg.weight_decay, warmup: cfg.warmup_steps, max_grad_norm: cfg.max_grad_norm, step: 0 })
+        let scaler = params
+            .iter()
+            .any(|(_, v)| v.kind() == tch::Kind::Half)
+            .then(LossScaler::default);
+        Ok(Self {
+            params,
+            strategy,
+            scaler,
+            lr: cfg.learning_rate,
+            weight_decay: cfg.weight_decay,
+            warmup: cfg.warmup_steps,
+            max_grad_norm: cfg.max_grad_norm,
+            step: 0,
+        })
     }
 
     /// What the loss must be multiplied by before backward (fp16 loss scaling; else 1).
@@ -69,7 +99,11 @@ impl Optimizer {
 
     /// The learning rate of step `step` (1-based): linear warm-up, then constant.
     fn lr_at(&self, step: u64) -> f64 {
-        let scale = if self.warmup == 0 { 1.0 } else { (step as f64 / f64::from(self.warmup)).min(1.0) };
+        let scale = if self.warmup == 0 {
+            1.0
+        } else {
+            (step as f64 / f64::from(self.warmup)).min(1.0)
+        };
         self.lr * scale
     }
 
@@ -89,7 +123,11 @@ impl Optimizer {
             scaler.update(applied);
         }
         if !applied {
-            eprintln!("rlhf-trainer: step {} skipped: fp16 gradients overflowed; loss scale now {}", self.step, self.loss_scale());
+            eprintln!(
+                "rlhf-trainer: step {} skipped: fp16 gradients overflowed; loss scale now {}",
+                self.step,
+                self.loss_scale()
+            );
         }
         Ok(self.step)
     }
@@ -98,26 +136,46 @@ impl Optimizer {
     /// rank must call it: under ZeRO the moments are gathered).
     pub fn export(&self, prefix: &str, out: &mut Vec<(String, Tensor)>) -> Result<()> {
         if let Some(scaler) = &self.scaler {
-            out.push((format!("{prefix}.loss_scale"), Tensor::from_slice(&[scaler.scale()])));
+            out.push((
+                format!("{prefix}.loss_scale"),
+                Tensor::from_slice(&[scaler.scale()]),
+            ));
         }
         self.strategy.export_state(&self.params, prefix, out)
     }
 
     /// Restores what [`export`](Self::export) wrote, and the step counter.
-    pub fn import(&mut self, prefix: &str, tensors: &HashMap<String, Tensor>, step: u64) -> Result<()> {
+    pub fn import(
+        &mut self,
+        prefix: &str,
+        tensors: &HashMap<String, Tensor>,
+        step: u64,
+    ) -> Result<()> {
         tch::no_grad(|| {
             for (name, value) in &self.params {
                 let key = format!("{prefix}.weight.{name}");
-                let saved = tensors.get(&key).ok_or_else(|| Error::invalid("<checkpoint>", format!("{key} is missing")))?;
+                let saved = tensors
+                    .get(&key)
+                    .ok_or_else(|| Error::invalid("<checkpoint>", format!("{key} is missing")))?;
                 if saved.size() != value.size() {
-                    return Err(Error::invalid("<checkpoint>", format!("{key} has shape {:?}, the model has {:?}", saved.size(), value.size())));
+                    return Err(Error::invalid(
+                        "<checkpoint>",
+                        format!(
+                            "{key} has shape {:?}, the model has {:?}",
+                            saved.size(),
+                            value.size()
+                        ),
+                    ));
                 }
                 value.shallow_clone().copy_(saved);
             }
             Ok(())
         })?;
         self.strategy.import_state(&self.params, prefix, tensors)?;
-        if let (Some(scaler), Some(saved)) = (&mut self.scaler, tensors.get(&format!("{prefix}.loss_scale"))) {
+        if let (Some(scaler), Some(saved)) = (
+            &mut self.scaler,
+            tensors.get(&format!("{prefix}.loss_scale")),
+        ) {
             scaler.set_scale(saved.double_value(&[0]));
         }
         self.step = step;

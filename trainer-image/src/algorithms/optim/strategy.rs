@@ -35,7 +35,8 @@ pub struct StepSettings {
 /// the step is skipped).
 fn gradient_factor(scaled_norm: f64, s: &StepSettings) -> Option<f64> {
     let norm = scaled_norm / s.loss_scale;
-    norm.is_finite().then(|| adamw::clip_coefficient(norm, s.max_grad_norm) / s.loss_scale)
+    norm.is_finite()
+        .then(|| adamw::clip_coefficient(norm, s.max_grad_norm) / s.loss_scale)
 }
 
 pub trait Strategy {
@@ -46,9 +47,19 @@ pub trait Strategy {
     /// The full state as `<prefix>.<kind>.<name>` with kinds `weight` (fp32 master weights when
     /// kept, else the model's), `exp_avg`, `exp_avg_sq` (a collective under sharding: every
     /// rank must call it).
-    fn export_state(&self, params: &Params, prefix: &str, out: &mut Vec<(String, Tensor)>) -> Result<()>;
+    fn export_state(
+        &self,
+        params: &Params,
+        prefix: &str,
+        out: &mut Vec<(String, Tensor)>,
+    ) -> Result<()>;
     /// Restores what export_state wrote (the model's weights are already restored).
-    fn import_state(&mut self, params: &Params, prefix: &str, tensors: &HashMap<String, Tensor>) -> Result<()>;
+    fn import_state(
+        &mut self,
+        params: &Params,
+        prefix: &str,
+        tensors: &HashMap<String, Tensor>,
+    ) -> Result<()>;
     /// Bytes of optimizer state this rank holds.
     fn state_bytes(&self) -> i64;
 }
@@ -61,18 +72,40 @@ fn grad_or_zeros(value: &Tensor) -> Tensor {
 
 /// All gradients as one flat fp32 vector of `len` elements (zero-padded).
 fn flat_grads(params: &Params, len: i64) -> Tensor {
-    let flat = Tensor::cat(&params.iter().map(|(_, v)| grad_or_zeros(v).flatten(0, -1)).collect::<Vec<_>>(), 0);
+    let flat = Tensor::cat(
+        &params
+            .iter()
+            .map(|(_, v)| grad_or_zeros(v).flatten(0, -1))
+            .collect::<Vec<_>>(),
+        0,
+    );
     pad_to(&flat, len)
 }
 
 fn flat_values(params: &Params, len: i64) -> Tensor {
-    let flat = Tensor::cat(&params.iter().map(|(_, v)| v.detach().flatten(0, -1)).collect::<Vec<_>>(), 0);
+    let flat = Tensor::cat(
+        &params
+            .iter()
+            .map(|(_, v)| v.detach().flatten(0, -1))
+            .collect::<Vec<_>>(),
+        0,
+    );
     pad_to(&flat, len)
 }
 
 fn pad_to(flat: &Tensor, len: i64) -> Tensor {
     let n = flat.numel() as i64;
-    if n == len { flat.contiguous() } else { Tensor::cat(&[flat.shallow_clone(), flat.new_zeros([len - n], (flat.kind(), flat.device()))], 0) }
+    if n == len {
+        flat.contiguous()
+    } else {
+        Tensor::cat(
+            &[
+                flat.shallow_clone(),
+                flat.new_zeros([len - n], (flat.kind(), flat.device())),
+            ],
+            0,
+        )
+    }
 }
 
 /// Splits a flat vector back into tensors shaped like `params`.
@@ -103,9 +136,18 @@ fn total_numel(params: &Params) -> i64 {
 }
 
 fn moment(tensors: &HashMap<String, Tensor>, key: String, like: &Tensor) -> Result<Tensor> {
-    let t = tensors.get(&key).ok_or_else(|| Error::invalid("<checkpoint>", format!("{key} is missing")))?;
+    let t = tensors
+        .get(&key)
+        .ok_or_else(|| Error::invalid("<checkpoint>", format!("{key} is missing")))?;
     if t.numel() != like.numel() {
-        return Err(Error::invalid("<checkpoint>", format!("{key} has shape {:?}, the model has {:?}", t.size(), like.size())));
+        return Err(Error::invalid(
+            "<checkpoint>",
+            format!(
+                "{key} has shape {:?}, the model has {:?}",
+                t.size(),
+                like.size()
+            ),
+        ));
     }
     let mut owned = like.zeros_like(); // a copy: the saved tensors must not alias live state
     tch::no_grad(|| owned.copy_(&t.view_as(like)));
@@ -115,7 +157,11 @@ fn moment(tensors: &HashMap<String, Tensor>, key: String, like: &Tensor) -> Resu
 /// A CPU copy that shares no storage with `t` (checkpoints must not alias live state).
 pub fn cpu_copy(t: &Tensor) -> Tensor {
     let cpu = t.detach().to_device(tch::Device::Cpu);
-    if t.device() == tch::Device::Cpu { cpu.copy() } else { cpu }
+    if t.device() == tch::Device::Cpu {
+        cpu.copy()
+    } else {
+        cpu
+    }
 }
 
 /// Elements per all-reduce in `ddp` (about 25 MB of fp32, like PyTorch DDP's buckets).
@@ -123,13 +169,21 @@ const BUCKET_ELEMENTS: i64 = 25 * 1024 * 1024 / 4;
 
 /// Where the AdamW state lives: the CPU when offloading, else the weights' device.
 fn state_device(params: &Params, offload: bool) -> Device {
-    if offload { Device::Cpu } else { params[0].1.device() }
+    if offload {
+        Device::Cpu
+    } else {
+        params[0].1.device()
+    }
 }
 
 /// An fp32 copy of `v` on `device` that shares no storage with it.
 fn master_copy(v: &Tensor, device: Device) -> Tensor {
     let copy = v.detach().to_device(device).to_kind(Kind::Float);
-    if copy.data_ptr() == v.data_ptr() { copy.copy() } else { copy }
+    if copy.data_ptr() == v.data_ptr() {
+        copy.copy()
+    } else {
+        copy
+    }
 }
 
 /// Every rank keeps the full state; with a group (`ddp`), gradients are summed first.
@@ -144,9 +198,14 @@ impl Replicated {
     pub fn new(params: &Params, group: Option<Rc<ProcessGroup>>, offload: bool) -> Self {
         let device = state_device(params, offload);
         let needs_master = offload || params.iter().any(|(_, v)| v.kind() != Kind::Float);
-        let master = needs_master.then(|| params.iter().map(|(_, v)| master_copy(v, device)).collect());
+        let master =
+            needs_master.then(|| params.iter().map(|(_, v)| master_copy(v, device)).collect());
         let zeros = |v: &Tensor| Tensor::zeros(v.size(), (Kind::Float, device));
-        Self { group, moments: params.iter().map(|(_, v)| (zeros(v), zeros(v))).collect(), master }
+        Self {
+            group,
+            moments: params.iter().map(|(_, v)| (zeros(v), zeros(v))).collect(),
+            master,
+        }
     }
 
     /// Sums gradients over ranks in buckets of consecutive variables.
@@ -182,13 +241,20 @@ impl Strategy for Replicated {
             Self::all_reduce_gradients(group, params)?;
         }
         let grads: Vec<Tensor> = params.iter().map(|(_, v)| v.grad()).collect();
-        let norm = grads.iter().filter(|g| g.defined()).map(|g| g.square().sum(Kind::Double).double_value(&[])).sum::<f64>().sqrt();
+        let norm = grads
+            .iter()
+            .filter(|g| g.defined())
+            .map(|g| g.square().sum(Kind::Double).double_value(&[]))
+            .sum::<f64>()
+            .sqrt();
         let Some(coef) = gradient_factor(norm, s) else {
             clear_grads(params);
             return Ok(false);
         };
         tch::no_grad(|| {
-            for (i, (((_, value), grad), (m, v))) in params.iter().zip(&grads).zip(&mut self.moments).enumerate() {
+            for (i, (((_, value), grad), (m, v))) in
+                params.iter().zip(&grads).zip(&mut self.moments).enumerate()
+            {
                 if !grad.defined() {
                     continue;
                 }
@@ -198,7 +264,15 @@ impl Strategy for Replicated {
                         adamw::update(&mut master[i], &g, m, v, s.lr, s.weight_decay, s.t);
                         value.shallow_clone().copy_(&master[i]);
                     }
-                    None => adamw::update(&mut value.shallow_clone(), &(grad * coef), m, v, s.lr, s.weight_decay, s.t),
+                    None => adamw::update(
+                        &mut value.shallow_clone(),
+                        &(grad * coef),
+                        m,
+                        v,
+                        s.lr,
+                        s.weight_decay,
+                        s.t,
+                    ),
                 }
             }
         });
@@ -206,7 +280,12 @@ impl Strategy for Replicated {
         Ok(true)
     }
 
-    fn export_state(&self, params: &Params, prefix: &str, out: &mut Vec<(String, Tensor)>) -> Result<()> {
+    fn export_state(
+        &self,
+        params: &Params,
+        prefix: &str,
+        out: &mut Vec<(String, Tensor)>,
+    ) -> Result<()> {
         for (i, ((name, value), (m, v))) in params.iter().zip(&self.moments).enumerate() {
             let weight = self.master.as_ref().map_or(value, |master| &master[i]);
             for (kind, t) in [("weight", weight), ("exp_avg", m), ("exp_avg_sq", v)] {
@@ -216,7 +295,12 @@ impl Strategy for Replicated {
         Ok(())
     }
 
-    fn import_state(&mut self, params: &Params, prefix: &str, tensors: &HashMap<String, Tensor>) -> Result<()> {
+    fn import_state(
+        &mut self,
+        params: &Params,
+        prefix: &str,
+        tensors: &HashMap<String, Tensor>,
+    ) -> Result<()> {
         for (i, ((name, _), (m, v))) in params.iter().zip(&mut self.moments).enumerate() {
             *m = moment(tensors, format!("{prefix}.exp_avg.{name}"), m)?;
             *v = moment(tensors, format!("{prefix}.exp_avg_sq.{name}"), v)?;
@@ -229,7 +313,11 @@ impl Strategy for Replicated {
 
     fn state_bytes(&self) -> i64 {
         let master: usize = self.master.iter().flatten().map(Tensor::numel).sum();
-        self.moments.iter().map(|(m, v)| ((m.numel() + v.numel()) * 4) as i64).sum::<i64>() + (master * 4) as i64
+        self.moments
+            .iter()
+            .map(|(m, v)| ((m.numel() + v.numel()) * 4) as i64)
+            .sum::<i64>()
+            + (master * 4) as i64
     }
 }
 
@@ -248,13 +336,25 @@ pub struct Sharded {
 }
 
 impl Sharded {
-    pub fn new(params: &Params, group: Rc<ProcessGroup>, reduce_scatter: bool, offload: bool) -> Self {
+    pub fn new(
+        params: &Params,
+        group: Rc<ProcessGroup>,
+        reduce_scatter: bool,
+        offload: bool,
+    ) -> Self {
         let world = group.world() as i64;
         let shard = (total_numel(params) + world - 1) / world;
         let device = state_device(params, offload);
         let zeros = || Tensor::zeros([shard], (Kind::Float, device));
         let needs_master = offload || params.iter().any(|(_, v)| v.kind() != Kind::Float);
-        let mut me = Self { exp_avg: zeros(), exp_avg_sq: zeros(), master: None, group, reduce_scatter, shard };
+        let mut me = Self {
+            exp_avg: zeros(),
+            exp_avg_sq: zeros(),
+            master: None,
+            group,
+            reduce_scatter,
+            shard,
+        };
         if needs_master {
             me.master = Some(me.weights_shard(params).to_device(device));
         }
@@ -271,7 +371,8 @@ impl Sharded {
     }
 
     fn mine(&self, flat: &Tensor) -> Tensor {
-        flat.narrow(0, self.group.rank() as i64 * self.shard, self.shard).contiguous()
+        flat.narrow(0, self.group.rank() as i64 * self.shard, self.shard)
+            .contiguous()
     }
 
     /// The full flat vector gathered from every rank's shard.
@@ -304,7 +405,17 @@ impl Strategy for Sharded {
             Some(master) => master.shallow_clone(),
             None => self.weights_shard(params),
         };
-        tch::no_grad(|| adamw::update(&mut value, &(grad * coef), &mut self.exp_avg, &mut self.exp_avg_sq, s.lr, s.weight_decay, s.t));
+        tch::no_grad(|| {
+            adamw::update(
+                &mut value,
+                &(grad * coef),
+                &mut self.exp_avg,
+                &mut self.exp_avg_sq,
+                s.lr,
+                s.weight_decay,
+                s.t,
+            )
+        });
         let full = self.gather(&value)?;
         tch::no_grad(|| {
             for ((_, v), updated) in params.iter().zip(unflatten(&full, params)) {
@@ -315,12 +426,21 @@ impl Strategy for Sharded {
         Ok(true)
     }
 
-    fn export_state(&self, params: &Params, prefix: &str, out: &mut Vec<(String, Tensor)>) -> Result<()> {
+    fn export_state(
+        &self,
+        params: &Params,
+        prefix: &str,
+        out: &mut Vec<(String, Tensor)>,
+    ) -> Result<()> {
         let weights = match &self.master {
             Some(master) => master.shallow_clone(),
             None => self.weights_shard(params),
         };
-        for (kind, shard) in [("weight", &weights), ("exp_avg", &self.exp_avg), ("exp_avg_sq", &self.exp_avg_sq)] {
+        for (kind, shard) in [
+            ("weight", &weights),
+            ("exp_avg", &self.exp_avg),
+            ("exp_avg_sq", &self.exp_avg_sq),
+        ] {
             let full = self.gather(shard)?;
             for ((name, _), t) in params.iter().zip(unflatten(&full, params)) {
                 out.push((format!("{prefix}.{kind}.{name}"), cpu_copy(&t)));
@@ -329,15 +449,30 @@ impl Strategy for Sharded {
         Ok(())
     }
 
-    fn import_state(&mut self, params: &Params, prefix: &str, tensors: &HashMap<String, Tensor>) -> Result<()> {
+    fn import_state(
+        &mut self,
+        params: &Params,
+        prefix: &str,
+        tensors: &HashMap<String, Tensor>,
+    ) -> Result<()> {
         let (rank, shard, padded) = (self.group.rank() as i64, self.shard, self.padded());
         let mine = |kind: &str, device: Device| -> Result<Tensor> {
             let parts = params
                 .iter()
-                .map(|(name, v)| Ok(moment(tensors, format!("{prefix}.{kind}.{name}"), &v.to_kind(Kind::Float))?.flatten(0, -1)))
+                .map(|(name, v)| {
+                    Ok(moment(
+                        tensors,
+                        format!("{prefix}.{kind}.{name}"),
+                        &v.to_kind(Kind::Float),
+                    )?
+                    .flatten(0, -1))
+                })
                 .collect::<Result<Vec<_>>>()?;
             let flat = pad_to(&Tensor::cat(&parts, 0), padded);
-            Ok(flat.narrow(0, rank * shard, shard).to_device(device).contiguous())
+            Ok(flat
+                .narrow(0, rank * shard, shard)
+                .to_device(device)
+                .contiguous())
         };
         let device = self.exp_avg.device();
         self.exp_avg = mine("exp_avg", device)?;

@@ -35,7 +35,13 @@ fn loss(model: &nn::Linear, step: i64) -> Tensor {
 fn weights(vs: &nn::VarStore) -> Tensor {
     let mut vars: Vec<_> = vs.variables().into_iter().collect();
     vars.sort_by(|a, b| a.0.cmp(&b.0));
-    Tensor::cat(&vars.iter().map(|(_, t)| t.flatten(0, -1)).collect::<Vec<_>>(), 0)
+    Tensor::cat(
+        &vars
+            .iter()
+            .map(|(_, t)| t.flatten(0, -1))
+            .collect::<Vec<_>>(),
+        0,
+    )
 }
 
 #[test]
@@ -47,7 +53,12 @@ fn matches_libtorchs_adamw_step_for_step() {
     let theirs_model = linear(&theirs_vs);
     theirs_vs.copy(&ours_vs).unwrap();
     let mut ours = Optimizer::new(&ours_vs, &config(0.0, 0), &Dist::single()).unwrap();
-    let mut theirs = nn::AdamW { wd: 0.1, ..Default::default() }.build(&theirs_vs, 0.01).unwrap();
+    let mut theirs = nn::AdamW {
+        wd: 0.1,
+        ..Default::default()
+    }
+    .build(&theirs_vs, 0.01)
+    .unwrap();
     for step in 0..5 {
         loss(&ours_model, step).backward();
         ours.step().unwrap();
@@ -55,7 +66,10 @@ fn matches_libtorchs_adamw_step_for_step() {
         loss(&theirs_model, step).backward();
         theirs.step();
     }
-    let diff = (weights(&ours_vs) - weights(&theirs_vs)).abs().max().double_value(&[]);
+    let diff = (weights(&ours_vs) - weights(&theirs_vs))
+        .abs()
+        .max()
+        .double_value(&[]);
     assert!(diff < 1e-6, "max weight difference after 5 steps: {diff}");
     assert_eq!(ours.steps(), 5);
 }
@@ -68,12 +82,29 @@ fn clipping_bounds_the_global_gradient_norm() {
     // With clipping at 0.5 and a huge gradient, the first AdamW step moves each weight by lr
     // (the update is sign-like); the clipped gradient's norm is what the first moment saw.
     (loss(&model, 3) * 100.0).backward();
-    let norm = vs.trainable_variables().iter().map(|v| v.grad().square().sum(Kind::Double).double_value(&[])).sum::<f64>().sqrt();
+    let norm = vs
+        .trainable_variables()
+        .iter()
+        .map(|v| v.grad().square().sum(Kind::Double).double_value(&[]))
+        .sum::<f64>()
+        .sqrt();
     assert!(norm > 0.5);
     let coef = adamw::clip_coefficient(norm, 0.5);
-    assert!((coef * norm - 0.5).abs() < 1e-4, "clipped norm {}", coef * norm);
-    assert_eq!(adamw::clip_coefficient(0.1, 0.5), 1.0, "small gradients are left alone");
-    assert_eq!(adamw::clip_coefficient(10.0, 0.0), 1.0, "0 turns clipping off");
+    assert!(
+        (coef * norm - 0.5).abs() < 1e-4,
+        "clipped norm {}",
+        coef * norm
+    );
+    assert_eq!(
+        adamw::clip_coefficient(0.1, 0.5),
+        1.0,
+        "small gradients are left alone"
+    );
+    assert_eq!(
+        adamw::clip_coefficient(10.0, 0.0),
+        1.0,
+        "0 turns clipping off"
+    );
     opt.step().unwrap();
 }
 
@@ -110,6 +141,13 @@ fn export_then_import_restores_weights_moments_and_step() {
     other_opt.step().unwrap();
     assert_eq!(weights(&vs), weights(&other_vs));
     assert_eq!(other_opt.steps(), 4);
-    let err = other_opt.import("critic", &saved, 0).err().unwrap().to_string();
-    assert!(err.contains("critic.weight.layer.") && err.contains("is missing"), "{err}");
+    let err = other_opt
+        .import("critic", &saved, 0)
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(
+        err.contains("critic.weight.layer.") && err.contains("is missing"),
+        "{err}"
+    );
 }

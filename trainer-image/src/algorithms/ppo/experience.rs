@@ -31,7 +31,9 @@ pub struct Experience {
 impl Experience {
     /// Mean over rows of each row's mean per-token KL.
     pub fn mean_kl(&self) -> f64 {
-        masked_mean(&self.kl, &self.mask, Some(1)).mean(Kind::Float).double_value(&[])
+        masked_mean(&self.kl, &self.mask, Some(1))
+            .mean(Kind::Float)
+            .double_value(&[])
     }
 
     /// Positions of the (B, P + N) sequences: the work per model pass.
@@ -41,12 +43,20 @@ impl Experience {
 }
 
 /// Left-padded prompt batch (B, P) and mask, each prompt keeping its last `max_prompt` tokens.
-pub fn prompt_batch(tok: &Tokenizer, prompts: &[&str], max_prompt: usize, device: Device) -> Result<(Tensor, Tensor)> {
+pub fn prompt_batch(
+    tok: &Tokenizer,
+    prompts: &[&str],
+    max_prompt: usize,
+    device: Device,
+) -> Result<(Tensor, Tensor)> {
     let rows: Vec<Vec<i64>> = prompts
         .iter()
         .map(|p| {
             let ids = tok.encode(p)?;
-            Ok(ids[ids.len().saturating_sub(max_prompt)..].iter().map(|&i| i64::from(i)).collect())
+            Ok(ids[ids.len().saturating_sub(max_prompt)..]
+                .iter()
+                .map(|&i| i64::from(i))
+                .collect())
         })
         .collect::<Result<_>>()?;
     let width = rows.iter().map(Vec::len).max().unwrap_or(1);
@@ -58,7 +68,10 @@ pub fn prompt_batch(tok: &Tokenizer, prompts: &[&str], max_prompt: usize, device
         mask.extend(std::iter::repeat_n(0i64, fill).chain(std::iter::repeat_n(1, row.len())));
     }
     let shape = [rows.len() as i64, width as i64];
-    Ok((Tensor::from_slice(&ids).view(shape).to_device(device), Tensor::from_slice(&mask).view(shape).to_device(device)))
+    Ok((
+        Tensor::from_slice(&ids).view(shape).to_device(device),
+        Tensor::from_slice(&mask).view(shape).to_device(device),
+    ))
 }
 
 /// The critic's value (B, N) of the state each response token is chosen in.
@@ -76,7 +89,12 @@ pub struct Sampling<'a> {
 }
 
 /// Samples responses to `prompts`: (sequences, attention mask, response mask as float, P).
-fn sample(m: &Models<'_>, prompts: &[&str], s: &Sampling<'_>, device: Device) -> Result<(Tensor, Tensor, Tensor, i64)> {
+fn sample(
+    m: &Models<'_>,
+    prompts: &[&str],
+    s: &Sampling<'_>,
+    device: Device,
+) -> Result<(Tensor, Tensor, Tensor, i64)> {
     let g = s.generation;
     let max_prompt = (s.max_length - g.max_new_tokens) as usize;
     let (ids, prompt_mask) = prompt_batch(s.tok, prompts, max_prompt, device)?;
@@ -90,10 +108,22 @@ fn sample(m: &Models<'_>, prompts: &[&str], s: &Sampling<'_>, device: Device) ->
         seed: s.seed,
     };
     let out = generate(m.actor, &ids, &prompt_mask, &params);
-    Ok((out.sequences, out.attention_mask, out.response_mask.to_kind(Kind::Float), ids.size()[1]))
+    Ok((
+        out.sequences,
+        out.attention_mask,
+        out.response_mask.to_kind(Kind::Float),
+        ids.size()[1],
+    ))
 }
 
-pub fn make_experience(m: &Models<'_>, prompts: &[&str], sampling: &Sampling<'_>, ppo: &ResolvedPpo, kl_coef: f64, device: Device) -> Result<Experience> {
+pub fn make_experience(
+    m: &Models<'_>,
+    prompts: &[&str],
+    sampling: &Sampling<'_>,
+    ppo: &ResolvedPpo,
+    kl_coef: f64,
+    device: Device,
+) -> Result<Experience> {
     let (seq, attn, mask, prompt_len) = sample(m, prompts, sampling, device)?;
     tch::no_grad(|| {
         let (logp, _) = continuation_logprobs(m.actor, &seq, &attn, prompt_len);
@@ -104,20 +134,59 @@ pub fn make_experience(m: &Models<'_>, prompts: &[&str], sampling: &Sampling<'_>
         let rewards = token_rewards(&kl, kl_coef, &scores, &mask, ppo.reward_clip);
         let (advantages, returns) = gae(&rewards, &values, &mask, ppo.gamma, ppo.lambda);
         let advantages = masked_whiten(&advantages, &mask, true);
-        Ok(Experience { sequences: seq, attention_mask: attn, prompt_len, mask, logp, values, advantages, returns, scores, kl })
+        Ok(Experience {
+            sequences: seq,
+            attention_mask: attn,
+            prompt_len,
+            mask,
+            logp,
+            values,
+            advantages,
+            returns,
+            scores,
+            kl,
+        })
     })
 }
 
 /// Held-out evaluation: the actor's greedy answers to `prompts`, their mean reward-model score
 /// and mean per-token KL (k1) to the reference.
-pub fn evaluate(m: &Models<'_>, prompts: &[&str], sampling: &Sampling<'_>, device: Device) -> Result<(f64, f64)> {
-    let greedy = ResolvedGeneration { temperature: 0.0, top_k: 0, top_p: 1.0, ..sampling.generation.clone() };
-    let (seq, attn, mask, prompt_len) = sample(m, prompts, &Sampling { generation: &greedy, ..*sampling }, device)?;
+pub fn evaluate(
+    m: &Models<'_>,
+    prompts: &[&str],
+    sampling: &Sampling<'_>,
+    device: Device,
+) -> Result<(f64, f64)> {
+    let greedy = ResolvedGeneration {
+        temperature: 0.0,
+        top_k: 0,
+        top_p: 1.0,
+        ..sampling.generation.clone()
+    };
+    let (seq, attn, mask, prompt_len) = sample(
+        m,
+        prompts,
+        &Sampling {
+            generation: &greedy,
+            ..*sampling
+        },
+        device,
+    )?;
     tch::no_grad(|| {
-        let reward = m.reward.last_token(&seq, &attn).mean(Kind::Float).double_value(&[]);
+        let reward = m
+            .reward
+            .last_token(&seq, &attn)
+            .mean(Kind::Float)
+            .double_value(&[]);
         let (logp, _) = continuation_logprobs(m.actor, &seq, &attn, prompt_len);
         let (ref_logp, _) = continuation_logprobs(m.reference, &seq, &attn, prompt_len);
-        let kl = masked_mean(&kl_penalty(&logp, &ref_logp, KlEstimator::K1), &mask, Some(1)).mean(Kind::Float).double_value(&[]);
+        let kl = masked_mean(
+            &kl_penalty(&logp, &ref_logp, KlEstimator::K1),
+            &mask,
+            Some(1),
+        )
+        .mean(Kind::Float)
+        .double_value(&[]);
         Ok((reward, kl))
     })
 }

@@ -2,9 +2,9 @@
 //! the round's experience in micro-batches, plus InstructGPT's optional pretraining (ptx) loss.
 use tch::{Kind, Tensor};
 
-use super::super::{backward, continuation_logprobs};
 use super::super::losses::{entropy_from_logits, masked_mean, policy_loss, sft_loss, value_loss};
 use super::super::optim::Optimizer;
+use super::super::{backward, continuation_logprobs};
 use super::Models;
 use super::experience::{Experience, critic_values};
 use crate::batch::SequenceBatch;
@@ -44,23 +44,54 @@ pub fn learn(
     let (mut sums, mut ptx_sum, mut ptx_tokens, mut count) = ([0.0; 4], 0.0, 0, 0.0f64);
     for _ in 0..ppo.ppo_epochs {
         for start in (0..b).step_by(micro as usize) {
-            let idx = Tensor::arange_start(start, (start + micro).min(b), (Kind::Int64, exp.sequences.device()));
-            let (seq, attn, mask) = (rows(&exp.sequences, &idx), rows(&exp.attention_mask, &idx), rows(&exp.mask, &idx));
+            let idx = Tensor::arange_start(
+                start,
+                (start + micro).min(b),
+                (Kind::Int64, exp.sequences.device()),
+            );
+            let (seq, attn, mask) = (
+                rows(&exp.sequences, &idx),
+                rows(&exp.attention_mask, &idx),
+                rows(&exp.mask, &idx),
+            );
             let (logp, logits) = continuation_logprobs(m.actor, &seq, &attn, exp.prompt_len);
-            let (pl, clip, _) = policy_loss(&logp, &rows(&exp.logp, &idx), &rows(&exp.advantages, &idx), &mask, ppo.clip_range);
+            let (pl, clip, _) = policy_loss(
+                &logp,
+                &rows(&exp.logp, &idx),
+                &rows(&exp.advantages, &idx),
+                &mask,
+                ppo.clip_range,
+            );
             let entropy = masked_mean(&entropy_from_logits(&logits), &mask, None);
             let mut actor_loss = &pl - &entropy * ppo.entropy_coef;
             if let Some(batch) = ptx_batch()? {
-                let ptx = sft_loss(&m.actor.logits(&batch.input_ids, Some(&batch.attention_mask)), &batch.input_ids, &batch.loss_mask);
+                let ptx = sft_loss(
+                    &m.actor
+                        .logits(&batch.input_ids, Some(&batch.attention_mask)),
+                    &batch.input_ids,
+                    &batch.loss_mask,
+                );
                 ptx_sum += ptx.double_value(&[]);
                 ptx_tokens += batch.input_ids.numel() as i64;
                 actor_loss += ptx * ppo.ptx_coef;
             }
-            backward(&(actor_loss * (loss_scale * actor_opt.loss_scale())), &[m.actor]);
+            backward(
+                &(actor_loss * (loss_scale * actor_opt.loss_scale())),
+                &[m.actor],
+            );
             actor_opt.step()?;
             let values = critic_values(m.critic, &seq, &attn, exp.prompt_len);
-            let vl = value_loss(&values, &rows(&exp.values, &idx), &rows(&exp.returns, &idx), &mask, ppo.value_clip_range);
-            backward(&(&vl * (loss_scale * critic_opt.loss_scale())), &[m.critic.lm.as_ref()]);
+            let vl = value_loss(
+                &values,
+                &rows(&exp.values, &idx),
+                &rows(&exp.returns, &idx),
+                &mask,
+                ppo.value_clip_range,
+            );
+            backward(
+                &(&vl * (loss_scale * critic_opt.loss_scale())),
+                &[m.critic.lm.as_ref()],
+            );
             critic_opt.step()?;
             for (s, v) in sums.iter_mut().zip([&pl, &vl, &clip, &entropy]) {
                 *s += v.double_value(&[]);
@@ -70,5 +101,12 @@ pub fn learn(
     }
     let [policy_loss, value_loss, clip_fraction, entropy] = sums.map(|s| s / count.max(1.0));
     let ptx_loss = (ptx_tokens > 0).then(|| ptx_sum / count.max(1.0));
-    Ok(LearnStats { policy_loss, value_loss, ptx_loss, clip_fraction, entropy, ptx_tokens })
+    Ok(LearnStats {
+        policy_loss,
+        value_loss,
+        ptx_loss,
+        clip_fraction,
+        entropy,
+        ptx_tokens,
+    })
 }

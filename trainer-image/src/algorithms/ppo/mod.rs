@@ -82,7 +82,10 @@ pub fn prompts_of(examples: &[Example]) -> Result<Vec<&str>> {
         .iter()
         .map(|e| match e {
             Example::Prompt { prompt, .. } => Ok(prompt.as_str()),
-            other => Err(Error::invalid("<dataset>", format!("a ppo stage needs prompt examples, got {other:?}"))),
+            other => Err(Error::invalid(
+                "<dataset>",
+                format!("a ppo stage needs prompt examples, got {other:?}"),
+            )),
         })
         .collect()
 }
@@ -98,19 +101,38 @@ fn experience_flops(m: &Models<'_>, positions: f64) -> f64 {
 /// actor on the ptx positions.
 fn learn_flops(m: &Models<'_>, positions: f64, ppo_epochs: u32, ptx_tokens: f64) -> f64 {
     let n = |vs: &nn::VarStore| parameter_count(vs) as f64;
-    f64::from(ppo_epochs) * 6.0 * positions * (n(m.actor_vs) + n(m.critic_vs)) + 6.0 * ptx_tokens * n(m.actor_vs)
+    f64::from(ppo_epochs) * 6.0 * positions * (n(m.actor_vs) + n(m.critic_vs))
+        + 6.0 * ptx_tokens * n(m.actor_vs)
 }
 
 /// The round's statistics over all ranks: each rank's sums are added up, then turned into means.
-fn round_record(round: u64, exp: &experience::Experience, kl_coef: f64, l: &LearnStats, dist: &Dist) -> Result<Value> {
+fn round_record(
+    round: u64,
+    exp: &experience::Experience,
+    kl_coef: f64,
+    l: &LearnStats,
+    dist: &Dist,
+) -> Result<Value> {
     let scores = Vec::<f64>::try_from(exp.scores.to_kind(Kind::Double).to_device(Device::Cpu))?;
     let row_kl = exp.mean_kl() * scores.len() as f64;
-    let local = [scores.len() as f64, scores.iter().sum(), scores.iter().map(|s| s * s).sum(), row_kl,
-        l.policy_loss, l.value_loss, l.clip_fraction, l.entropy, l.ptx_loss.unwrap_or(0.0)];
-    let [n, sum, sum_sq, kl, policy, value, clip, entropy, ptx] = <[f64; 9]>::try_from(dist.sum(&local)?).expect("nine sums");
+    let local = [
+        scores.len() as f64,
+        scores.iter().sum(),
+        scores.iter().map(|s| s * s).sum(),
+        row_kl,
+        l.policy_loss,
+        l.value_loss,
+        l.clip_fraction,
+        l.entropy,
+        l.ptx_loss.unwrap_or(0.0),
+    ];
+    let [n, sum, sum_sq, kl, policy, value, clip, entropy, ptx] =
+        <[f64; 9]>::try_from(dist.sum(&local)?).expect("nine sums");
     let ranks = dist.world() as f64;
     let mean = sum / n;
-    let std = ((sum_sq - n * mean * mean) / (n - 1.0).max(1.0)).max(0.0).sqrt();
+    let std = ((sum_sq - n * mean * mean) / (n - 1.0).max(1.0))
+        .max(0.0)
+        .sqrt();
     let mut r = json!({"step": round, "reward_mean": mean, "reward_std": std, "kl": kl / n, "kl_coef": kl_coef,
         "entropy": entropy / ranks, "policy_loss": policy / ranks, "value_loss": value / ranks, "clip_fraction": clip / ranks});
     if l.ptx_loss.is_some() {
@@ -138,20 +160,33 @@ pub fn train(
     let ptx = super::sft::pairs(data.ptx)?;
     let (rank, world) = (progress.dist().rank(), progress.dist().world());
     let mut actor_opt = Optimizer::new(m.actor_vs, cfg, progress.dist())?;
-    let critic_cfg = ResolvedTraining { learning_rate: ppo.critic_learning_rate, ..cfg.clone() };
+    let critic_cfg = ResolvedTraining {
+        learning_rate: ppo.critic_learning_rate,
+        ..cfg.clone()
+    };
     let mut critic_opt = Optimizer::new(m.critic_vs, &critic_cfg, progress.dist())?;
     let rollout = ppo.rollout_batch_size as usize;
     if !rollout.is_multiple_of(world) {
-        return Err(Error::invalid("<ppo.rolloutBatchSize>", format!("{rollout} prompts do not split evenly over {world} ranks")));
+        return Err(Error::invalid(
+            "<ppo.rolloutBatchSize>",
+            format!("{rollout} prompts do not split evenly over {world} ranks"),
+        ));
     }
     let per_rank = rollout / world;
     let rounds_per_epoch = (prompts.len() / rollout).max(1) as u64;
-    let total = cfg.max_steps.unwrap_or(u64::MAX).min(rounds_per_epoch * u64::from(cfg.epochs));
+    let total = cfg
+        .max_steps
+        .unwrap_or(u64::MAX)
+        .min(rounds_per_epoch * u64::from(cfg.epochs));
     let mut kl_ctl = KlController::new(ppo.kl_coef, ppo.target_kl, 10_000);
     let mut rng = SplitMix64(cfg.seed);
     let mut first = 1;
     if let Some(r) = progress.resume()? {
-        let saved = |key: &str| r.state[key].as_u64().ok_or_else(|| Error::invalid(r.dir.join("state.json"), format!("`{key}` is missing")));
+        let saved = |key: &str| {
+            r.state[key].as_u64().ok_or_else(|| {
+                Error::invalid(r.dir.join("state.json"), format!("`{key}` is missing"))
+            })
+        };
         actor_opt.import("actor", &r.tensors, saved("actor_steps")?)?;
         critic_opt.import("critic", &r.tensors, saved("critic_steps")?)?;
         rng = SplitMix64(saved("rng")?);
@@ -162,10 +197,19 @@ pub fn train(
     let mut records = Vec::new();
     for round in first..=total {
         let clock = PhaseClock::start();
-        let picked: Vec<&str> = (0..rollout).map(|_| prompts[rng.below(prompts.len() as u64) as usize]).collect();
+        let picked: Vec<&str> = (0..rollout)
+            .map(|_| prompts[rng.below(prompts.len() as u64) as usize])
+            .collect();
         let mine = &picked[rank * per_rank..(rank + 1) * per_rank];
-        let seed = (cfg.seed as i64).wrapping_add(round as i64).wrapping_add((rank as i64) << 32);
-        let sampling = Sampling { tok: data.tok, generation: &ppo.generation, max_length: cfg.max_length, seed };
+        let seed = (cfg.seed as i64)
+            .wrapping_add(round as i64)
+            .wrapping_add((rank as i64) << 32);
+        let sampling = Sampling {
+            tok: data.tok,
+            generation: &ppo.generation,
+            max_length: cfg.max_length,
+            seed,
+        };
         if offload_inference {
             m.place_inference_models(device);
         }
@@ -185,9 +229,21 @@ pub fn train(
                 let (p, r) = ptx[rng.below(ptx.len() as u64) as usize];
                 join(data.tok, p, r, cfg.max_length as usize)
             });
-            Ok(Some(pad(&rows.collect::<Result<Vec<_>>>()?, i64::from(data.tok.pad_token_id), device)))
+            Ok(Some(pad(
+                &rows.collect::<Result<Vec<_>>>()?,
+                i64::from(data.tok.pad_token_id),
+                device,
+            )))
         };
-        let stats = learn(m, &exp, (&mut actor_opt, &mut critic_opt), ppo, micro, 1.0 / world as f64, &mut ptx_batch)?;
+        let stats = learn(
+            m,
+            &exp,
+            (&mut actor_opt, &mut critic_opt),
+            ppo,
+            micro,
+            1.0 / world as f64,
+            &mut ptx_batch,
+        )?;
         let learned = f64::from(ppo.ppo_epochs) * rollout as f64;
         let learn_flops = learn_flops(m, positions, ppo.ppo_epochs, stats.ptx_tokens as f64);
         let mut record = round_record(round, &exp, kl_ctl.value(), &stats, progress.dist())?;
