@@ -162,7 +162,7 @@ pub struct ResolvedStage {
     pub parallelism: ResolvedParallelism,
 }
 
-/// Where a stage writes: `<storage>/<namespace>/<job>/<stage>/` (ARCHITECTURE.md).
+/// Where a stage writes: `<storage>/<namespace>/<job>/<stage>/` (docs/ARCHITECTURE.md#output-layout).
 pub fn stage_output_dir(storage_root: &str, namespace: &str, job: &str, stage: &str) -> String {
     format!(
         "{}/{namespace}/{job}/{stage}",

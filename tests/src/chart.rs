@@ -5,7 +5,7 @@ use std::process::Command;
 use anyhow::{Context, Result, bail};
 use serde::Deserialize;
 
-/// ARCHITECTURE.md: the trainer metrics every dashboard relies on.
+/// docs/ARCHITECTURE.md#metrics: the trainer metrics every dashboard relies on.
 pub const TRAINER_METRICS: &[&str] = &[
     "rlhf_trainer_step",
     "rlhf_trainer_samples_per_second",

@@ -4,8 +4,8 @@
 //! scrapes the operator and every trainer process (found through Kubernetes service discovery by
 //! the same label and port names as the chart's PodMonitor). After the pipeline succeeds (with
 //! one gang restart), every query of the Grafana dashboard returns data from that Prometheus, and
-//! the trainer metric names are ARCHITECTURE.md's. Then a permission is taken away: the operator
-//! fails visibly (log and metric) and keeps running.
+//! the trainer metric names are those of docs/ARCHITECTURE.md#metrics. Then a permission is taken
+//! away: the operator fails visibly (log and metric) and keeps running.
 mod common;
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -248,7 +248,7 @@ async fn the_charts_operator_trains_under_rbac_and_every_dashboard_query_has_dat
     let ended = now();
     discovery.abort();
 
-    // Every trainer metric of ARCHITECTURE.md was scraped, with its labels.
+    // Every trainer metric of docs/ARCHITECTURE.md#metrics was scraped, with its labels.
     let names = prometheus.metric_names().expect("metric names");
     for metric in chart::TRAINER_METRICS {
         assert!(
@@ -260,7 +260,7 @@ async fn the_charts_operator_trains_under_rbac_and_every_dashboard_query_has_dat
     let step = prometheus.query_range(&format!("rlhf_trainer_step{{namespace=\"{ns}\",rlhf_job=\"{job}\",stage=\"ppo\",rank=\"1\"}}"), started, ended, "2s").unwrap();
     assert!(
         !step.is_empty(),
-        "rank 1's step, labelled per ARCHITECTURE.md"
+        "rank 1's step, labelled per docs/ARCHITECTURE.md#metrics"
     );
     // Every dashboard query returns data for this job.
     let queries = dashboard_queries();

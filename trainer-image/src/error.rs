@@ -32,7 +32,7 @@ pub enum Error {
 }
 
 impl Error {
-    /// Exit code for the process (ARCHITECTURE.md: 2 = permanent, do not retry).
+    /// Exit code for the process (docs/ARCHITECTURE.md#exit-codes: 2 = permanent, do not retry).
     pub fn exit_code(&self) -> u8 {
         match self {
             Error::Stage { code, .. } => u8::try_from(*code).unwrap_or(1),

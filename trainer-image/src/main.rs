@@ -71,7 +71,8 @@ fn main() -> ExitCode {
         Ok(code) => ExitCode::from(code),
         Err(e) => {
             eprintln!("rlhf-trainer: {e}");
-            // 2 = permanent (bad input): the operator must not retry (ARCHITECTURE.md).
+            // 2 = permanent (bad input): the operator must not retry
+            // (docs/ARCHITECTURE.md#exit-codes).
             ExitCode::from(e.exit_code())
         }
     }

@@ -1,5 +1,5 @@
-//! The trainer's Prometheus metrics (names in ARCHITECTURE.md), set from the same JSON records
-//! that go to `metrics.jsonl`, and a tiny HTTP server for `/metrics` (one per process, on
+//! The trainer's Prometheus metrics (names in docs/ARCHITECTURE.md#metrics), set from the same
+//! JSON records that go to `metrics.jsonl`, and a tiny HTTP server for `/metrics` (one per process, on
 //! `RLHF_METRICS_PORT` + `LOCAL_RANK`).
 //!
 //! A record is a flat JSON object of the step's values (`step`, `loss`, `policy_loss`,

@@ -150,7 +150,8 @@ fn pod(job: &ValidatedJob, s: &ValidatedStage, rank: u32, generation: u32) -> Po
     }
 }
 
-/// torchrun's variables plus ours (ARCHITECTURE.md); the trainer's launcher adds RANK/LOCAL_RANK.
+/// torchrun's variables plus ours (docs/ARCHITECTURE.md#pod-environment); the trainer's launcher
+/// adds RANK/LOCAL_RANK.
 fn env(job: &ValidatedJob, s: &ValidatedStage, rank: u32) -> Vec<EnvVar> {
     let stage = s.resolved.name.as_str();
     let p = &s.resolved.parallelism;

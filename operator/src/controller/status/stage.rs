@@ -13,7 +13,7 @@ use crate::controller::validate::RunPolicyPlan;
 use crate::crd::{StagePhase, StageStatus};
 use rlhf_spec::StageKind;
 
-/// The trainer's "bad config or input: do not retry" exit code (ARCHITECTURE.md).
+/// The trainer's "bad config or input: do not retry" exit code (docs/ARCHITECTURE.md#exit-codes).
 pub const PERMANENT_ERROR_EXIT_CODE: i32 = 2;
 /// First restart waits this long; each further one twice as long, up to BACKOFF_CAP_SECONDS.
 pub const BACKOFF_BASE_SECONDS: i64 = 5;
