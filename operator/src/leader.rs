@@ -87,7 +87,7 @@ impl Timings {
 
 /// What a candidate may do with the Lease it read.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Decision {
+pub enum LeaseAction {
     /// Free (absent, no holder, or expired): take it (a new term).
     Take,
     /// Already ours: renew it.
@@ -98,19 +98,19 @@ pub enum Decision {
 
 /// May `me` take or keep the Lease (`None`: it does not exist) at `now`? A Lease without a
 /// duration counts as lasting [`LEASE_DURATION`]; one without a renew time as expired.
-pub fn decide(lease: Option<&LeaseSpec>, me: &str, now: Timestamp) -> Decision {
+pub fn decide(lease: Option<&LeaseSpec>, me: &str, now: Timestamp) -> LeaseAction {
     let Some(spec) = lease else {
-        return Decision::Take;
+        return LeaseAction::Take;
     };
     let holder = spec.holder_identity.as_deref().unwrap_or_default();
     if holder.is_empty() {
-        return Decision::Take;
+        return LeaseAction::Take;
     }
     if holder == me {
-        return Decision::Keep;
+        return LeaseAction::Keep;
     }
     let Some(renewed) = &spec.renew_time else {
-        return Decision::Take;
+        return LeaseAction::Take;
     };
     let duration = spec
         .lease_duration_seconds
@@ -120,9 +120,9 @@ pub fn decide(lease: Option<&LeaseSpec>, me: &str, now: Timestamp) -> Decision {
         .saturating_add(SignedDuration::from_secs(duration))
         .unwrap_or(Timestamp::MAX);
     if expires < now {
-        Decision::Take
+        LeaseAction::Take
     } else {
-        Decision::Wait {
+        LeaseAction::Wait {
             holder: holder.to_string(),
             expires,
         }
@@ -221,7 +221,7 @@ impl Elector {
         let current = self.api.get_opt(names::LEADER_LEASE).await?;
         let now = Timestamp::now();
         let spec = current.as_ref().and_then(|l| l.spec.as_ref());
-        if let Decision::Wait { holder, .. } = decide(spec, &self.identity, now) {
+        if let LeaseAction::Wait { holder, .. } = decide(spec, &self.identity, now) {
             return Ok(Attempt::Standby { holder });
         }
         let spec = claimed(spec, &self.identity, self.timings.lease_duration, now);
@@ -431,24 +431,24 @@ mod tests {
 
     #[test]
     fn absent_or_unheld_lease_is_taken() {
-        assert_eq!(decide(None, "me", at(0)), Decision::Take);
+        assert_eq!(decide(None, "me", at(0)), LeaseAction::Take);
         let mut spec = held("", 0, 15);
-        assert_eq!(decide(Some(&spec), "me", at(1)), Decision::Take);
+        assert_eq!(decide(Some(&spec), "me", at(1)), LeaseAction::Take);
         spec.holder_identity = None;
-        assert_eq!(decide(Some(&spec), "me", at(1)), Decision::Take);
+        assert_eq!(decide(Some(&spec), "me", at(1)), LeaseAction::Take);
     }
 
     #[test]
     fn expired_lease_of_another_is_taken() {
         assert_eq!(
             decide(Some(&held("other", 0, 15)), "me", at(16)),
-            Decision::Take
+            LeaseAction::Take
         );
         let no_renew = LeaseSpec {
             renew_time: None,
             ..held("other", 0, 15)
         };
-        assert_eq!(decide(Some(&no_renew), "me", at(0)), Decision::Take);
+        assert_eq!(decide(Some(&no_renew), "me", at(0)), LeaseAction::Take);
     }
 
     #[test]
@@ -456,7 +456,7 @@ mod tests {
         let expires = at(15);
         assert_eq!(
             decide(Some(&held("other", 0, 15)), "me", at(5)),
-            Decision::Wait {
+            LeaseAction::Wait {
                 holder: "other".into(),
                 expires
             }
@@ -468,7 +468,7 @@ mod tests {
         };
         assert_eq!(
             decide(Some(&no_duration), "me", at(14)),
-            Decision::Wait {
+            LeaseAction::Wait {
                 holder: "other".into(),
                 expires
             }
@@ -479,11 +479,11 @@ mod tests {
     fn own_lease_is_kept_even_when_expired() {
         assert_eq!(
             decide(Some(&held("me", 0, 15)), "me", at(5)),
-            Decision::Keep
+            LeaseAction::Keep
         );
         assert_eq!(
             decide(Some(&held("me", 0, 15)), "me", at(100)),
-            Decision::Keep
+            LeaseAction::Keep
         );
     }
 
@@ -492,14 +492,14 @@ mod tests {
         let spec = held("other", 0, 15);
         assert!(matches!(
             decide(Some(&spec), "me", at(15)),
-            Decision::Wait { .. }
+            LeaseAction::Wait { .. }
         ));
         let just_after = at(15).checked_add(SignedDuration::from_micros(1)).unwrap();
-        assert_eq!(decide(Some(&spec), "me", just_after), Decision::Take);
+        assert_eq!(decide(Some(&spec), "me", just_after), LeaseAction::Take);
         let just_before = at(15).checked_sub(SignedDuration::from_micros(1)).unwrap();
         assert!(matches!(
             decide(Some(&spec), "me", just_before),
-            Decision::Wait { .. }
+            LeaseAction::Wait { .. }
         ));
     }
 
@@ -537,13 +537,13 @@ mod tests {
         let spec = released(&held("me", 10, 15), at(11));
         assert_eq!(spec.holder_identity, None);
         assert_eq!(spec.lease_transitions, Some(3));
-        assert_eq!(decide(Some(&spec), "other", at(11)), Decision::Take);
+        assert_eq!(decide(Some(&spec), "other", at(11)), LeaseAction::Take);
         // Even a reader that ignores the empty holder sees it expired.
         let named = LeaseSpec {
             holder_identity: Some("me".into()),
             ..spec
         };
-        assert_eq!(decide(Some(&named), "other", at(11)), Decision::Take);
+        assert_eq!(decide(Some(&named), "other", at(11)), LeaseAction::Take);
         // ... and taking it over counts a transition.
         assert_eq!(
             claimed(

@@ -41,8 +41,9 @@ pub struct GangRequest {
     pub colocate: Option<String>,
 }
 
+/// Admission's verdict for one queued gang.
 #[derive(Clone, Debug, PartialEq)]
-pub enum Decision {
+pub enum Admission {
     /// Start the gang: these nodes (one per pod) have room for it now.
     Admit { nodes: Vec<String> },
     /// Wait: 1-based `position` among the waiting gangs, and why.
@@ -164,7 +165,7 @@ fn queue_order(a: &GangRequest, b: &GangRequest) -> std::cmp::Ordering {
 }
 
 /// One decision per gang of `queue` (in `queue`'s order).
-pub fn admit(nodes: &[NodeCapacity], queue: &[GangRequest]) -> Vec<Decision> {
+pub fn admit(nodes: &[NodeCapacity], queue: &[GangRequest]) -> Vec<Admission> {
     let mut room = Room::of(nodes);
     let mut order: Vec<usize> = (0..queue.len()).collect();
     order.sort_by(|&a, &b| queue_order(&queue[a], &queue[b]));
@@ -179,7 +180,7 @@ pub fn admit(nodes: &[NodeCapacity], queue: &[GangRequest]) -> Vec<Decision> {
             None
         };
         let decision = match placed {
-            Some(nodes) => Decision::Admit { nodes },
+            Some(nodes) => Admission::Admit { nodes },
             None => {
                 waiting += 1;
                 let reason = match &blocked {
@@ -187,7 +188,7 @@ pub fn admit(nodes: &[NodeCapacity], queue: &[GangRequest]) -> Vec<Decision> {
                     None => unfit_reason(gang, nodes, &room),
                 };
                 blocked.get_or_insert_with(|| gang.key.clone());
-                Decision::Queued {
+                Admission::Queued {
                     position: waiting,
                     reason,
                 }

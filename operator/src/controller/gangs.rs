@@ -12,13 +12,13 @@ use super::apply::Applier;
 use super::build;
 use super::capacity::{self, Priorities};
 use super::observe::ObservedPod;
-use super::status::Decision;
+use super::status::JobPlan;
 use super::validate::ValidatedJob;
 use crate::crd::{GangMode, RLHFJob};
 use crate::error::Result;
 
 /// Stages whose gang is new (none of its pods exist yet) and so needs admission.
-fn new_gangs(decision: &Decision, observed: &[ObservedPod]) -> Vec<String> {
+fn new_gangs(decision: &JobPlan, observed: &[ObservedPod]) -> Vec<String> {
     decision
         .launch
         .iter()
@@ -34,7 +34,7 @@ async fn admit_native(
     job: &RLHFJob,
     valid: &ValidatedJob,
     stages: &[String],
-    decision: &mut Decision,
+    decision: &mut JobPlan,
     now: Timestamp,
 ) -> Result<()> {
     let nodes = capacity::nodes_with_usage(&ctx.client).await?;
@@ -50,12 +50,12 @@ async fn admit_native(
     let decisions = admission::admit(&nodes, &queue);
     for (stage, d) in stages.iter().zip(&decisions[first_ours..]) {
         match d {
-            admission::Decision::Admit { nodes: placed } => {
+            admission::Admission::Admit { nodes: placed } => {
                 let waited = decision.admitted(stage, now);
                 ctx.metrics.admission_wait.observe(waited);
                 tracing::info!(job = %valid.name, stage, nodes = ?placed, waited_seconds = waited, "gang admitted");
             }
-            admission::Decision::Queued { position, reason } => {
+            admission::Admission::Queued { position, reason } => {
                 tracing::info!(job = %valid.name, stage, position, reason, "gang queued");
                 decision.queued(stage, *position, reason, now);
             }
@@ -71,7 +71,7 @@ pub async fn launch(
     valid: &ValidatedJob,
     applier: &Applier<'_>,
     observed: &[ObservedPod],
-    decision: &mut Decision,
+    decision: &mut JobPlan,
     now: Timestamp,
 ) -> Result<()> {
     let fresh = new_gangs(decision, observed);
@@ -128,7 +128,7 @@ pub async fn launch(
 pub async fn clean_up(
     applier: &Applier<'_>,
     job: &str,
-    decision: &Decision,
+    decision: &JobPlan,
     observed: &[ObservedPod],
 ) -> Result<()> {
     for (stage, cleanup) in &decision.cleanup {

@@ -27,7 +27,7 @@ use kube::{Client, Resource, ResourceExt};
 
 use self::apply::Applier;
 use self::observe::ObservedPod;
-use self::status::{Decision, Observed};
+use self::status::{JobPlan, Observed};
 use crate::crd::{JobPhase, RLHFJob};
 use crate::error::{Error, Result};
 use crate::metrics::Metrics;
@@ -318,7 +318,7 @@ fn orphan_stages(
 async fn publish(
     job: &RLHFJob,
     prev: &crate::crd::RLHFJobStatus,
-    decision: Decision,
+    decision: JobPlan,
     applier: &Applier<'_>,
     ctx: &Context,
 ) -> Result<()> {

@@ -2,14 +2,18 @@
 //! pods to delete, and the transitions worth an Event. Stage outcomes are sticky: a Succeeded
 //! stage stays Succeeded even after its pods are cleaned up, because the status is the record.
 //! Each stage's own lifecycle (restarts, backoff, deadlines) is in `stage.rs`.
+mod conditions;
+mod plan;
 mod stage;
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::{SignedDuration, Timestamp};
 use rlhf_spec::{FieldError, stage_output_dir};
 
+use self::conditions::{is_true, set_condition, set_job_conditions, truncate};
+pub use self::plan::JobPlan;
 pub use self::stage::{Cleanup, PERMANENT_ERROR_EXIT_CODE, RESTART_ACTION_PREFIX, backoff};
 use self::stage::{StageInputs, StageOutcome, advance};
 use super::observe::{ObservedPod, TrainerProgress};
@@ -38,119 +42,6 @@ pub struct Transition {
     pub warning: bool,
 }
 
-#[derive(Clone, Debug, PartialEq, Default)]
-pub struct Decision {
-    pub status: RLHFJobStatus,
-    /// Stages whose gang should exist now (missing pods are created).
-    pub launch: Vec<String>,
-    /// Stages whose pods must go, and which of them.
-    pub cleanup: BTreeMap<String, Cleanup>,
-    pub transitions: Vec<Transition>,
-    /// Decide again at this time at the latest.
-    pub wake_at: Option<Timestamp>,
-    /// ttlSecondsAfterFinished has passed: delete the job.
-    pub delete_job: bool,
-}
-
-impl Decision {
-    fn absorb(&mut self, name: &str, out: StageOutcome) {
-        if out.launch {
-            self.launch.push(name.to_string());
-        }
-        if let Some(c) = out.cleanup {
-            self.cleanup.insert(name.to_string(), c);
-        }
-        self.transitions.extend(out.transitions);
-        self.wake(out.wake_at);
-    }
-
-    fn wake(&mut self, at: Option<Timestamp>) {
-        self.wake_at = match (self.wake_at, at) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        };
-    }
-
-    fn stage_mut(&mut self, name: &str) -> Option<&mut StageStatus> {
-        self.status.stages.iter_mut().find(|s| s.name == name)
-    }
-
-    /// Admission started the stage's gang now; returns how long it waited in the queue.
-    pub fn admitted(&mut self, name: &str, now: Timestamp) -> f64 {
-        let mut waited = 0.0;
-        if let Some(s) = self.stage_mut(name) {
-            if s.phase == StagePhase::Queued {
-                s.phase = StagePhase::Pending;
-                s.message = None;
-            }
-            if let Some(since) = s.queued_since.take() {
-                waited = now.duration_since(since.0).as_secs_f64().max(0.0);
-            }
-            s.gang_start_time.get_or_insert(Time(now));
-        }
-        self.refresh_queue(now);
-        waited
-    }
-
-    /// Admission keeps the stage's gang waiting: it creates nothing and says why.
-    pub fn queued(&mut self, name: &str, position: usize, reason: &str, now: Timestamp) {
-        self.launch.retain(|s| s != name);
-        let Some(s) = self.stage_mut(name) else {
-            return;
-        };
-        let message = format!("position {position} in the gang queue: {reason}");
-        let newly = s.phase != StagePhase::Queued;
-        s.phase = StagePhase::Queued;
-        s.message = Some(message.clone());
-        s.queued_since.get_or_insert(Time(now));
-        if newly {
-            self.transitions.push(Transition {
-                action: format!("Queue/{name}"),
-                reason: "GangQueued".into(),
-                message: format!("stage {name}: {message}"),
-                warning: false,
-            });
-        }
-        self.wake(
-            now.saturating_add(SignedDuration::from_secs(QUEUE_POLL_SECONDS))
-                .ok(),
-        );
-        self.refresh_queue(now);
-    }
-
-    /// The job phase and Queued condition after admission changed stage phases.
-    fn refresh_queue(&mut self, now: Timestamp) {
-        if matches!(
-            self.status.phase,
-            Some(JobPhase::Queued | JobPhase::Pending)
-        ) {
-            self.status.phase = Some(job_phase(&self.status.stages, false));
-        }
-        let (generation, no_pods, no_hashes, no_progress, no_nodes) = (
-            self.status.observed_generation,
-            [],
-            BTreeMap::new(),
-            BTreeMap::new(),
-            BTreeSet::new(),
-        );
-        let obs = Observed {
-            generation,
-            pods: &no_pods,
-            desired_hashes: &no_hashes,
-            progress: &no_progress,
-            not_ready_nodes: &no_nodes,
-            now,
-        };
-        set_stage_condition(
-            &mut self.status,
-            COND_QUEUED,
-            StagePhase::Queued,
-            "WaitingForGpus",
-            &obs,
-        );
-    }
-}
-
 /// Inputs that come from the cluster and the clock.
 pub struct Observed<'a> {
     pub generation: Option<i64>,
@@ -164,7 +55,7 @@ pub struct Observed<'a> {
     pub now: Timestamp,
 }
 
-pub fn decide_invalid(prev: &RLHFJobStatus, errors: &[FieldError], obs: &Observed<'_>) -> Decision {
+pub fn decide_invalid(prev: &RLHFJobStatus, errors: &[FieldError], obs: &Observed<'_>) -> JobPlan {
     let message = errors
         .iter()
         .map(|e| e.to_string())
@@ -197,21 +88,64 @@ pub fn decide_invalid(prev: &RLHFJobStatus, errors: &[FieldError], obs: &Observe
             warning: true,
         }]
     };
-    Decision {
+    JobPlan {
         status,
         transitions,
         ..Default::default()
     }
 }
 
-pub fn decide(job: &ValidatedJob, prev: &RLHFJobStatus, obs: &Observed<'_>) -> Decision {
+/// The stages' new statuses and what they ask for, in pipeline order.
+struct StagePass {
+    plan: JobPlan,
+    stages: Vec<StageStatus>,
+    /// "stage X: why" for every stage that failed in this pass.
+    failures: Vec<String>,
+    /// Stages whose running gang was built from an earlier spec.
+    deferred: Vec<String>,
+}
+
+pub fn decide(job: &ValidatedJob, prev: &RLHFJobStatus, obs: &Observed<'_>) -> JobPlan {
+    let pass = advance_stages(job, prev, obs);
+    let mut plan = pass.plan;
     let mut status = RLHFJobStatus {
         conditions: prev.conditions.clone(),
+        stages: pass.stages,
         ..Default::default()
     };
-    let mut decision = Decision::default();
-    let mut failures = Vec::new();
-    let mut deferred = Vec::new();
+    sort_in_spec_order(job, &mut status.stages);
+    let phase = job_phase(&status.stages, job.run_policy.suspend);
+    status.phase = Some(phase);
+    // A failed or suspended job creates no pods, not even the missing ones of a half-made gang.
+    if matches!(phase, JobPhase::Failed | JobPhase::Suspended) {
+        plan.launch.clear();
+    }
+    stop_running_pods_of_finished_job(job, phase, obs, &mut plan);
+    summarize_job(prev, obs, &mut status);
+    plan.wake(job_wake_time(job, &status, obs.now));
+    set_job_conditions(prev, &mut status, &pass.failures, &pass.deferred, obs);
+    if prev.phase != Some(phase) && matches!(phase, JobPhase::Succeeded | JobPhase::Failed) {
+        plan.transitions.push(Transition {
+            action: "Job".into(),
+            reason: format!("Job{phase:?}"),
+            message: format!("job {phase:?}"),
+            warning: phase == JobPhase::Failed,
+        });
+    }
+    plan.delete_job = ttl_expired(job, &status, obs.now);
+    plan.status = status;
+    plan
+}
+
+/// Advances every stage in dependency order: a stage may start once all it depends on succeeded
+/// in this same pass.
+fn advance_stages(job: &ValidatedJob, prev: &RLHFJobStatus, obs: &Observed<'_>) -> StagePass {
+    let mut pass = StagePass {
+        plan: JobPlan::default(),
+        stages: Vec::new(),
+        failures: Vec::new(),
+        deferred: Vec::new(),
+    };
     let mut phases: BTreeMap<&str, StagePhase> = BTreeMap::new();
     let job_failed_before = prev.stages.iter().any(|s| s.phase == StagePhase::Failed);
     let deadline_passed = active_deadline_passed(job, prev, obs.now);
@@ -231,6 +165,9 @@ pub fn decide(job: &ValidatedJob, prev: &RLHFJobStatus, obs: &Observed<'_>) -> D
             .depends_on
             .iter()
             .all(|d| phases.get(d.as_str()) == Some(&StagePhase::Succeeded));
+        let stale = pods
+            .iter()
+            .any(|p| !p.deleting && p.spec_hash.as_ref() != obs.desired_hashes.get(name.as_str()));
         let input = StageInputs {
             name,
             pods,
@@ -244,10 +181,6 @@ pub fn decide(job: &ValidatedJob, prev: &RLHFJobStatus, obs: &Observed<'_>) -> D
             not_ready_nodes: obs.not_ready_nodes,
             now: obs.now,
         };
-        let stale = input
-            .pods
-            .iter()
-            .any(|p| !p.deleting && p.spec_hash.as_ref() != obs.desired_hashes.get(name.as_str()));
         let mut out = advance(&before, input);
         if deadline_passed
             && !out.status.phase.is_finished()
@@ -259,69 +192,85 @@ pub fn decide(job: &ValidatedJob, prev: &RLHFJobStatus, obs: &Observed<'_>) -> D
             );
             out = deadline_failure(&before, out, name, why);
         }
-        let s = &mut out.status;
-        s.kind = stage.resolved.kind;
+        out.status.kind = stage.resolved.kind;
+        let s = &out.status;
         if stale
             && !s.phase.is_finished()
             && !matches!(s.phase, StagePhase::Restarting | StagePhase::Suspended)
         {
-            deferred.push(name.clone());
+            pass.deferred.push(name.clone());
         }
-        if s.phase != StagePhase::Waiting && s.start_time.is_none() {
-            s.start_time = Some(Time(obs.now));
-            s.output = Some(stage_output_dir(
-                &job.mount_path,
-                &job.namespace,
-                &job.name,
-                name,
-            ));
-        }
-        if s.phase.is_finished() && s.completion_time.is_none() {
-            s.completion_time = Some(Time(obs.now));
-        }
-        if s.phase.is_finished()
+        stamp_stage_times(job, name, obs.now, &mut out.status);
+        if out.status.phase.is_finished()
             && job.run_policy.clean_pod_policy == CleanPodPolicy::All
             && !obs.pods.iter().all(|p| &p.stage != name || p.deleting)
         {
             out.cleanup = Some(Cleanup::All);
         }
-        failures.extend(out.failure.take().map(|why| format!("stage {name}: {why}")));
+        pass.failures
+            .extend(out.failure.take().map(|why| format!("stage {name}: {why}")));
         phases.insert(name, out.status.phase);
-        status.stages.push(out.status.clone());
-        decision.absorb(name, out);
+        pass.stages.push(out.status.clone());
+        pass.plan.absorb(name, out);
     }
-    // Keep spec order in status, as users wrote the stages.
+    pass
+}
+
+/// Start time and output folder when a stage leaves Waiting; completion time when it finishes.
+fn stamp_stage_times(job: &ValidatedJob, name: &str, now: Timestamp, s: &mut StageStatus) {
+    if s.phase != StagePhase::Waiting && s.start_time.is_none() {
+        s.start_time = Some(Time(now));
+        s.output = Some(stage_output_dir(
+            &job.mount_path,
+            &job.namespace,
+            &job.name,
+            name,
+        ));
+    }
+    if s.phase.is_finished() && s.completion_time.is_none() {
+        s.completion_time = Some(Time(now));
+    }
+}
+
+/// Keep spec order in status, as users wrote the stages.
+fn sort_in_spec_order(job: &ValidatedJob, stages: &mut [StageStatus]) {
     let order: Vec<&str> = job
         .stages
         .iter()
         .map(|s| s.resolved.name.as_str())
         .collect();
-    status
-        .stages
-        .sort_by_key(|s| order.iter().position(|n| *n == s.name));
+    stages.sort_by_key(|s| order.iter().position(|n| *n == s.name));
+}
 
-    let phase = job_phase(&status.stages, job.run_policy.suspend);
-    status.phase = Some(phase);
-    // A failed or suspended job creates no pods, not even the missing ones of a half-made gang.
-    if matches!(phase, JobPhase::Failed | JobPhase::Suspended) {
-        decision.launch.clear();
-    }
-    if matches!(phase, JobPhase::Succeeded | JobPhase::Failed)
-        && job.run_policy.clean_pod_policy == CleanPodPolicy::Running
+/// cleanPodPolicy Running: when the job finishes, the pods still running are deleted.
+fn stop_running_pods_of_finished_job(
+    job: &ValidatedJob,
+    phase: JobPhase,
+    obs: &Observed<'_>,
+    plan: &mut JobPlan,
+) {
+    if !matches!(phase, JobPhase::Succeeded | JobPhase::Failed)
+        || job.run_policy.clean_pod_policy != CleanPodPolicy::Running
     {
-        for name in &order {
-            if obs
-                .pods
-                .iter()
-                .any(|p| p.stage == *name && p.is_active() && !p.deleting)
-            {
-                decision
-                    .cleanup
-                    .entry(name.to_string())
-                    .or_insert(Cleanup::Unfinished);
-            }
+        return;
+    }
+    for stage in &job.stages {
+        let name = stage.resolved.name.as_str();
+        if obs
+            .pods
+            .iter()
+            .any(|p| p.stage == name && p.is_active() && !p.deleting)
+        {
+            plan.cleanup
+                .entry(name.to_string())
+                .or_insert(Cleanup::Unfinished);
         }
     }
+}
+
+/// The job-level fields that sum up its stages: generation, start and completion times, the
+/// running stages and the latest step and reward.
+fn summarize_job(prev: &RLHFJobStatus, obs: &Observed<'_>, status: &mut RLHFJobStatus) {
     status.observed_generation = obs.generation;
     status.start_time = prev.start_time.clone().or_else(|| {
         status
@@ -330,8 +279,8 @@ pub fn decide(job: &ValidatedJob, prev: &RLHFJobStatus, obs: &Observed<'_>) -> D
             .filter_map(|s| s.start_time.clone())
             .min_by_key(|t| t.0)
     });
-    status.completion_time = match phase {
-        JobPhase::Succeeded | JobPhase::Failed => {
+    status.completion_time = match status.phase {
+        Some(JobPhase::Succeeded | JobPhase::Failed) => {
             prev.completion_time.clone().or(Some(Time(obs.now)))
         }
         _ => None,
@@ -346,75 +295,6 @@ pub fn decide(job: &ValidatedJob, prev: &RLHFJobStatus, obs: &Observed<'_>) -> D
     let reporting = status.stages.iter().rev().find(|s| s.last_step.is_some());
     status.last_step = reporting.and_then(|s| s.last_step);
     status.last_reward = reporting.and_then(|s| s.last_reward);
-    decision.wake(job_wake_time(job, &status, obs.now));
-
-    set_condition(
-        &mut status.conditions,
-        COND_INVALID_SPEC,
-        false,
-        "SpecValid",
-        "",
-        obs,
-    );
-    set_condition(
-        &mut status.conditions,
-        COND_SUCCEEDED,
-        phase == JobPhase::Succeeded,
-        "AllStagesSucceeded",
-        "every stage succeeded",
-        obs,
-    );
-    let failure_msg = failures.join("; ");
-    let failed_msg = if failure_msg.is_empty() {
-        condition_message(prev, COND_FAILED)
-    } else {
-        failure_msg
-    };
-    set_condition(
-        &mut status.conditions,
-        COND_FAILED,
-        phase == JobPhase::Failed,
-        "StageFailed",
-        &failed_msg,
-        obs,
-    );
-    let deferred_msg = format!(
-        "stage(s) {} run with an earlier spec; the change applies to stages not started yet and to their next gang",
-        deferred.join(",")
-    );
-    set_condition(
-        &mut status.conditions,
-        COND_SPEC_CHANGE_DEFERRED,
-        !deferred.is_empty(),
-        "StageAlreadyStarted",
-        &deferred_msg,
-        obs,
-    );
-    set_stage_condition(
-        &mut status,
-        COND_RESTARTING,
-        StagePhase::Restarting,
-        "GangRestarting",
-        obs,
-    );
-    set_stage_condition(
-        &mut status,
-        COND_SUSPENDED,
-        StagePhase::Suspended,
-        "JobSuspended",
-        obs,
-    );
-    if prev.phase != Some(phase) && matches!(phase, JobPhase::Succeeded | JobPhase::Failed) {
-        decision.transitions.push(Transition {
-            action: "Job".into(),
-            reason: format!("Job{phase:?}"),
-            message: format!("job {phase:?}"),
-            warning: phase == JobPhase::Failed,
-        });
-    }
-    decision.delete_job = ttl_expired(job, &status, obs.now);
-    decision.status = status;
-    decision
 }
 
 fn new_stage(name: &str, kind: rlhf_spec::StageKind) -> StageStatus {
@@ -544,96 +424,6 @@ fn job_phase(stages: &[StageStatus], suspend: bool) -> JobPhase {
     } else {
         JobPhase::Pending
     }
-}
-
-/// A job condition that is True while some stage is in `phase`, with those stages' messages.
-fn set_stage_condition(
-    status: &mut RLHFJobStatus,
-    type_: &str,
-    phase: StagePhase,
-    reason: &str,
-    obs: &Observed<'_>,
-) {
-    let messages: Vec<String> = status
-        .stages
-        .iter()
-        .filter(|s| s.phase == phase)
-        .map(|s| format!("stage {}: {}", s.name, s.message.as_deref().unwrap_or("")))
-        .collect();
-    set_condition(
-        &mut status.conditions,
-        type_,
-        !messages.is_empty(),
-        reason,
-        &messages.join("; "),
-        obs,
-    );
-}
-
-fn is_true(status: &RLHFJobStatus, type_: &str) -> bool {
-    status
-        .conditions
-        .iter()
-        .any(|c| c.type_ == type_ && c.status == "True")
-}
-
-fn condition_message(status: &RLHFJobStatus, type_: &str) -> String {
-    status
-        .conditions
-        .iter()
-        .find(|c| c.type_ == type_)
-        .map(|c| c.message.clone())
-        .unwrap_or_default()
-}
-
-/// Sets a condition, keeping lastTransitionTime when the status did not flip. A False condition
-/// that never was True is not added (conditions stay short).
-fn set_condition(
-    conds: &mut Vec<Condition>,
-    type_: &str,
-    value: bool,
-    reason: &str,
-    message: &str,
-    obs: &Observed<'_>,
-) {
-    let status = if value { "True" } else { "False" };
-    let existing = conds.iter().position(|c| c.type_ == type_);
-    if existing.is_none() && !value {
-        return;
-    }
-    // The API server rejects an empty message (k8s-openapi sends it as null), so always say something.
-    let (reason, message) = match (value, message.is_empty()) {
-        (true, false) => (reason.to_string(), message.to_string()),
-        (true, true) => (reason.to_string(), reason.to_string()),
-        (false, _) => ("Resolved".to_string(), format!("{type_} no longer applies")),
-    };
-    let new = |transition: Time| Condition {
-        type_: type_.to_string(),
-        status: status.to_string(),
-        reason: reason.clone(),
-        message: truncate(&message, 32 * 1024),
-        last_transition_time: transition,
-        observed_generation: obs.generation,
-    };
-    match existing {
-        Some(i) if conds[i].status == status => {
-            let t = conds[i].last_transition_time.clone();
-            conds[i] = new(t);
-        }
-        Some(i) => conds[i] = new(Time(obs.now)),
-        None => conds.push(new(Time(obs.now))),
-    }
-}
-
-fn truncate(s: &str, max: usize) -> String {
-    if s.len() <= max {
-        return s.to_string();
-    }
-    let mut end = max;
-    while !s.is_char_boundary(end) {
-        end -= 1;
-    }
-    format!("{}...", &s[..end])
 }
 
 #[cfg(test)]

@@ -25,8 +25,8 @@ fn gang(key: &str, pods: u32, gpus_per_pod: u32) -> GangRequest {
     }
 }
 
-fn admitted(d: &Decision) -> bool {
-    matches!(d, Decision::Admit { .. })
+fn admitted(d: &Admission) -> bool {
+    matches!(d, Admission::Admit { .. })
 }
 
 #[test]
@@ -43,12 +43,12 @@ fn two_jobs_that_each_need_most_gpus_never_hold_a_partial_gang() {
     };
     let decisions = admit(&nodes, &[second.clone(), first.clone()]);
     match &decisions[1] {
-        Decision::Admit { nodes } => assert_eq!(nodes.len(), 3),
+        Admission::Admit { nodes } => assert_eq!(nodes.len(), 3),
         other => panic!("the older job goes first: {other:?}"),
     }
     assert_eq!(
         decisions[0],
-        Decision::Queued {
+        Admission::Queued {
             position: 1,
             reason: "needs 3 pods x 2 GPUs; 2 of 8 GPUs free on 2 eligible nodes".into()
         }
@@ -66,7 +66,7 @@ fn pods_must_fit_whole_on_nodes() {
     assert!(!admitted(&admit(&nodes, &[gang("ns/j/rm", 1, 4)])[0]));
     assert_eq!(
         admit(&nodes, &[gang("ns/j/rm", 2, 3)])[0],
-        Decision::Admit {
+        Admission::Admit {
             nodes: vec!["n1".into(), "n2".into()]
         }
     );
@@ -92,14 +92,14 @@ fn priority_then_age_orders_the_queue_and_nobody_jumps_a_blocked_gang() {
     assert!(admitted(&d[2]), "highest priority first: {d:?}");
     assert_eq!(
         d[0],
-        Decision::Queued {
+        Admission::Queued {
             position: 1,
             reason: "needs 1 pods x 8 GPUs; 6 of 8 GPUs free on 1 eligible nodes".into()
         }
     );
     assert_eq!(
         d[1],
-        Decision::Queued {
+        Admission::Queued {
             position: 2,
             reason: "waiting behind ns/big/ppo".into()
         }
@@ -124,7 +124,7 @@ fn node_selectors_taints_and_readiness_limit_where_a_gang_may_go() {
     let d = admit(&nodes, std::slice::from_ref(&picky));
     assert_eq!(
         d[0],
-        Decision::Queued {
+        Admission::Queued {
             position: 1,
             reason:
                 "no ready node matches the gang's node selector and tolerations (8 GPUs needed)"
@@ -139,7 +139,7 @@ fn node_selectors_taints_and_readiness_limit_where_a_gang_may_go() {
     });
     assert_eq!(
         admit(&nodes, &[picky])[0],
-        Decision::Admit {
+        Admission::Admit {
             nodes: vec!["gpu".into()]
         }
     );
@@ -220,12 +220,12 @@ fn a_single_node_volume_keeps_all_of_a_jobs_gangs_on_one_node() {
         ..gang(key, 1, 1)
     };
     let d = admit(&nodes, &[colocated("ns/j/sft"), colocated("ns/j/rm")]);
-    let Decision::Admit { nodes: first } = &d[0] else {
+    let Admission::Admit { nodes: first } = &d[0] else {
         panic!("{d:?}")
     };
     assert_eq!(
         d[1],
-        Decision::Admit {
+        Admission::Admit {
             nodes: first.clone()
         },
         "both on one node"
@@ -241,7 +241,7 @@ fn a_single_node_volume_keeps_all_of_a_jobs_gangs_on_one_node() {
     ];
     assert_eq!(
         admit(&settled, &[colocated("ns/j/ppo")])[0],
-        Decision::Admit {
+        Admission::Admit {
             nodes: vec!["n1".into()]
         }
     );
@@ -254,7 +254,7 @@ fn a_single_node_volume_keeps_all_of_a_jobs_gangs_on_one_node() {
         node("n2", 4, 0),
     ];
     let d = admit(&full, &[colocated("ns/j/ppo"), gang("ns/other/sft", 1, 1)]);
-    let Decision::Queued { reason, .. } = &d[0] else {
+    let Admission::Queued { reason, .. } = &d[0] else {
         panic!("{d:?}")
     };
     assert!(
@@ -264,7 +264,7 @@ fn a_single_node_volume_keeps_all_of_a_jobs_gangs_on_one_node() {
     );
     assert_eq!(
         d[1],
-        Decision::Queued {
+        Admission::Queued {
             position: 2,
             reason: "waiting behind ns/j/ppo".into()
         },

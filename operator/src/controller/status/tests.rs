@@ -1,3 +1,4 @@
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use serde_json::{Value, json};
 
 use super::*;
@@ -40,7 +41,7 @@ fn decide_at(
     prev: &RLHFJobStatus,
     pods: &[ObservedPod],
     second: i64,
-) -> Decision {
+) -> JobPlan {
     decide_with(job, prev, pods, second, &BTreeMap::new(), &BTreeSet::new())
 }
 
@@ -52,7 +53,7 @@ fn decide_with(
     second: i64,
     progress: &BTreeMap<String, TrainerProgress>,
     not_ready: &BTreeSet<String>,
-) -> Decision {
+) -> JobPlan {
     let hashes = job
         .stages
         .iter()
@@ -74,7 +75,7 @@ fn decide_with(
 }
 
 /// Decides once per round (round i at second i), each time on the status the previous round returned.
-fn history(job: &ValidatedJob, rounds: &[Vec<ObservedPod>]) -> Decision {
+fn history(job: &ValidatedJob, rounds: &[Vec<ObservedPod>]) -> JobPlan {
     let mut prev = RLHFJobStatus::default();
     let mut last = None;
     for (second, pods) in rounds.iter().enumerate() {
@@ -144,7 +145,7 @@ fn transition(action: &str, reason: &str, message: &str, warning: bool) -> Trans
     }
 }
 
-fn launches(d: &Decision) -> Vec<&str> {
+fn launches(d: &JobPlan) -> Vec<&str> {
     d.launch.iter().map(String::as_str).collect()
 }
 
@@ -307,7 +308,7 @@ fn succeeded_stages_stay_succeeded_after_their_pods_are_cleaned() {
 }
 
 /// sft and rm running at second 1; at second 2 sft's rank 1 has `failed` that way.
-fn sft_fails(job: &ValidatedJob, failed: impl FnOnce(&mut ObservedPod)) -> Decision {
+fn sft_fails(job: &ValidatedJob, failed: impl FnOnce(&mut ObservedPod)) -> JobPlan {
     let mut failing = pods(&[("sft", Running), ("rm", Running)]);
     failed(&mut failing[1]);
     history(
@@ -866,7 +867,7 @@ fn deciding_again_on_the_same_pods_changes_nothing() {
     assert_eq!(deferred.last_transition_time, Time(at(61)));
 }
 
-fn invalid(prev: &RLHFJobStatus, errors: &[FieldError], second: i64) -> Decision {
+fn invalid(prev: &RLHFJobStatus, errors: &[FieldError], second: i64) -> JobPlan {
     let no_hashes = BTreeMap::new();
     let (no_progress, no_nodes) = (BTreeMap::new(), BTreeSet::new());
     decide_invalid(
