@@ -1,9 +1,15 @@
 //! Reads a stage's progress from its rank 0's Prometheus endpoint (`http://<podIP>:<port>/metrics`),
 //! the same endpoint Prometheus scrapes, so trainer pods need no write access to the API.
 use std::collections::BTreeMap;
+use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use http_body_util::{BodyExt, Empty, Limited};
+use hyper::body::Bytes;
+use hyper::client::conn::http1;
+use hyper::header::HOST;
+use hyper::{Request, StatusCode};
+use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 
 use super::observe::{ObservedPod, PodPhase, TrainerProgress, trainer_progress};
@@ -12,33 +18,40 @@ use crate::crd::StageStatus;
 /// A scrape that takes longer than this is skipped (a hung trainer must not stall reconciles).
 const SCRAPE_TIMEOUT: Duration = Duration::from_secs(2);
 /// Trainer metrics are small; anything bigger is not ours.
-const MAX_RESPONSE_BYTES: u64 = 4 << 20;
+const MAX_RESPONSE_BYTES: usize = 4 << 20;
 
 /// The text of `GET /metrics` on `ip:port`, None when it cannot be read in time.
 async fn scrape(ip: &str, port: u16) -> Option<String> {
-    let read = async {
-        let mut stream = TcpStream::connect((ip, port)).await.ok()?;
-        let request =
-            format!("GET /metrics HTTP/1.0\r\nHost: {ip}:{port}\r\nConnection: close\r\n\r\n");
-        stream.write_all(request.as_bytes()).await.ok()?;
-        let mut body = Vec::new();
-        stream
-            .take(MAX_RESPONSE_BYTES)
-            .read_to_end(&mut body)
-            .await
-            .ok()?;
-        let text = String::from_utf8_lossy(&body).into_owned();
-        let (head, body) = text.split_once("\r\n\r\n")?;
-        head.starts_with("HTTP/1.").then_some(())?;
-        head.split_whitespace()
-            .nth(1)
-            .filter(|code| *code == "200")?;
-        Some(body.to_string())
-    };
-    tokio::time::timeout(SCRAPE_TIMEOUT, read)
+    // One deadline for connect, headers and body.
+    tokio::time::timeout(SCRAPE_TIMEOUT, get_metrics(ip, port))
         .await
         .ok()
         .flatten()
+}
+
+/// One request on one connection to the pod's own address: a pod IP, never a name to resolve,
+/// and a redirect is just a non-200 answer (nothing is followed).
+async fn get_metrics(ip: &str, port: u16) -> Option<String> {
+    let addr = SocketAddr::new(ip.parse::<IpAddr>().ok()?, port);
+    let stream = TcpStream::connect(addr).await.ok()?;
+    let (mut sender, connection) = http1::handshake(TokioIo::new(stream)).await.ok()?;
+    let request = Request::get("/metrics")
+        .header(HOST, addr.to_string())
+        .body(Empty::<Bytes>::new())
+        .ok()?;
+    let read = async move {
+        let response = sender.send_request(request).await.ok()?;
+        (response.status() == StatusCode::OK).then_some(())?;
+        let body = Limited::new(response.into_body(), MAX_RESPONSE_BYTES)
+            .collect()
+            .await
+            .ok()?
+            .to_bytes();
+        Some(String::from_utf8_lossy(&body).into_owned())
+    };
+    // The connection does the I/O and ends once `read` has dropped its sender; both run here
+    // rather than in a spawned task so the deadline drops them together.
+    futures::future::join(read, connection).await.0
 }
 
 /// Progress of every stage whose current gang's rank 0 runs, read concurrently.
@@ -70,3 +83,6 @@ pub async fn read_all(
         .flatten()
         .collect()
 }
+
+#[cfg(test)]
+mod tests;
