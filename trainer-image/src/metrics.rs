@@ -7,9 +7,6 @@
 //! and `memory.<device>.{rss,allocated,peak}` in bytes. Held-out evaluations (`eval`) stay in the
 //! log only.
 use std::collections::HashMap;
-use std::io::{BufRead, BufReader, Write};
-use std::net::{TcpListener, TcpStream};
-use std::sync::Arc;
 
 use prometheus::{Encoder, Gauge, GaugeVec, Opts, Registry, TextEncoder};
 use serde_json::Value;
@@ -156,42 +153,8 @@ fn loss_kind(key: &str) -> Option<&str> {
     }
 }
 
-/// Serves `GET /metrics` on `0.0.0.0:port` from a background thread (0 picks a free port);
-/// returns the port. Scrapes are rare and tiny, so one thread answers them one at a time.
-pub fn serve(metrics: Arc<TrainerMetrics>, port: u16) -> Result<u16> {
-    let listener = TcpListener::bind(("0.0.0.0", port)).map_err(|source| Error::Write {
-        path: format!("0.0.0.0:{port}").into(),
-        source,
-    })?;
-    let port = listener.local_addr().map(|a| a.port()).unwrap_or(port);
-    std::thread::spawn(move || {
-        for stream in listener.incoming().flatten() {
-            let _ = answer(stream, &metrics); // a scraper that hangs up is not our problem
-        }
-    });
-    Ok(port)
-}
-
-fn answer(mut stream: TcpStream, metrics: &TrainerMetrics) -> std::io::Result<()> {
-    stream.set_read_timeout(Some(std::time::Duration::from_secs(5)))?;
-    let mut reader = BufReader::new(&stream);
-    let mut request_line = String::new();
-    reader.read_line(&mut request_line)?;
-    // Read the headers too: closing a socket with unread input resets it before the reply lands.
-    let mut header = String::new();
-    while reader.read_line(&mut header)? > 2 {
-        header.clear();
-    }
-    let (status, body) = match request_line.split_whitespace().nth(1) {
-        Some("/metrics") => ("200 OK", metrics.render()),
-        _ => ("404 Not Found", "only /metrics is served\n".to_string()),
-    };
-    write!(
-        stream,
-        "HTTP/1.1 {status}\r\nContent-Type: text/plain; version=0.0.4\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        body.len()
-    )
-}
+mod server;
+pub use server::serve;
 
 /// This process's resident and peak resident memory in bytes (Linux `/proc/self/status`).
 pub fn process_memory() -> Option<(f64, f64)> {

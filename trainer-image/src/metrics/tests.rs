@@ -1,4 +1,6 @@
-use std::io::Read;
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::sync::Arc;
 
 use super::*;
 
