@@ -6,8 +6,8 @@ use std::path::PathBuf;
 use anyhow::{Result, bail};
 use clap::Parser;
 use rlhf_bench::machine;
-use rlhf_bench::workload::{self, CPU_S, PROMPT_TOKENS, PROMPTS, ROLLOUT, THREADS};
-use serde_json::{Value, json};
+use rlhf_bench::workload::{self, CPU_S, PROMPT_TOKENS, PROMPTS, Phases, ROLLOUT, Rates, THREADS};
+use serde_json::json;
 
 #[derive(Parser, Debug)]
 #[command(name = "rlhf-bench-ppo", about = "The cpu-s PPO workload")]
@@ -22,16 +22,16 @@ struct Args {
     out: PathBuf,
 }
 
-/// (samples/s, TFLOP/s) of `phase` over `rounds`: each round's seconds are its samples over its rate.
-fn rate(rounds: &[&Value], phase: &str) -> (f64, f64) {
+/// (samples/s, TFLOP/s) of the phase `phase` picks over `rounds`: each round's seconds are its
+/// samples over its rate; a round without the phase makes the rate NaN.
+fn rate(rounds: &[&Phases], phase: fn(&Phases) -> Option<&Rates>) -> (f64, f64) {
     let (mut samples, mut seconds, mut flops) = (0.0, 0.0, 0.0);
-    for r in rounds {
-        let p = &r["phases"][phase];
+    for p in rounds.iter().map(|r| phase(r)) {
         let n = ROLLOUT;
-        let s = n / p["samples_per_second"].as_f64().unwrap_or(f64::NAN);
+        let s = p.map_or(f64::NAN, |p| n / p.samples_per_second);
         samples += n;
         seconds += s;
-        flops += p["tflops"].as_f64().unwrap_or(0.0) * s;
+        flops += p.map_or(0.0, |p| p.tflops) * s;
     }
     (samples / seconds, flops / seconds)
 }
@@ -45,18 +45,15 @@ fn main() -> Result<()> {
     let records = workload::run(&args.trainer, &args.work, |prompts| {
         workload::manifest(&CPU_S, prompts, "{}", 8, None)
     })?;
-    let rounds: Vec<&Value> = records
-        .iter()
-        .filter(|r| r.get("phases").is_some())
-        .collect();
+    let rounds: Vec<&Phases> = records.iter().filter_map(|r| r.phases.as_ref()).collect();
     if rounds.len() < 2 {
         bail!("expected several PPO rounds, got {}", rounds.len());
     }
     // Round 1 warms up (allocator, first-touch); the figures are rounds 2..
     let measured = &rounds[1..];
-    let (experience, experience_tflops) = rate(measured, "experience");
-    let (learn, learn_tflops) = rate(measured, "learn");
-    let (overall, overall_tflops) = rate(measured, "train");
+    let (experience, experience_tflops) = rate(measured, |p| p.experience.as_ref());
+    let (learn, learn_tflops) = rate(measured, |p| p.learn.as_ref());
+    let (overall, overall_tflops) = rate(measured, |p| p.train.as_ref());
     let peak_rss = workload::peak_rss_mib(&records);
     let date = workload::today();
     let m = machine();

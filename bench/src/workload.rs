@@ -2,11 +2,13 @@
 //! reward model after one `rm` step since PPO takes it from a stage), 64 prompts of 64 tokens
 //! (+9 held out for the trainer's evaluation), 64 new tokens each (top-k 50, temperature 1),
 //! rollout and train batch 8, 1 PPO epoch, 2 threads, run through `rlhf-trainer local`.
+use std::collections::BTreeMap;
 use std::path::Path;
 use std::process::Command;
 
 use anyhow::{Context, Result, bail};
-use serde_json::{Value, json};
+use serde::Deserialize;
+use serde_json::json;
 
 /// Words that are one GPT-2 token each with their leading space, so a prompt of 64 of them is
 /// 64 tokens.
@@ -100,7 +102,7 @@ pub fn run(
     trainer: &Path,
     work: &Path,
     manifest: impl FnOnce(&Path) -> String,
-) -> Result<Vec<Value>> {
+) -> Result<Vec<Record>> {
     let _ = std::fs::remove_dir_all(work);
     std::fs::create_dir_all(work)?;
     let work = work.canonicalize()?;
@@ -126,11 +128,41 @@ pub fn run(
         .collect::<Result<_, _>>()?)
 }
 
+/// What the benchmarks read of a line of the trainer's metrics log (its own type is
+/// `rlhf_trainer::record::Record`; this crate does not build the trainer).
+#[derive(Debug, Deserialize)]
+pub struct Record {
+    /// A PPO round's phases (held-out evaluations have none).
+    #[serde(default)]
+    pub phases: Option<Phases>,
+    /// Bytes by device (`cpu`, `cuda:<i>`).
+    #[serde(default)]
+    pub memory: BTreeMap<String, DeviceMemory>,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct Phases {
+    pub experience: Option<Rates>,
+    pub learn: Option<Rates>,
+    pub train: Option<Rates>,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct Rates {
+    pub samples_per_second: f64,
+    pub tflops: f64,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct DeviceMemory {
+    pub peak: Option<f64>,
+}
+
 /// The highest peak RSS (VmHWM, MiB) in the records.
-pub fn peak_rss_mib(records: &[Value]) -> f64 {
+pub fn peak_rss_mib(records: &[Record]) -> f64 {
     records
         .iter()
-        .filter_map(|r| r["memory"]["cpu"]["peak"].as_f64())
+        .filter_map(|r| r.memory.get("cpu")?.peak)
         .fold(0.0, f64::max)
         / f64::from(1 << 20)
 }
