@@ -1,9 +1,13 @@
 //! Resumable checkpoints in `<output>/checkpoints/step-<N>/`: the training state's tensors
 //! (weights and optimizer moments, `tensors.safetensors`), the rest of the state as JSON
-//! (`state.json`: data position, RNG, controllers) and a manifest listing every file's size and
-//! SHA-256, written last. A checkpoint is built in a hidden folder and renamed into place, so a
-//! `step-<N>` folder is complete unless the disk lied; the manifest catches that (truncation,
-//! corruption), and such a checkpoint is reported and skipped in favour of an older one.
+//! (`state.json`, [`State`]: data position, RNG, controllers) and a manifest listing every file's
+//! size and SHA-256, written last. A checkpoint is built in a hidden folder and renamed into
+//! place, so a `step-<N>` folder is complete unless the disk lied; the manifest catches that
+//! (truncation, corruption), and such a checkpoint is reported and skipped in favour of an older
+//! one. An intact checkpoint whose state this trainer cannot read (another version, a missing
+//! field) stops the run instead: an older checkpoint, or none, would silently drop training.
+mod state;
+
 use std::collections::HashMap;
 use std::fs::File;
 use std::io::Write;
@@ -14,6 +18,7 @@ use sha2::{Digest, Sha256};
 use tch::Tensor;
 
 use crate::error::{Error, Result};
+pub use state::{PpoState, State};
 
 pub const CHECKPOINTS_DIR: &str = "checkpoints";
 const TENSORS: &str = "tensors.safetensors";
@@ -22,20 +27,45 @@ const MANIFEST: &str = "manifest.json";
 /// Complete checkpoints kept; older ones are deleted once a newer one is in place.
 const KEEP: usize = 2;
 
-/// What a training loop saves: its step and everything needed to continue from it.
+/// What a training loop saves: everything needed to continue from its step (`state.step`).
 pub struct Snapshot {
-    pub step: u64,
     pub tensors: Vec<(String, Tensor)>,
-    pub state: serde_json::Value,
+    pub state: State,
 }
 
 /// A checkpoint read back.
 #[derive(Debug)]
 pub struct Restored {
-    pub step: u64,
     pub tensors: HashMap<String, Tensor>,
-    pub state: serde_json::Value,
+    pub state: State,
     pub dir: PathBuf,
+}
+
+impl Restored {
+    /// The steps (PPO: rounds) done when the checkpoint was taken.
+    pub fn step(&self) -> u64 {
+        self.state.step
+    }
+
+    /// PPO's loop state, an error naming the file when the checkpoint has none (another stage
+    /// kind wrote it).
+    pub fn ppo(&self) -> Result<&PpoState> {
+        self.state.ppo.as_ref().ok_or_else(|| {
+            Error::invalid(
+                self.dir.join(STATE),
+                "missing field `ppo`: not a PPO stage's checkpoint",
+            )
+        })
+    }
+}
+
+/// Why a checkpoint folder is not resumed from.
+#[derive(Debug)]
+enum Unusable {
+    /// Damaged or incomplete: an older checkpoint is tried instead.
+    Damaged(String),
+    /// Intact, but its state is not one this trainer reads.
+    Unreadable(Error),
 }
 
 #[derive(Serialize, Deserialize)]
@@ -83,7 +113,8 @@ pub fn save(root: &Path, snap: &Snapshot) -> Result<PathBuf> {
         let path = path.to_path_buf();
         move |source| Error::Write { path, source }
     };
-    let partial = parent.join(format!(".partial-{}", step_dir_name(snap.step)));
+    let step = snap.state.step;
+    let partial = parent.join(format!(".partial-{}", step_dir_name(step)));
     let _ = std::fs::remove_dir_all(&partial); // left by a process killed while writing
     std::fs::create_dir_all(&partial).map_err(io(&partial))?;
     let tensors_path = partial.join(TENSORS);
@@ -95,7 +126,7 @@ pub fn save(root: &Path, snap: &Snapshot) -> Result<PathBuf> {
     File::open(&tensors_path)
         .and_then(|f| f.sync_all())
         .map_err(io(&tensors_path))?;
-    let state_bytes = serde_json::to_vec_pretty(&snap.state).expect("JSON values serialise");
+    let state_bytes = state::to_json(&snap.state);
     write_synced(&partial.join(STATE), &state_bytes)?;
     let files = [(TENSORS, &tensor_bytes), (STATE, &state_bytes)]
         .into_iter()
@@ -109,15 +140,12 @@ pub fn save(root: &Path, snap: &Snapshot) -> Result<PathBuf> {
             )
         })
         .collect();
-    let manifest = Manifest {
-        step: snap.step,
-        files,
-    };
+    let manifest = Manifest { step, files };
     write_synced(
         &partial.join(MANIFEST),
         &serde_json::to_vec_pretty(&manifest).expect("manifests serialise"),
     )?;
-    let done = parent.join(step_dir_name(snap.step));
+    let done = parent.join(step_dir_name(step));
     let _ = std::fs::remove_dir_all(&done); // an older run's checkpoint of the same step
     std::fs::rename(&partial, &done).map_err(io(&done))?;
     File::open(&parent)
@@ -143,7 +171,31 @@ fn complete_steps(parent: &Path) -> Vec<u64> {
 }
 
 /// Reads and verifies one checkpoint folder.
-fn read(dir: &Path) -> std::result::Result<Restored, String> {
+fn read(dir: &Path) -> std::result::Result<Restored, Unusable> {
+    let verified = verify(dir).map_err(Unusable::Damaged)?;
+    let state = state::parse(&dir.join(STATE), &verified.state).map_err(Unusable::Unreadable)?;
+    if state.step != verified.step {
+        return Err(Unusable::Damaged(format!(
+            "{STATE} is at step {}, the manifest at {}",
+            state.step, verified.step
+        )));
+    }
+    let tensors = Tensor::read_safetensors(dir.join(TENSORS))
+        .map_err(|e| Unusable::Damaged(format!("{TENSORS}: {e}")))?;
+    Ok(Restored {
+        tensors: tensors.into_iter().collect(),
+        state,
+        dir: dir.into(),
+    })
+}
+
+/// A checkpoint folder's manifest step and state bytes, once every file matches the manifest.
+struct Verified {
+    step: u64,
+    state: Vec<u8>,
+}
+
+fn verify(dir: &Path) -> std::result::Result<Verified, String> {
     let manifest_bytes =
         std::fs::read(dir.join(MANIFEST)).map_err(|e| format!("no readable {MANIFEST} ({e})"))?;
     let manifest: Manifest = serde_json::from_slice(&manifest_bytes)
@@ -166,35 +218,31 @@ fn read(dir: &Path) -> std::result::Result<Restored, String> {
         }
         contents.insert(name.as_str(), bytes);
     }
-    let (Some(_), Some(state)) = (contents.get(TENSORS), contents.get(STATE)) else {
+    let (true, Some(state)) = (contents.contains_key(TENSORS), contents.remove(STATE)) else {
         return Err(format!("the manifest does not list {TENSORS} and {STATE}"));
     };
-    let state = serde_json::from_slice(state).map_err(|e| format!("{STATE} is malformed ({e})"))?;
-    let tensors =
-        Tensor::read_safetensors(dir.join(TENSORS)).map_err(|e| format!("{TENSORS}: {e}"))?;
-    Ok(Restored {
+    Ok(Verified {
         step: manifest.step,
-        tensors: tensors.into_iter().collect(),
         state,
-        dir: dir.into(),
     })
 }
 
-/// The newest checkpoint under `<root>/checkpoints` that verifies; each one that does not is
-/// reported on stderr and skipped.
-pub fn latest(root: &Path) -> Option<Restored> {
+/// The newest checkpoint under `<root>/checkpoints` that verifies; each damaged one is reported
+/// on stderr and skipped. An intact one with a state this trainer cannot read is an error.
+pub fn latest(root: &Path) -> Result<Option<Restored>> {
     let parent = root.join(CHECKPOINTS_DIR);
     for step in complete_steps(&parent) {
         let dir = parent.join(step_dir_name(step));
         match read(&dir) {
-            Ok(restored) => return Some(restored),
-            Err(reason) => eprintln!(
+            Ok(restored) => return Ok(Some(restored)),
+            Err(Unusable::Unreadable(e)) => return Err(e),
+            Err(Unusable::Damaged(reason)) => eprintln!(
                 "rlhf-trainer: skipping checkpoint {}: {reason}",
                 dir.display()
             ),
         }
     }
-    None
+    Ok(None)
 }
 
 #[cfg(test)]

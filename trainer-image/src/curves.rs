@@ -6,52 +6,56 @@
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 
-use rlhf_spec::StageKind;
-use serde_json::Value;
-
 use crate::error::{Error, Result};
 use crate::progress::{METRICS_LOG, read_log};
+use crate::record::{Evaluation, Record};
+use rlhf_spec::StageKind;
 
 pub const CURVES_FILE: &str = "curves.svg";
 
 /// The most points a drawn line keeps (longer series are thinned, keeping each stretch's extremes).
 pub const MAX_POINTS: usize = 500;
 
-/// One panel's source: the training-record key and the held-out evaluation key it draws.
+/// A training record's value drawn by a panel.
+type TrainValue = fn(&Record) -> Option<f64>;
+/// A held-out evaluation's value drawn by a panel.
+type EvalValue = fn(&Evaluation) -> Option<f64>;
+
+/// One panel's source: the training-record value and the held-out evaluation value it draws.
 struct Panel {
     title: &'static str,
-    train: Option<&'static str>,
-    eval: Option<&'static str>,
+    train: Option<TrainValue>,
+    eval: Option<EvalValue>,
 }
 
-const fn panel(
-    title: &'static str,
-    train: Option<&'static str>,
-    eval: Option<&'static str>,
-) -> Panel {
+const fn panel(title: &'static str, train: Option<TrainValue>, eval: Option<EvalValue>) -> Panel {
     Panel { title, train, eval }
 }
 
-/// The panels of each stage kind, in drawing order (keys as the algorithms and stage.rs log them).
+/// The panels of each stage kind, in drawing order.
 fn panels(kind: StageKind) -> &'static [Panel] {
-    const SFT: &[Panel] = &[panel("loss", Some("loss"), Some("loss"))];
+    const SFT: &[Panel] = &[panel("loss", Some(|r| r.loss), Some(|e| e.loss))];
     const RM: &[Panel] = &[
-        panel("loss", Some("loss"), None),
-        panel("accuracy", Some("rm_accuracy"), Some("accuracy")),
+        panel("loss", Some(|r| r.loss), None),
+        panel("accuracy", Some(|r| r.rm_accuracy), Some(|e| e.accuracy)),
     ];
     const DPO: &[Panel] = &[
-        panel("loss", Some("loss"), None),
-        panel("margin", None, Some("margin")),
-        panel("win rate", None, Some("win_rate")),
+        panel("loss", Some(|r| r.loss), None),
+        panel("margin", None, Some(|e| e.margin)),
+        panel("win rate", None, Some(|e| e.win_rate)),
     ];
     const PPO: &[Panel] = &[
-        panel("reward mean", Some("reward_mean"), Some("reward_mean")),
-        panel("KL", Some("kl"), Some("kl")),
-        panel("policy loss", Some("policy_loss"), None),
-        panel("value loss", Some("value_loss"), None),
-        panel("ptx loss", Some("ptx_loss"), None),
-        panel("entropy", Some("entropy"), None),
-        panel("clip fraction", Some("clip_fraction"), None),
+        panel(
+            "reward mean",
+            Some(|r| r.reward_mean),
+            Some(|e| e.reward_mean),
+        ),
+        panel("KL", Some(|r| r.kl), Some(|e| e.kl)),
+        panel("policy loss", Some(|r| r.policy_loss), None),
+        panel("value loss", Some(|r| r.value_loss), None),
+        panel("ptx loss", Some(|r| r.ptx_loss), None),
+        panel("entropy", Some(|r| r.entropy), None),
+        panel("clip fraction", Some(|r| r.clip_fraction), None),
     ];
     match kind {
         StageKind::Sft => SFT,
@@ -70,27 +74,42 @@ pub struct Series {
 }
 
 /// The series of a stage kind that have at least one point in `records`.
-pub fn series(kind: StageKind, records: &[Value]) -> Vec<Series> {
-    let points = |key: Option<&str>, evaluation: bool| -> Vec<(f64, f64)> {
-        let Some(key) = key else { return Vec::new() };
-        let mut p: Vec<(f64, f64)> = records
-            .iter()
-            .filter(|r| r.get("eval").is_some() == evaluation)
-            .filter_map(|r| {
-                let values = if evaluation { &r["eval"] } else { r };
-                Some((r["step"].as_f64()?, values[key].as_f64()?))
-            })
-            .filter(|(x, y)| x.is_finite() && y.is_finite())
-            .collect();
+pub fn series(kind: StageKind, records: &[Record]) -> Vec<Series> {
+    let sorted = |mut p: Vec<(f64, f64)>| {
+        p.retain(|(_, y)| y.is_finite());
         p.sort_by(|a, b| a.0.total_cmp(&b.0));
         p
+    };
+    let train = |value: Option<TrainValue>| -> Vec<(f64, f64)> {
+        let Some(value) = value else {
+            return Vec::new();
+        };
+        let training = records.iter().filter(|r| r.eval.is_none());
+        sorted(
+            training
+                .filter_map(|r| Some((r.step as f64, value(r)?)))
+                .collect(),
+        )
+    };
+    let eval = |value: Option<EvalValue>| -> Vec<(f64, f64)> {
+        let Some(value) = value else {
+            return Vec::new();
+        };
+        let evaluations = records
+            .iter()
+            .filter_map(|r| Some((r.step, r.eval.as_ref()?)));
+        sorted(
+            evaluations
+                .filter_map(|(step, e)| Some((step as f64, value(e)?)))
+                .collect(),
+        )
     };
     panels(kind)
         .iter()
         .map(|p| Series {
             title: p.title,
-            train: points(p.train, false),
-            eval: points(p.eval, true),
+            train: train(p.train),
+            eval: eval(p.eval),
         })
         .filter(|s| !s.train.is_empty() || !s.eval.is_empty())
         .collect()
@@ -343,6 +362,11 @@ mod tests {
     use super::*;
     use serde_json::json;
 
+    /// A record as the log has it.
+    fn record(line: serde_json::Value) -> Record {
+        serde_json::from_value(line).unwrap()
+    }
+
     /// Checks that `svg` is well-formed XML as far as this module writes it: every tag closed in
     /// order, attribute quotes paired, no stray `<` or `&` in text. Returns the element names.
     fn well_formed(svg: &str) -> Vec<String> {
@@ -393,12 +417,16 @@ mod tests {
         names.iter().filter(|n| *n == name).count()
     }
 
-    fn ppo_records() -> Vec<Value> {
+    fn ppo_records() -> Vec<Record> {
         vec![
-            json!({"step": 0, "eval": {"reward_mean": 0.1, "kl": 0.0}}),
-            json!({"step": 1, "reward_mean": 0.2, "reward_std": 0.1, "kl": 0.01, "kl_coef": 0.1, "entropy": 2.0, "policy_loss": -0.1, "value_loss": 0.5, "clip_fraction": 0.0, "memory": {"cpu": {"rss": 1e8}}}),
-            json!({"step": 2, "reward_mean": 0.4, "reward_std": 0.1, "kl": 0.02, "kl_coef": 0.1, "entropy": 1.9, "policy_loss": -0.2, "value_loss": 0.4, "clip_fraction": 0.1}),
-            json!({"step": 2, "eval": {"reward_mean": 0.5, "kl": 0.03}}),
+            record(json!({"step": 0, "eval": {"reward_mean": 0.1, "kl": 0.0}})),
+            record(
+                json!({"step": 1, "reward_mean": 0.2, "reward_std": 0.1, "kl": 0.01, "kl_coef": 0.1, "entropy": 2.0, "policy_loss": -0.1, "value_loss": 0.5, "clip_fraction": 0.0, "memory": {"cpu": {"rss": 1e8}}}),
+            ),
+            record(
+                json!({"step": 2, "reward_mean": 0.4, "reward_std": 0.1, "kl": 0.02, "kl_coef": 0.1, "entropy": 1.9, "policy_loss": -0.2, "value_loss": 0.4, "clip_fraction": 0.1}),
+            ),
+            record(json!({"step": 2, "eval": {"reward_mean": 0.5, "kl": 0.03}})),
         ]
     }
 
@@ -437,9 +465,9 @@ mod tests {
         let sft = series(
             StageKind::Sft,
             &[
-                json!({"step": 0, "eval": {"loss": 3.0}}),
-                json!({"step": 1, "loss": 2.5}),
-                json!({"step": 1, "eval": {"loss": 2.4}}),
+                record(json!({"step": 0, "eval": {"loss": 3.0}})),
+                record(json!({"step": 1, "loss": 2.5})),
+                record(json!({"step": 1, "eval": {"loss": 2.4}})),
             ],
         );
         assert_eq!(
@@ -454,8 +482,8 @@ mod tests {
         let rm = series(
             StageKind::Rm,
             &[
-                json!({"step": 0, "eval": {"accuracy": 0.5}}),
-                json!({"step": 1, "loss": 0.7, "rm_accuracy": 0.6}),
+                record(json!({"step": 0, "eval": {"accuracy": 0.5}})),
+                record(json!({"step": 1, "loss": 0.7, "rm_accuracy": 0.6})),
             ],
         );
         assert_eq!(
@@ -468,9 +496,9 @@ mod tests {
         );
 
         let dpo_log = [
-            json!({"step": 0, "eval": {"margin": 0.0, "win_rate": 0.5}}),
-            json!({"step": 1, "loss": 0.69}),
-            json!({"step": 1, "eval": {"margin": 0.2, "win_rate": 0.75}}),
+            record(json!({"step": 0, "eval": {"margin": 0.0, "win_rate": 0.5}})),
+            record(json!({"step": 1, "loss": 0.69})),
+            record(json!({"step": 1, "eval": {"margin": 0.2, "win_rate": 0.75}})),
         ];
         let dpo = series(StageKind::Dpo, &dpo_log);
         assert_eq!(
@@ -493,15 +521,21 @@ mod tests {
 
     #[test]
     fn unusable_values_are_skipped() {
-        // serde_json writes NaN and infinities as null; strings and missing keys are no values either.
+        // serde_json writes NaN and infinities as null: no value. (Lines that are no records at
+        // all are the log reader's to skip.)
+        let loss = |step, loss| Record {
+            step,
+            loss,
+            ..Record::default()
+        };
         let records = [
-            json!({"step": 1, "loss": null}),
-            json!({"step": 2, "loss": "x"}),
-            json!({"loss": 1.0}),
-            json!({"step": 3, "loss": 1.5}),
+            record(json!({"step": 1, "loss": null})),
+            loss(2, Some(f64::NAN)),
+            loss(4, Some(f64::INFINITY)),
+            loss(3, Some(1.5)),
         ];
         assert_eq!(series(StageKind::Sft, &records)[0].train, [(3.0, 1.5)]);
-        assert!(series(StageKind::Sft, &[json!({"step": 1, "loss": null})]).is_empty());
+        assert!(series(StageKind::Sft, &[record(json!({"step": 1, "loss": null}))]).is_empty());
         assert_eq!(
             span([f64::NAN, 1.0, f64::INFINITY, 3.0, f64::NEG_INFINITY]),
             Some((1.0, 3.0))
@@ -588,7 +622,10 @@ mod tests {
     fn write_draws_the_log_beside_it() {
         let dir = std::env::temp_dir().join(format!("rlhf-curves-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
-        let log: String = ppo_records().iter().map(|r| format!("{r}\n")).collect();
+        let log: String = ppo_records()
+            .iter()
+            .map(|r| serde_json::to_string(r).unwrap() + "\n")
+            .collect();
         std::fs::write(dir.join(METRICS_LOG), log).unwrap();
         let path = write(&dir, "ppo", StageKind::Ppo).unwrap();
         assert_eq!(path, dir.join(CURVES_FILE));

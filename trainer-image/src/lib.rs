@@ -15,6 +15,7 @@ pub mod metrics;
 pub mod models;
 pub mod precision;
 pub mod progress;
+pub mod record;
 pub mod rng;
 pub mod stage;
 pub mod tokenizer;

@@ -9,14 +9,14 @@
 use std::collections::HashMap;
 
 use prometheus::{Encoder, Gauge, GaugeVec, Opts, Registry, TextEncoder};
-use serde_json::Value;
 
 use crate::error::{Error, Result};
+use crate::record::Record;
 
 pub struct TrainerMetrics {
     registry: Registry,
-    /// Record key -> gauge (`step` -> `rlhf_trainer_step`, ...).
-    scalars: Vec<(&'static str, Gauge)>,
+    /// Gauge `rlhf_trainer_<key>` and the record value it shows.
+    scalars: Vec<(Gauge, Read)>,
     loss: GaugeVec,
     samples_per_second: GaugeVec,
     tokens_per_second: GaugeVec,
@@ -24,25 +24,47 @@ pub struct TrainerMetrics {
     memory: GaugeVec,
 }
 
+/// A record value read by a gauge.
+type Read = fn(&Record) -> Option<f64>;
+
 /// Record keys that map one-to-one onto a gauge `rlhf_trainer_<key>`.
-const SCALARS: [(&str, &str); 8] = [
-    ("step", "Optimizer steps (PPO: rounds) completed"),
-    ("reward_mean", "Mean reward-model score of the last rollout"),
+const SCALARS: [(&str, &str, Read); 8] = [
+    ("step", "Optimizer steps (PPO: rounds) completed", |r| {
+        Some(r.step as f64)
+    }),
+    (
+        "reward_mean",
+        "Mean reward-model score of the last rollout",
+        |r| r.reward_mean,
+    ),
     (
         "reward_std",
         "Standard deviation of the last rollout's scores",
+        |r| r.reward_std,
     ),
-    ("kl", "Mean per-token KL to the reference policy"),
-    ("kl_coef", "KL penalty coefficient in use"),
-    ("entropy", "Mean per-token entropy of the policy"),
+    ("kl", "Mean per-token KL to the reference policy", |r| r.kl),
+    ("kl_coef", "KL penalty coefficient in use", |r| r.kl_coef),
+    ("entropy", "Mean per-token entropy of the policy", |r| {
+        r.entropy
+    }),
     (
         "clip_fraction",
         "Share of tokens whose policy ratio was clipped",
+        |r| r.clip_fraction,
     ),
     (
         "rm_accuracy",
         "Reward model pairwise accuracy on the step's batch",
+        |r| r.rm_accuracy,
     ),
+];
+
+/// The `kind` label of `rlhf_trainer_loss` and the record value it reads.
+const LOSSES: [(&str, Read); 4] = [
+    ("train", |r| r.loss),
+    ("policy", |r| r.policy_loss),
+    ("value", |r| r.value_loss),
+    ("ptx", |r| r.ptx_loss),
 ];
 
 fn gauge_vec(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> Result<GaugeVec> {
@@ -61,10 +83,10 @@ impl TrainerMetrics {
         let registry = Registry::new_custom(None, Some(labels)).map_err(prom)?;
         let scalars = SCALARS
             .iter()
-            .map(|&(key, help)| {
+            .map(|&(key, help, read)| {
                 let g = Gauge::new(format!("rlhf_trainer_{key}"), help).map_err(prom)?;
                 registry.register(Box::new(g.clone())).map_err(prom)?;
-                Ok((key, g))
+                Ok((g, read))
             })
             .collect::<Result<_>>()?;
         Ok(Self {
@@ -103,36 +125,32 @@ impl TrainerMetrics {
         })
     }
 
-    /// Sets every gauge the record has a value for.
-    pub fn observe(&self, record: &Value) {
-        for (key, gauge) in &self.scalars {
-            if let Some(v) = record[*key].as_f64() {
+    /// Sets every gauge the record has a value for (held-out evaluations stay in the log).
+    pub fn observe(&self, record: &Record) {
+        for (gauge, read) in &self.scalars {
+            if let Some(v) = read(record) {
                 gauge.set(v);
             }
         }
-        for (key, value) in record.as_object().into_iter().flatten() {
-            if let (Some(kind), Some(v)) = (loss_kind(key), value.as_f64()) {
+        for (kind, read) in LOSSES {
+            if let Some(v) = read(record) {
                 self.loss.with_label_values(&[kind]).set(v);
             }
         }
-        for (phase, values) in record["phases"].as_object().into_iter().flatten() {
-            for (key, gauge) in [
-                ("samples_per_second", &self.samples_per_second),
-                ("tokens_per_second", &self.tokens_per_second),
-                ("tflops", &self.tflops),
+        for (phase, rates) in record.phases.iter().flat_map(|p| p.iter()) {
+            for (gauge, v) in [
+                (&self.samples_per_second, rates.samples_per_second),
+                (&self.tokens_per_second, rates.tokens_per_second),
+                (&self.tflops, rates.tflops),
             ] {
-                if let Some(v) = values[key].as_f64() {
-                    gauge.with_label_values(&[phase.as_str()]).set(v);
-                }
+                gauge.with_label_values(&[phase]).set(v);
             }
         }
-        for (device, kinds) in record["memory"].as_object().into_iter().flatten() {
-            for (kind, v) in kinds.as_object().into_iter().flatten() {
-                if let Some(v) = v.as_f64() {
-                    self.memory
-                        .with_label_values(&[device.as_str(), kind.as_str()])
-                        .set(v);
-                }
+        for (device, memory) in &record.memory {
+            for (kind, v) in memory.values() {
+                self.memory
+                    .with_label_values(&[device.as_str(), kind])
+                    .set(v);
             }
         }
     }
@@ -141,15 +159,6 @@ impl TrainerMetrics {
         let mut buf = Vec::new();
         let _ = TextEncoder::new().encode(&self.registry.gather(), &mut buf);
         String::from_utf8_lossy(&buf).into_owned()
-    }
-}
-
-/// `loss` -> "train", `policy_loss` -> "policy", `value_loss` -> "value", `ptx_loss` -> "ptx".
-fn loss_kind(key: &str) -> Option<&str> {
-    if key == "loss" {
-        Some("train")
-    } else {
-        key.strip_suffix("_loss")
     }
 }
 

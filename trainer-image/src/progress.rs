@@ -3,18 +3,18 @@
 //! `<output>/metrics.jsonl`; every `checkpointEvery` steps and at the last step every rank builds
 //! the loop's snapshot (a collective under ZeRO) and the leader writes it; on start every rank
 //! resumes from the newest good checkpoint. [`Dist`] says who the other ranks are.
+use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Instant;
-
-use serde_json::{Value, json};
 
 use crate::checkpoint::{self, Restored, Snapshot};
 use crate::cuda_memory;
 use crate::distributed::Dist;
 use crate::error::{Error, Result};
 use crate::metrics::{TrainerMetrics, process_memory};
+use crate::record::{DeviceMemory, Rates, Record};
 
 pub const METRICS_LOG: &str = "metrics.jsonl";
 
@@ -72,8 +72,8 @@ impl Progress {
         let Some(output) = &self.output else {
             return Ok(None);
         };
-        let restored = checkpoint::latest(output);
-        let kept_step = restored.as_ref().map_or(0, |r| r.step);
+        let restored = checkpoint::latest(output)?;
+        let kept_step = restored.as_ref().map_or(0, Restored::step);
         if !self.leader() {
             return Ok(restored);
         }
@@ -82,7 +82,7 @@ impl Progress {
                 "{}: resuming from {} (step {})",
                 self.stage,
                 r.dir.display(),
-                r.step
+                r.step()
             );
         }
         let path = output.join(METRICS_LOG);
@@ -90,8 +90,8 @@ impl Progress {
         if !records.is_empty() {
             let kept: String = records
                 .iter()
-                .filter(|r| r["step"].as_u64().is_some_and(|s| s <= kept_step))
-                .map(|r| format!("{r}\n"))
+                .filter(|r| r.step <= kept_step)
+                .map(|r| format!("{}\n", line(r)))
                 .collect();
             std::fs::write(&path, kept).map_err(|source| Error::Write {
                 path: path.clone(),
@@ -102,18 +102,16 @@ impl Progress {
     }
 
     /// The records in the metrics log so far (unreadable lines skipped).
-    pub fn logged(&self) -> Vec<Value> {
+    pub fn logged(&self) -> Vec<Record> {
         let Some(output) = &self.output else {
             return Vec::new();
         };
         read_log(&output.join(METRICS_LOG))
     }
 
-    /// Logs one record (a JSON object with at least `step`), adding this process's memory.
-    pub fn record(&mut self, mut record: Value) {
-        if record.is_object() {
-            record["memory"] = memory();
-        }
+    /// Logs one record, adding this process's memory.
+    pub fn record(&mut self, mut record: Record) {
+        record.memory = memory();
         if let Some(metrics) = &self.metrics {
             metrics.observe(&record);
         }
@@ -126,7 +124,7 @@ impl Progress {
         }
     }
 
-    fn append(&mut self, record: &Value) -> Result<()> {
+    fn append(&mut self, record: &Record) -> Result<()> {
         let Some(output) = &self.output else {
             return Ok(());
         };
@@ -144,7 +142,7 @@ impl Progress {
                     .map_err(io)?,
             );
         }
-        writeln!(self.log.as_mut().expect("opened above"), "{record}").map_err(io)
+        writeln!(self.log.as_mut().expect("opened above"), "{}", line(record)).map_err(io)
     }
 
     /// After step `step`: when a checkpoint is due (every `checkpointEvery` steps, and at the
@@ -169,39 +167,39 @@ impl Progress {
     }
 }
 
+/// A record as one line of the metrics log.
+fn line(record: &Record) -> String {
+    serde_json::to_string(record).expect("records serialise: plain numbers and strings")
+}
+
 /// A record for people: its numbers at 4 significant digits, the train rate and the RSS.
-pub fn progress_line(record: &Value) -> String {
-    let mut parts = Vec::new();
-    for (key, value) in record.as_object().into_iter().flatten() {
-        match (key.as_str(), value) {
-            ("step", v) => parts.insert(0, format!("step {v}")),
-            (_, Value::Number(n)) => {
-                parts.push(format!("{key} {:.4}", n.as_f64().unwrap_or_default()))
-            }
-            ("eval", Value::Object(values)) => {
-                parts.push(format!(
-                    "held-out {}",
-                    values
-                        .iter()
-                        .map(|(k, v)| format!("{k} {:.4}", v.as_f64().unwrap_or_default()))
-                        .collect::<Vec<_>>()
-                        .join(" ")
-                ));
-            }
-            _ => {}
-        }
+pub fn progress_line(record: &Record) -> String {
+    let mut parts = vec![format!("step {}", record.step)];
+    parts.extend(
+        record
+            .values()
+            .into_iter()
+            .map(|(key, v)| format!("{key} {v:.4}")),
+    );
+    if let Some(eval) = &record.eval {
+        let values: Vec<String> = eval
+            .values()
+            .into_iter()
+            .map(|(key, v)| format!("{key} {v:.4}"))
+            .collect();
+        parts.push(format!("held-out {}", values.join(" ")));
     }
-    if let Some(rate) = record["phases"]["train"]["samples_per_second"].as_f64() {
-        parts.push(format!("{rate:.1} samples/s"));
+    if let Some(train) = record.phases.as_ref().and_then(|p| p.train.as_ref()) {
+        parts.push(format!("{:.1} samples/s", train.samples_per_second));
     }
-    if let Some(rss) = record["memory"]["cpu"]["rss"].as_f64() {
+    if let Some(rss) = record.memory.get("cpu").and_then(|m| m.rss) {
         parts.push(format!("rss {:.0} MiB", rss / f64::from(1 << 20)));
     }
     parts.join(", ")
 }
 
 /// The records of a metrics log (a missing log has none; unreadable lines are skipped).
-pub fn read_log(path: &Path) -> Vec<Value> {
+pub fn read_log(path: &Path) -> Vec<Record> {
     std::fs::read_to_string(path)
         .unwrap_or_default()
         .lines()
@@ -209,19 +207,27 @@ pub fn read_log(path: &Path) -> Vec<Value> {
         .collect()
 }
 
-/// `{"cpu": {"rss", "peak"}, "cuda:<i>": {"allocated", "peak"}}` in bytes, for what is known.
-fn memory() -> Value {
-    let mut m = serde_json::Map::new();
+/// This process's memory: `cpu` {rss, peak} and `cuda:<i>` {allocated, peak}, in bytes, for
+/// what is known.
+fn memory() -> BTreeMap<String, DeviceMemory> {
+    let mut m = BTreeMap::new();
     if let Some((rss, peak)) = process_memory() {
-        m.insert("cpu".into(), json!({"rss": rss, "peak": peak}));
+        let cpu = DeviceMemory {
+            rss: Some(rss),
+            peak: Some(peak),
+            ..DeviceMemory::default()
+        };
+        m.insert("cpu".into(), cpu);
     }
     for (device, allocated, peak) in cuda_memory::devices() {
-        m.insert(
-            format!("cuda:{device}"),
-            json!({"allocated": allocated, "peak": peak}),
-        );
+        let cuda = DeviceMemory {
+            allocated: Some(allocated),
+            peak: Some(peak),
+            ..DeviceMemory::default()
+        };
+        m.insert(format!("cuda:{device}"), cuda);
     }
-    Value::Object(m)
+    m
 }
 
 /// Times one phase of a step and turns its work into rates.
@@ -232,26 +238,50 @@ impl PhaseClock {
         Self(Instant::now())
     }
 
-    /// `{samples_per_second, tokens_per_second, tflops}` for work done since start.
-    pub fn rates(&self, samples: f64, tokens: f64, flops: f64) -> Value {
+    /// The rates of work done since start.
+    pub fn rates(&self, samples: f64, tokens: f64, flops: f64) -> Rates {
         let s = self.0.elapsed().as_secs_f64().max(1e-9);
-        json!({"samples_per_second": samples / s, "tokens_per_second": tokens / s, "tflops": flops / s / 1e12})
+        Rates {
+            samples_per_second: samples / s,
+            tokens_per_second: tokens / s,
+            tflops: flops / s / 1e12,
+        }
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::json;
+
+    fn record(value: serde_json::Value) -> Record {
+        serde_json::from_value(value).unwrap()
+    }
 
     #[test]
     fn progress_lines_are_short() {
-        let line = progress_line(
-            &json!({"step": 3, "loss": 1.234567, "phases": {"train": {"samples_per_second": 12.34}}, "memory": {"cpu": {"rss": 104857600.0}}}),
-        );
+        let line = progress_line(&record(
+            json!({"step": 3, "loss": 1.234567, "phases": {"train": {"samples_per_second": 12.34, "tokens_per_second": 1.0, "tflops": 0.0}}, "memory": {"cpu": {"rss": 104857600.0}}}),
+        ));
         assert_eq!(line, "step 3, loss 1.2346, 12.3 samples/s, rss 100 MiB");
         assert_eq!(
-            progress_line(&json!({"step": 0, "eval": {"accuracy": 0.5}})),
+            progress_line(&record(json!({"step": 0, "eval": {"accuracy": 0.5}}))),
             "step 0, held-out accuracy 0.5000"
         );
+    }
+
+    #[test]
+    fn the_log_skips_lines_that_are_no_records() {
+        let dir = std::env::temp_dir().join(format!("rlhf-progress-log-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join(METRICS_LOG);
+        // A non-finite value is written as null: no value, the record stays.
+        let text = "{\"step\": 1, \"loss\": null}\n{\"step\": 2, \"loss\": \"x\"}\nnot json\n\
+                    {\"loss\": 1.0}\n{\"step\": 3, \"loss\": 1.5}\n";
+        std::fs::write(&path, text).unwrap();
+        let steps: Vec<(u64, Option<f64>)> =
+            read_log(&path).iter().map(|r| (r.step, r.loss)).collect();
+        assert_eq!(steps, [(1, None), (3, Some(1.5))]);
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }

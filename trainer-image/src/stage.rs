@@ -7,7 +7,6 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use rlhf_spec::{BaseWeights, Offload, StageKind, TrainerConfig, WeightsSource};
-use serde_json::{Value, json};
 use tch::{Device, nn};
 
 use crate::algorithms::{dpo, ppo, rm, sft};
@@ -21,6 +20,7 @@ use crate::models::lora::{self, WithoutAdapters};
 use crate::models::{CausalLm, load_causal_lm, parameter_count, random_causal_lm};
 use crate::precision;
 use crate::progress::Progress;
+use crate::record::{Evaluation, Record};
 use crate::tokenizer::Tokenizer;
 
 pub const MODEL_DIR: &str = "model";
@@ -191,8 +191,8 @@ impl StageRun<'_> {
 
     /// Logs a held-out evaluation: before training (unless an earlier run of this stage did)
     /// and after it, as `{"step", "eval": {...}}` records.
-    fn evaluate(&mut self, step: u64, values: Value) {
-        self.progress.record(json!({"step": step, "eval": values}));
+    fn evaluate(&mut self, step: u64, values: Evaluation) {
+        self.progress.record(Record::evaluation(step, values));
     }
 
     /// Only rank 0 evaluates, logs and saves.
@@ -207,7 +207,7 @@ impl StageRun<'_> {
                 .progress
                 .logged()
                 .iter()
-                .any(|r| r["step"] == 0 && r.get("eval").is_some())
+                .any(|r| r.step == 0 && r.eval.is_some())
     }
 
     /// The step the log ends at (the last step trained).
@@ -215,7 +215,7 @@ impl StageRun<'_> {
         self.progress
             .logged()
             .iter()
-            .filter_map(|r| r["step"].as_u64())
+            .map(|r| r.step)
             .max()
             .unwrap_or(0)
     }
@@ -224,7 +224,7 @@ impl StageRun<'_> {
     /// (when needed) and after `train`, then, on the leader only, `save` into the output folder.
     fn train_between_evaluations(
         &mut self,
-        eval: impl Fn(&Self) -> Result<Value>,
+        eval: impl Fn(&Self) -> Result<Evaluation>,
         train: impl FnOnce(&mut Self) -> Result<()>,
         save: impl FnOnce(&Path) -> Result<()>,
     ) -> Result<()> {
@@ -292,8 +292,33 @@ fn run_sft(r: &mut StageRun<'_>) -> Result<()> {
     check_tokenizer(&r.tok, lm.as_ref(), r.out())?;
     prepare_trainable(r.cfg, lm.as_ref(), &vs, &[])?;
     r.train_between_evaluations(
-        |r| Ok(json!({"loss": sft::held_out_loss(lm.as_ref(), &r.tok, &r.held_out, t.max_length, t.micro_batch_size as usize, r.device)?})),
-        |r| sft::train(lm.as_ref(), &vs, &r.tok, &r.train, t, r.device, &mut r.progress).map(drop),
+        |r| {
+            let micro = t.micro_batch_size as usize;
+            let loss = sft::held_out_loss(
+                lm.as_ref(),
+                &r.tok,
+                &r.held_out,
+                t.max_length,
+                micro,
+                r.device,
+            )?;
+            Ok(Evaluation {
+                loss: Some(loss),
+                ..Evaluation::default()
+            })
+        },
+        |r| {
+            sft::train(
+                lm.as_ref(),
+                &vs,
+                &r.tok,
+                &r.train,
+                t,
+                r.device,
+                &mut r.progress,
+            )
+            .map(drop)
+        },
         |out| lm.save(&vs, &out.join(MODEL_DIR)),
     )
 }
@@ -305,7 +330,14 @@ fn run_rm(r: &mut StageRun<'_>) -> Result<()> {
     prepare_trainable(r.cfg, head.lm.as_ref(), &vs, &[SCORE])?;
     let pad = i64::from(r.tok.pad_token_id);
     r.train_between_evaluations(
-        |r| Ok(json!({"accuracy": rm::accuracy(&head, &r.tok, &r.held_out, t.max_length, t.micro_batch_size as usize, r.device)?})),
+        |r| {
+            let micro = t.micro_batch_size as usize;
+            let accuracy = rm::accuracy(&head, &r.tok, &r.held_out, t.max_length, micro, r.device)?;
+            Ok(Evaluation {
+                accuracy: Some(accuracy),
+                ..Evaluation::default()
+            })
+        },
         |r| rm::train(&head, &vs, &r.tok, &r.train, t, r.device, &mut r.progress).map(drop),
         |out| head.save(&vs, &out.join(MODEL_DIR), pad),
     )
@@ -334,7 +366,11 @@ fn run_dpo(r: &mut StageRun<'_>) -> Result<()> {
                 params.beta,
                 r.device,
             )?;
-            Ok(json!({"margin": margin, "win_rate": win_rate}))
+            Ok(Evaluation {
+                margin: Some(margin),
+                win_rate: Some(win_rate),
+                ..Evaluation::default()
+            })
         },
         |r| {
             dpo::train(
@@ -412,7 +448,11 @@ fn run_ppo(r: &mut StageRun<'_>) -> Result<()> {
             };
             let (reward_mean, kl) =
                 ppo::experience::evaluate(&models, &prompts, &sampling, r.device)?;
-            Ok(json!({"reward_mean": reward_mean, "kl": kl}))
+            Ok(Evaluation {
+                reward_mean: Some(reward_mean),
+                kl: Some(kl),
+                ..Evaluation::default()
+            })
         },
         |r| {
             let data = ppo::Data {

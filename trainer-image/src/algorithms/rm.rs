@@ -82,7 +82,7 @@ pub fn train(
         vs,
         cfg,
         triples.len(),
-        Some("rm_accuracy"),
+        Some(|record, accuracy| record.rm_accuracy = Some(accuracy)),
         flops_per_token,
         progress,
         |micro| {

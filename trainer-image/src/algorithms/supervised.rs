@@ -4,15 +4,15 @@
 //! seed, so the step number is the data position). With several ranks each takes every
 //! world-th micro-batch of a step; losses are scaled by the step's total micro-batch count, so
 //! the strategy's sum over ranks is the global batch's mean.
-use serde_json::json;
 use tch::{Tensor, nn};
 
 use super::backward;
 use super::optim::{Optimizer, batches};
-use crate::checkpoint::Snapshot;
+use crate::checkpoint::{Snapshot, State};
 use crate::error::Result;
 use crate::models::CausalLm;
 use crate::progress::{PhaseClock, Progress};
+use crate::record::{Phases, Record};
 use rlhf_spec::ResolvedTraining;
 
 /// What a micro-batch contributes.
@@ -28,7 +28,7 @@ pub struct Micro {
 const MODEL: &str = "model";
 
 /// Runs the loop over the trained `models` (their checkpointed forwards are completed after each
-/// backward). `metric` names the micro-batches' metric in the records (None: not logged);
+/// backward). `metric` puts the micro-batches' metric into the step's record (None: not logged);
 /// `flops_per_token` is the forward-and-backward cost of one position (README: FLOP formula).
 /// Returns the losses of the steps run by this call.
 #[allow(clippy::too_many_arguments)] // each is a distinct input of the loop
@@ -37,7 +37,7 @@ pub fn run(
     vs: &nn::VarStore,
     cfg: &ResolvedTraining,
     examples: usize,
-    metric: Option<&str>,
+    metric: Option<fn(&mut Record, f64)>,
     flops_per_token: f64,
     progress: &mut Progress,
     mut micro_loss: impl FnMut(&[usize]) -> Result<Micro>,
@@ -45,7 +45,7 @@ pub fn run(
     let mut opt = Optimizer::new(vs, cfg, progress.dist())?;
     let (rank, world) = (progress.dist().rank(), progress.dist().world());
     if let Some(restored) = progress.resume()? {
-        opt.import(MODEL, &restored.tensors, restored.step)?;
+        opt.import(MODEL, &restored.tensors, restored.step())?;
     }
     let plan = batches(examples, cfg);
     let total = plan.len() as u64;
@@ -70,20 +70,27 @@ pub fn run(
             )
             .expect("three sums");
         let samples = step_batches.iter().map(Vec::len).sum::<usize>() as f64;
-        let mut record = json!({"step": step, "loss": loss_sum, "phases": {"train": clock.rates(samples, tokens, flops_per_token * tokens)}});
-        if let Some(name) = metric {
-            record[name] = json!(metric_sum);
+        let mut record = Record {
+            step,
+            loss: Some(loss_sum),
+            optimizer_state_bytes: Some(opt.state_bytes()),
+            phases: Some(Phases {
+                train: Some(clock.rates(samples, tokens, flops_per_token * tokens)),
+                ..Phases::default()
+            }),
+            ..Record::default()
+        };
+        if let Some(set) = metric {
+            set(&mut record, metric_sum);
         }
-        record["optimizer_state_bytes"] = json!(opt.state_bytes());
         progress.record(record);
         losses.push(loss_sum);
         progress.step_done(step, step == total, || {
             let mut tensors = Vec::new();
             opt.export(MODEL, &mut tensors)?;
             Ok(Snapshot {
-                step,
                 tensors,
-                state: json!({"step": step}),
+                state: State::supervised(step),
             })
         })?;
     }

@@ -15,12 +15,14 @@ use rlhf_spec::{
 };
 use std::process::Command;
 
-use serde_json::{Value, json};
+use serde::Serialize;
+use serde_json::Value;
 
 use crate::curves;
 use crate::distributed::launch;
 use crate::error::{Error, Result};
 use crate::progress::{METRICS_LOG, read_log};
+use crate::record::{Evaluation, Record};
 use crate::stage;
 
 const NAMESPACE: &str = "local";
@@ -104,7 +106,9 @@ pub fn run(manifest: &Path, folder: RunFolder) -> Result<()> {
         .iter()
         .map(|n| (n.clone(), read_log(&run_dir.join(n).join(METRICS_LOG))))
         .collect();
-    println!("{}", summary(&pipeline, &logs));
+    let summary = serde_json::to_string(&summary(&pipeline, &logs))
+        .expect("summaries serialise: plain numbers and strings");
+    println!("{summary}");
     Ok(())
 }
 
@@ -273,26 +277,41 @@ fn first_free(root: &Path, job: &str) -> PathBuf {
         .expect("some number is free")
 }
 
-/// `{"stages": {name: {"kind", "first", "last"}}}` from each stage's held-out evaluations.
-pub fn summary(p: &ResolvedPipeline, logs: &BTreeMap<String, Vec<Value>>) -> Value {
-    let stages: serde_json::Map<String, Value> = p
+/// The run's last line: `{"stages": {name: {"kind", "first", "last"}}}`.
+#[derive(Debug, Serialize)]
+pub struct Summary {
+    pub stages: BTreeMap<String, StageSummary>,
+}
+
+/// A stage's first and last held-out evaluation (null when it logged none).
+#[derive(Debug, Serialize)]
+pub struct StageSummary {
+    pub kind: &'static str,
+    pub first: Option<Evaluation>,
+    pub last: Option<Evaluation>,
+}
+
+/// The summary of each stage's held-out evaluations in `logs`.
+pub fn summary(p: &ResolvedPipeline, logs: &BTreeMap<String, Vec<Record>>) -> Summary {
+    let stages = p
         .order
         .iter()
         .map(|name| {
-            let evals: Vec<&Value> = logs
+            let evals: Vec<&Evaluation> = logs
                 .get(name)
                 .into_iter()
                 .flatten()
-                .filter_map(|r| r.get("eval"))
+                .filter_map(|r| r.eval.as_ref())
                 .collect();
-            let kind = p.stage(name).map_or("", |s| s.kind.as_str());
-            (
-                name.clone(),
-                json!({"kind": kind, "first": evals.first(), "last": evals.last()}),
-            )
+            let stage = StageSummary {
+                kind: p.stage(name).map_or("", |s| s.kind.as_str()),
+                first: evals.first().copied().cloned(),
+                last: evals.last().copied().cloned(),
+            };
+            (name.clone(), stage)
         })
         .collect();
-    json!({ "stages": stages })
+    Summary { stages }
 }
 
 #[cfg(test)]

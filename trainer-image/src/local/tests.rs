@@ -1,4 +1,5 @@
 use super::*;
+use serde_json::json;
 
 const MANIFEST: &str = r#"
 metadata: {name: files}
@@ -57,12 +58,15 @@ fn the_summary_holds_each_stages_first_and_last_evaluation() {
                 json!({"step": 0, "eval": {"loss": 9.0}}),
                 json!({"step": 1, "loss": 5.0}),
                 json!({"step": 2, "eval": {"loss": 2.0}}),
-            ],
+            ]
+            .into_iter()
+            .map(|line| serde_json::from_value(line).unwrap())
+            .collect(),
         ),
         ("ppo".to_string(), vec![]),
     ]);
     assert_eq!(
-        summary(&p, &logs),
+        serde_json::to_value(summary(&p, &logs)).unwrap(),
         json!({"stages": {"sft": {"kind": "sft", "first": {"loss": 9.0}, "last": {"loss": 2.0}}, "ppo": {"kind": "ppo", "first": null, "last": null}}})
     );
 }

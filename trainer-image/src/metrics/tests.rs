@@ -25,12 +25,14 @@ fn metrics() -> TrainerMetrics {
 #[test]
 fn a_record_sets_the_architecture_metric_names() {
     let m = metrics();
-    m.observe(&serde_json::json!({
+    let record = serde_json::from_value(serde_json::json!({
         "step": 7, "reward_mean": 1.5, "kl": 0.25, "policy_loss": -0.125, "value_loss": 0.5, "clip_fraction": 0.0625,
         "phases": {"experience": {"samples_per_second": 12.0, "tokens_per_second": 768.0, "tflops": 0.5}},
         "memory": {"cpu": {"rss": 1048576.0, "peak": 2097152.0}},
         "eval": {"reward_mean": 99.0}
-    }));
+    }))
+    .unwrap();
+    m.observe(&record);
     let text = m.render();
     let expected: [(&str, Labels, f64); 11] = [
         ("rlhf_trainer_step", &[], 7.0),
@@ -86,7 +88,11 @@ fn a_record_sets_the_architecture_metric_names() {
 #[test]
 fn the_server_answers_metrics_and_nothing_else() {
     let m = Arc::new(metrics());
-    m.observe(&serde_json::json!({"step": 3, "loss": 2.5}));
+    m.observe(&Record {
+        step: 3,
+        loss: Some(2.5),
+        ..Record::default()
+    });
     let port = serve(m, 0).unwrap();
     let get = |path: &str| {
         let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();

@@ -7,19 +7,19 @@
 pub mod experience;
 pub mod learn;
 
-use serde_json::{Value, json};
 use tch::{Device, Kind, nn};
 
 use super::losses::KlController;
 use super::optim::Optimizer;
 use crate::batch::{SequenceBatch, join, pad};
-use crate::checkpoint::Snapshot;
+use crate::checkpoint::{PpoState, Snapshot, State};
 use crate::data::Example;
 use crate::distributed::Dist;
 use crate::error::{Error, Result};
 use crate::models::heads::ScalarHead;
 use crate::models::{CausalLm, parameter_count};
 use crate::progress::{PhaseClock, Progress};
+use crate::record::{Phases, Record};
 use crate::rng::SplitMix64;
 use crate::tokenizer::Tokenizer;
 use experience::{Sampling, make_experience};
@@ -105,14 +105,15 @@ fn learn_flops(m: &Models<'_>, positions: f64, ppo_epochs: u32, ptx_tokens: f64)
         + 6.0 * ptx_tokens * n(m.actor_vs)
 }
 
-/// The round's statistics over all ranks: each rank's sums are added up, then turned into means.
+/// The round's statistics over all ranks (each rank's sums are added up, then turned into means)
+/// and their mean KL, the KL controller's input.
 fn round_record(
     round: u64,
     exp: &experience::Experience,
     kl_coef: f64,
     l: &LearnStats,
     dist: &Dist,
-) -> Result<Value> {
+) -> Result<(Record, f64)> {
     let scores = Vec::<f64>::try_from(exp.scores.to_kind(Kind::Double).to_device(Device::Cpu))?;
     let row_kl = exp.mean_kl() * scores.len() as f64;
     let local = [
@@ -133,12 +134,21 @@ fn round_record(
     let std = ((sum_sq - n * mean * mean) / (n - 1.0).max(1.0))
         .max(0.0)
         .sqrt();
-    let mut r = json!({"step": round, "reward_mean": mean, "reward_std": std, "kl": kl / n, "kl_coef": kl_coef,
-        "entropy": entropy / ranks, "policy_loss": policy / ranks, "value_loss": value / ranks, "clip_fraction": clip / ranks});
-    if l.ptx_loss.is_some() {
-        r["ptx_loss"] = json!(ptx / ranks);
-    }
-    Ok(r)
+    let kl = kl / n;
+    let record = Record {
+        step: round,
+        reward_mean: Some(mean),
+        reward_std: Some(std),
+        kl: Some(kl),
+        kl_coef: Some(kl_coef),
+        entropy: Some(entropy / ranks),
+        policy_loss: Some(policy / ranks),
+        value_loss: Some(value / ranks),
+        clip_fraction: Some(clip / ranks),
+        ptx_loss: l.ptx_loss.map(|_| ptx / ranks),
+        ..Record::default()
+    };
+    Ok((record, kl))
 }
 
 /// Runs PPO: each round samples `rolloutBatchSize` prompts (with several ranks each rank makes
@@ -155,7 +165,7 @@ pub fn train(
     device: Device,
     offload_inference: bool,
     progress: &mut Progress,
-) -> Result<Vec<Value>> {
+) -> Result<Vec<Record>> {
     let prompts = prompts_of(data.prompts)?;
     let ptx = super::sft::pairs(data.ptx)?;
     let (rank, world) = (progress.dist().rank(), progress.dist().world());
@@ -182,16 +192,12 @@ pub fn train(
     let mut rng = SplitMix64(cfg.seed);
     let mut first = 1;
     if let Some(r) = progress.resume()? {
-        let saved = |key: &str| {
-            r.state[key].as_u64().ok_or_else(|| {
-                Error::invalid(r.dir.join("state.json"), format!("`{key}` is missing"))
-            })
-        };
-        actor_opt.import("actor", &r.tensors, saved("actor_steps")?)?;
-        critic_opt.import("critic", &r.tensors, saved("critic_steps")?)?;
-        rng = SplitMix64(saved("rng")?);
-        kl_ctl.set_value(r.state["kl_coef"].as_f64().unwrap_or(ppo.kl_coef));
-        first = r.step + 1;
+        let saved = r.ppo()?;
+        actor_opt.import("actor", &r.tensors, saved.actor_steps)?;
+        critic_opt.import("critic", &r.tensors, saved.critic_steps)?;
+        rng = SplitMix64(saved.rng);
+        kl_ctl.set_value(saved.kl_coef);
+        first = r.step() + 1;
     }
     let micro = i64::from(cfg.micro_batch_size);
     let mut records = Vec::new();
@@ -246,21 +252,33 @@ pub fn train(
         )?;
         let learned = f64::from(ppo.ppo_epochs) * rollout as f64;
         let learn_flops = learn_flops(m, positions, ppo.ppo_epochs, stats.ptx_tokens as f64);
-        let mut record = round_record(round, &exp, kl_ctl.value(), &stats, progress.dist())?;
-        record["phases"] = json!({
-            "experience": experience_phase,
-            "learn": learn_clock.rates(learned, learned / rollout as f64 * positions, learn_flops),
-            "train": clock.rates(rollout as f64, positions, exp_flops + learn_flops),
+        let (mut record, kl) = round_record(round, &exp, kl_ctl.value(), &stats, progress.dist())?;
+        record.phases = Some(Phases {
+            experience: Some(experience_phase),
+            learn: Some(learn_clock.rates(
+                learned,
+                learned / rollout as f64 * positions,
+                learn_flops,
+            )),
+            train: Some(clock.rates(rollout as f64, positions, exp_flops + learn_flops)),
         });
-        kl_ctl.update(record["kl"].as_f64().unwrap_or_default(), rollout as u64);
+        kl_ctl.update(kl, rollout as u64);
         progress.record(record.clone());
         records.push(record);
         progress.step_done(round, round == total, || {
             let mut tensors = Vec::new();
             actor_opt.export("actor", &mut tensors)?;
             critic_opt.export("critic", &mut tensors)?;
-            let state = json!({"round": round, "rng": rng.0, "kl_coef": kl_ctl.value(), "actor_steps": actor_opt.steps(), "critic_steps": critic_opt.steps()});
-            Ok(Snapshot { step: round, tensors, state })
+            let state = PpoState {
+                rng: rng.0,
+                kl_coef: kl_ctl.value(),
+                actor_steps: actor_opt.steps(),
+                critic_steps: critic_opt.steps(),
+            };
+            Ok(Snapshot {
+                tensors,
+                state: State::ppo(round, state),
+            })
         })?;
     }
     if offload_inference {
