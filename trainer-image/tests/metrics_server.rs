@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use rlhf_trainer::metrics::{TrainerMetrics, serve};
+use rlhf_trainer::record::Record;
 
 /// Well under the server's header timeout, so a server that waits for the silent client fails.
 const BOUND: Duration = Duration::from_secs(2);
@@ -14,7 +15,10 @@ const BOUND: Duration = Duration::from_secs(2);
 fn server() -> u16 {
     let labels = HashMap::from([("rank".to_string(), "0".to_string())]);
     let metrics = Arc::new(TrainerMetrics::new(labels).unwrap());
-    metrics.observe(&serde_json::json!({"step": 3}));
+    metrics.observe(&Record {
+        step: 3,
+        ..Default::default()
+    });
     serve(metrics, 0).unwrap()
 }
 
