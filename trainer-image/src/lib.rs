@@ -17,5 +17,5 @@ pub mod precision;
 pub mod progress;
 pub mod record;
 pub mod rng;
-pub mod stage;
+pub mod stage_runner;
 pub mod tokenizer;

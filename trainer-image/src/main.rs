@@ -12,7 +12,7 @@ use rlhf_trainer::distributed::{self, Dist, Topology, launch};
 use rlhf_trainer::error::{Error, Result};
 use rlhf_trainer::local::RunFolder;
 use rlhf_trainer::metrics::{TrainerMetrics, serve};
-use rlhf_trainer::{config, inspect, local, stage};
+use rlhf_trainer::{config, inspect, local, stage_runner};
 use tch::Device;
 
 #[derive(Parser, Debug)]
@@ -125,7 +125,7 @@ fn execute(command: Command) -> Result<u8> {
                 device.is_cuda(),
                 distributed::TIMEOUT,
             )?;
-            stage::run(&cfg, device, Some(metrics), dist).map(|()| 0)
+            stage_runner::run(&cfg, device, Some(metrics), dist).map(|()| 0)
         }
         Command::Local {
             manifest,

@@ -2,7 +2,7 @@
 //! express (cross-field, cross-stage). Pure; errors name the offending field.
 mod links;
 mod model;
-mod stage;
+mod resolve_stage;
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -67,7 +67,7 @@ pub fn resolve_pipeline(
             Vec::new()
         }
     };
-    let ctx = stage::StageContext {
+    let ctx = resolve_stage::StageContext {
         spec,
         graph: &graph,
         model: model.as_ref(),
@@ -77,7 +77,7 @@ pub fn resolve_pipeline(
         .iter()
         .enumerate()
         .filter_map(|(i, s)| {
-            stage::resolve_stage(&ctx, s, &format!("{at}.stages[{i}]"), &mut errors)
+            resolve_stage::resolve_stage(&ctx, s, &format!("{at}.stages[{i}]"), &mut errors)
         })
         .collect();
     match (model, errors.is_empty()) {

@@ -1,10 +1,10 @@
 //! (pure) Observed pods + previous status -> new status, the stages whose gang must exist, the
 //! pods to delete, and the transitions worth an Event. Stage outcomes are sticky: a Succeeded
 //! stage stays Succeeded even after its pods are cleaned up, because the status is the record.
-//! Each stage's own lifecycle (restarts, backoff, deadlines) is in `stage.rs`.
+//! Each stage's own lifecycle (restarts, backoff, deadlines) is in `stage_lifecycle.rs`.
 mod conditions;
 mod plan;
-mod stage;
+mod stage_lifecycle;
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -14,8 +14,10 @@ use rlhf_spec::{FieldError, stage_output_dir};
 
 use self::conditions::{is_true, set_condition, set_job_conditions, truncate};
 pub use self::plan::JobPlan;
-pub use self::stage::{Cleanup, PERMANENT_ERROR_EXIT_CODE, RESTART_ACTION_PREFIX, backoff};
-use self::stage::{StageInputs, StageOutcome, advance};
+pub use self::stage_lifecycle::{
+    Cleanup, PERMANENT_ERROR_EXIT_CODE, RESTART_ACTION_PREFIX, backoff,
+};
+use self::stage_lifecycle::{StageInputs, StageOutcome, advance};
 use super::observe::{ObservedPod, TrainerProgress};
 use super::validate::ValidatedJob;
 use crate::crd::{CleanPodPolicy, JobPhase, RLHFJobStatus, StagePhase, StageStatus};

@@ -23,7 +23,7 @@ use crate::distributed::launch;
 use crate::error::{Error, Result};
 use crate::progress::{METRICS_LOG, read_log};
 use crate::record::{Evaluation, Record};
-use crate::stage;
+use crate::stage_runner;
 
 const NAMESPACE: &str = "local";
 /// The manifest as the run started, kept in the run folder.
@@ -76,7 +76,7 @@ pub fn run(manifest: &Path, folder: RunFolder) -> Result<()> {
             stage,
         };
         if Path::new(&config.output_dir)
-            .join(stage::MODEL_DIR)
+            .join(stage_runner::MODEL_DIR)
             .join("config.json")
             .exists()
         {
@@ -98,7 +98,7 @@ pub fn run(manifest: &Path, folder: RunFolder) -> Result<()> {
         println!(
             "{name}: done, model in {}/{}{curves}",
             config.output_dir,
-            stage::MODEL_DIR
+            stage_runner::MODEL_DIR
         );
     }
     let logs = pipeline

@@ -7,7 +7,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::{SignedDuration, Timestamp};
 
 use super::conditions::set_stage_condition;
-use super::stage::{Cleanup, StageOutcome};
+use super::stage_lifecycle::{Cleanup, StageOutcome};
 use super::{COND_QUEUED, Observed, QUEUE_POLL_SECONDS, Transition, job_phase};
 use crate::crd::{JobPhase, RLHFJobStatus, StagePhase, StageStatus};
 

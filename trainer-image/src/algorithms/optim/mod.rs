@@ -2,7 +2,7 @@
 //! and the order in which examples are visited.
 //!
 //! [`Optimizer`] is the one place a training step touches the weights: it owns the trainable
-//! variables (LoRA decides which they are) and hands each step to a [`Strategy`]
+//! variables (LoRA decides which they are) and hands each step to a [`DistributedStep`]
 //! (strategy.rs): one process, `ddp`, `zero1` or `zero2`. The AdamW state is ours rather than
 //! libtorch's so that checkpoints carry it and ZeRO can shard it (tch exposes neither).
 pub mod adamw;
@@ -17,12 +17,12 @@ use crate::distributed::Dist;
 use crate::error::{Error, Result};
 use crate::rng::SplitMix64;
 use loss_scale::LossScaler;
-use rlhf_spec::{ResolvedTraining, Strategy as StrategyKind};
-use strategy::{Replicated, Sharded, StepSettings, Strategy};
+use rlhf_spec::{ResolvedTraining, Strategy};
+use strategy::{DistributedStep, Replicated, Sharded, StepSettings};
 
 pub struct Optimizer {
     params: Vec<(String, Tensor)>,
-    strategy: Box<dyn Strategy>,
+    strategy: Box<dyn DistributedStep>,
     /// fp16 weights only.
     scaler: Option<LossScaler>,
     lr: f64,
@@ -46,20 +46,20 @@ impl Optimizer {
             return Err(Error::invalid("<model>", "no trainable weights"));
         }
         tch::no_grad(|| params.iter().try_for_each(|(_, v)| dist.broadcast(v)))?;
-        let strategy: Box<dyn Strategy> = match (&dist.group, dist.strategy) {
+        let strategy: Box<dyn DistributedStep> = match (&dist.group, dist.strategy) {
             (None, _) => Box::new(Replicated::new(&params, None, dist.offload_optimizer)),
-            (Some(g), StrategyKind::Ddp) => Box::new(Replicated::new(
+            (Some(g), Strategy::Ddp) => Box::new(Replicated::new(
                 &params,
                 Some(g.clone()),
                 dist.offload_optimizer,
             )),
-            (Some(g), StrategyKind::Zero1) => Box::new(Sharded::new(
+            (Some(g), Strategy::Zero1) => Box::new(Sharded::new(
                 &params,
                 g.clone(),
                 false,
                 dist.offload_optimizer,
             )),
-            (Some(g), StrategyKind::Zero2) => Box::new(Sharded::new(
+            (Some(g), Strategy::Zero2) => Box::new(Sharded::new(
                 &params,
                 g.clone(),
                 true,

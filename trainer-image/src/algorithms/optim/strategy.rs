@@ -39,7 +39,7 @@ fn gradient_factor(scaled_norm: f64, s: &StepSettings) -> Option<f64> {
         .then(|| adamw::clip_coefficient(norm, s.max_grad_norm) / s.loss_scale)
 }
 
-pub trait Strategy {
+pub trait DistributedStep {
     /// One step from this rank's local gradients (already divided so their sum over ranks is
     /// the global mean): combine them, clip by the global norm, apply AdamW, clear them. Returns
     /// false, having only cleared them, when they overflowed (every rank agrees).
@@ -235,7 +235,7 @@ impl Replicated {
     }
 }
 
-impl Strategy for Replicated {
+impl DistributedStep for Replicated {
     fn step(&mut self, params: &Params, s: &StepSettings) -> Result<bool> {
         if let Some(group) = &self.group {
             Self::all_reduce_gradients(group, params)?;
@@ -383,7 +383,7 @@ impl Sharded {
     }
 }
 
-impl Strategy for Sharded {
+impl DistributedStep for Sharded {
     fn step(&mut self, params: &Params, s: &StepSettings) -> Result<bool> {
         let flat = flat_grads(params, self.padded()).to_kind(Kind::Float); // reduce in fp32
         let grad = if self.reduce_scatter {
