@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # `make test`'s tests: starts a throw-away control plane, runs every test binary of the workspace
-# against it and always stops it. The binaries run in two lanes at once (2 cores): the trainer's
-# tests (CPU-bound training, no cluster) beside everything else (mostly waiting on the API
-# server). RLHF_TEST_LANES=1 runs them one after another. Each binary's output goes to
+# against it and always stops it. The binaries run in two lanes at once: those that train (CPU-bound,
+# one at a time) beside those that mostly wait on the API server (scripts/lib/test-binaries.py).
+# RLHF_TEST_LANES=1 runs them all one after another. Each binary's output goes to
 # .state/test-logs/<package>-<binary>.log; a failing one's tail is printed, and every binary's
 # time is summed up at the end.
 set -euo pipefail
@@ -43,10 +43,10 @@ started=$(date +%s)
 if [ "${RLHF_TEST_LANES:-2}" = 1 ]; then
   run_lane all
 else
-  run_lane trainer &
-  trainer_lane=$!
-  run_lane cluster
-  wait $trainer_lane || true
+  run_lane api &
+  api_lane=$!
+  run_lane cpu
+  wait $api_lane || true
 fi
 
 echo "== test binaries (seconds, slowest first), $(($(date +%s) - started)) s in all"

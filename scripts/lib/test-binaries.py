@@ -1,13 +1,14 @@
 """Reads `cargo test --no-run --message-format=json` from stdin and prints one line per test
-executable: lane, name, package folder, path (tab-separated). The trainer's binaries form the
-`trainer` lane (CPU-bound, no cluster); the rest the `cluster` lane. Slowest known first within
-a lane, so the lanes finish close together."""
+executable: lane, name, package folder, path (tab-separated). Binaries that train (the trainer's
+own, and the end-to-end tests that run real trainers in pods) form the `cpu` lane, one at a
+time: two of them at once on 2 cores only slow each other past their liveness timeouts. The rest,
+which mostly wait on the API server, form the `api` lane beside it."""
 import json
 import os
 import sys
 
-# Measured slowest binaries go first (see scripts/test.sh's closing table); others keep cargo's order.
-SLOW_FIRST = ["learning", "training_e2e", "local", "parallel", "observability_e2e", "lora"]
+# End-to-end tests of the tests crate whose pods run the real trainer.
+TRAINING_E2E = {"training_e2e", "failure_policy_e2e", "observability_e2e"}
 
 rows = []
 for line in sys.stdin:
@@ -22,11 +23,10 @@ for line in sys.stdin:
     package_dir = os.path.dirname(msg["manifest_path"])
     crate = os.path.basename(package_dir)
     name = f"{crate}-{target['name']}" + ("-unit" if target["kind"] != ["test"] else "")
-    lane = "trainer" if crate == "trainer-image" else "cluster"
-    rank = SLOW_FIRST.index(target["name"]) if target["name"] in SLOW_FIRST else len(SLOW_FIRST)
-    rows.append((lane, rank, len(rows), name, package_dir, msg["executable"]))
+    trains = crate == "trainer-image" or target["name"] in TRAINING_E2E
+    rows.append(("cpu" if trains else "api", len(rows), name, package_dir, msg["executable"]))
 
 if not rows:
     sys.exit("test-binaries: cargo listed no test executable")
-for lane, _, _, name, package_dir, exe in sorted(rows):
+for lane, _, name, package_dir, exe in sorted(rows):
     print("\t".join([lane, name, package_dir, exe]))
