@@ -15,7 +15,7 @@ use rlhf_spec::{ResolvedDpo, ResolvedTraining};
 
 /// Sum of the response tokens' log-probs per row (B): logits at t score the token at t + 1.
 pub fn sequence_logprobs(model: &dyn CausalLm, b: &SequenceBatch) -> Tensor {
-    let (lp, _) = continuation_logprobs(model, &b.input_ids, &b.attention_mask, 1); // (B, T-1)
+    let (lp, _) = continuation_logprobs(model, &b.input_ids, &b.attention_mask, 1, 1.0); // (B, T-1)
     masked_sum(&lp, &b.loss_mask.narrow(1, 1, lp.size()[1]), Some(1))
 }
 

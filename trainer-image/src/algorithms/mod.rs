@@ -13,12 +13,14 @@ use tch::Tensor;
 use crate::models::CausalLm;
 
 /// Log-probs (B, T - start) of the tokens from position `start` on under `model`'s full
-/// distribution, and the logits (B, T - start, V) that scored them: position t predicts t + 1.
+/// distribution at `temperature` (softmax of logits / temperature), and the logits
+/// (B, T - start, V) that scored them, already divided: position t predicts t + 1.
 pub fn continuation_logprobs(
     model: &dyn CausalLm,
     ids: &Tensor,
     attention_mask: &Tensor,
     start: i64,
+    temperature: f64,
 ) -> (Tensor, Tensor) {
     let n = ids.size()[1] - start;
     // The head runs on the scored positions only: (B, T, V) logits are the biggest activation.
@@ -26,6 +28,12 @@ pub fn continuation_logprobs(
         .hidden_states(ids, Some(attention_mask))
         .narrow(1, start - 1, n);
     let logits = model.lm_head(&hidden).to_kind(tch::Kind::Float);
+    // Skipped at 1 so the default keeps its exact numbers and makes no extra (B, T, V) copy.
+    let logits = if temperature == 1.0 {
+        logits
+    } else {
+        logits / temperature
+    };
     (
         losses::token_logprobs(&logits, &ids.narrow(1, start, n)),
         logits,

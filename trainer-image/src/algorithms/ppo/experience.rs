@@ -1,5 +1,6 @@
 //! Experience making: sample responses with the actor, then score them without gradients: the
-//! actor's and reference's log-probs under their full distributions, the critic's values, the
+//! actor's and reference's log-probs under their full distributions at the sampling temperature
+//! (see [`scoring_temperature`]), the critic's values, the
 //! reward model's score, per-token KL rewards, GAE advantages (whitened) and returns.
 use tch::{Device, Kind, Tensor};
 
@@ -80,6 +81,17 @@ pub fn critic_values(critic: &ScalarHead, seq: &Tensor, attn: &Tensor, prompt_le
     critic.per_token(seq, attn).narrow(1, prompt_len - 1, n)
 }
 
+/// The temperature every PPO log-prob (old, reference, new, entropy) is taken at: the sampling
+/// one, since the responses come from softmax(logits / T) and ratio and KL must compare that
+/// policy (as TRL and OpenRLHF do); 1 for greedy decoding, which has no such distribution.
+pub fn scoring_temperature(g: &ResolvedGeneration) -> f64 {
+    if g.temperature > 0.0 {
+        g.temperature
+    } else {
+        1.0
+    }
+}
+
 /// What generation needs besides the prompts.
 pub struct Sampling<'a> {
     pub tok: &'a Tokenizer,
@@ -125,9 +137,10 @@ pub fn make_experience(
     device: Device,
 ) -> Result<Experience> {
     let (seq, attn, mask, prompt_len) = sample(m, prompts, sampling, device)?;
+    let t = scoring_temperature(sampling.generation);
     tch::no_grad(|| {
-        let (logp, _) = continuation_logprobs(m.actor, &seq, &attn, prompt_len);
-        let (ref_logp, _) = continuation_logprobs(m.reference, &seq, &attn, prompt_len);
+        let (logp, _) = continuation_logprobs(m.actor, &seq, &attn, prompt_len, t);
+        let (ref_logp, _) = continuation_logprobs(m.reference, &seq, &attn, prompt_len, t);
         let values = critic_values(m.critic, &seq, &attn, prompt_len);
         let scores = m.reward.last_token(&seq, &attn);
         let kl = kl_penalty(&logp, &ref_logp, ppo.kl_estimator);
@@ -150,7 +163,8 @@ pub fn make_experience(
 }
 
 /// Held-out evaluation: the actor's greedy answers to `prompts`, their mean reward-model score
-/// and mean per-token KL (k1) to the reference.
+/// and mean per-token KL (k1) to the reference (at temperature 1: greedy answers have no
+/// sampling temperature).
 pub fn evaluate(
     m: &Models<'_>,
     prompts: &[&str],
@@ -178,8 +192,8 @@ pub fn evaluate(
             .last_token(&seq, &attn)
             .mean(Kind::Float)
             .double_value(&[]);
-        let (logp, _) = continuation_logprobs(m.actor, &seq, &attn, prompt_len);
-        let (ref_logp, _) = continuation_logprobs(m.reference, &seq, &attn, prompt_len);
+        let (logp, _) = continuation_logprobs(m.actor, &seq, &attn, prompt_len, 1.0);
+        let (ref_logp, _) = continuation_logprobs(m.reference, &seq, &attn, prompt_len, 1.0);
         let kl = masked_mean(
             &kl_penalty(&logp, &ref_logp, KlEstimator::K1),
             &mask,

@@ -6,7 +6,7 @@ use super::super::losses::{entropy_from_logits, masked_mean, policy_loss, sft_lo
 use super::super::optim::Optimizer;
 use super::super::{backward, continuation_logprobs};
 use super::Models;
-use super::experience::{Experience, critic_values};
+use super::experience::{Experience, critic_values, scoring_temperature};
 use crate::batch::SequenceBatch;
 use crate::error::Result;
 use rlhf_spec::ResolvedPpo;
@@ -41,6 +41,7 @@ pub fn learn(
     mut ptx_batch: impl FnMut() -> Result<Option<SequenceBatch>>,
 ) -> Result<LearnStats> {
     let b = exp.sequences.size()[0];
+    let temperature = scoring_temperature(&ppo.generation);
     let (mut sums, mut ptx_sum, mut ptx_tokens, mut count) = ([0.0; 4], 0.0, 0, 0.0f64);
     for _ in 0..ppo.ppo_epochs {
         for start in (0..b).step_by(micro as usize) {
@@ -54,7 +55,8 @@ pub fn learn(
                 rows(&exp.attention_mask, &idx),
                 rows(&exp.mask, &idx),
             );
-            let (logp, logits) = continuation_logprobs(m.actor, &seq, &attn, exp.prompt_len);
+            let (logp, logits) =
+                continuation_logprobs(m.actor, &seq, &attn, exp.prompt_len, temperature);
             let (pl, clip, _) = policy_loss(
                 &logp,
                 &rows(&exp.logp, &idx),

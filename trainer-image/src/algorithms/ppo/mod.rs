@@ -1,9 +1,9 @@
 //! PPO (InstructGPT recipe): make experience with the actor, score it with the reward model,
 //! penalise per-token KL to the reference, estimate advantages with token-level GAE against the
 //! critic, then several clipped policy and value updates on that experience (plus the optional
-//! pretraining loss). Behaviour log-probs come from the actor's full distribution, recomputed
-//! after sampling: the top-k/top-p filtered sampling distribution is not the policy being
-//! optimised. Rounds checkpoint and resume through [`Progress`].
+//! pretraining loss). Behaviour log-probs come from the actor's full distribution at the
+//! sampling temperature, recomputed after sampling: the top-k/top-p filtered sampling
+//! distribution is not the policy being optimised. Rounds checkpoint and resume through [`Progress`].
 pub mod experience;
 pub mod learn;
 
@@ -286,3 +286,6 @@ pub fn train(
     }
     Ok(records)
 }
+
+#[cfg(test)]
+mod tests;
