@@ -28,6 +28,18 @@ fn rows(t: &Tensor, idx: &Tensor) -> Tensor {
     t.index_select(0, idx)
 }
 
+/// Mean entropy over the scored positions of `logits` (B, N, V). Only when it is in the loss
+/// does it keep a graph: otherwise a (B, N, V) log-softmax would be held for backward just for
+/// the metric.
+pub(super) fn mean_entropy(logits: &Tensor, mask: &Tensor, in_loss: bool) -> Tensor {
+    let entropy = || masked_mean(&entropy_from_logits(logits), mask, None);
+    if in_loss {
+        entropy()
+    } else {
+        tch::no_grad(entropy)
+    }
+}
+
 /// Runs `ppo_epochs` passes over `exp` in micro-batches of `micro`. Losses are scaled by
 /// `loss_scale` before backward (1 / world: the strategy sums the ranks' gradients). `ptx_batch`
 /// gives the pretraining batch for each actor update when `ptxCoef` > 0.
@@ -64,8 +76,12 @@ pub fn learn(
                 &mask,
                 ppo.clip_range,
             );
-            let entropy = masked_mean(&entropy_from_logits(&logits), &mask, None);
-            let mut actor_loss = &pl - &entropy * ppo.entropy_coef;
+            let entropy = mean_entropy(&logits, &mask, ppo.entropy_coef != 0.0);
+            let mut actor_loss = if ppo.entropy_coef != 0.0 {
+                &pl - &entropy * ppo.entropy_coef
+            } else {
+                pl.shallow_clone()
+            };
             if let Some(batch) = ptx_batch()? {
                 let ptx = sft_loss(
                     &m.actor

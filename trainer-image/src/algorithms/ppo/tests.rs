@@ -2,12 +2,16 @@ use tch::{Device, Kind, nn};
 
 use super::Models;
 use super::experience::{Experience, Sampling, make_experience};
+use super::learn::{learn, mean_entropy};
+use crate::algorithms::optim::Optimizer;
+use crate::distributed::Dist;
 use crate::models::CausalLm;
 use crate::models::gpt2::{Gpt2, Gpt2Config};
 use crate::models::heads::ScalarHead;
 use crate::tokenizer::Tokenizer;
 use rlhf_spec::{
     BuiltinTokenizer, KlEstimator, ResolvedGeneration, ResolvedPpo, ResolvedTokenizer,
+    ResolvedTraining,
 };
 
 const PROMPTS: [&str; 2] = ["copy: a b c", "copy: d e"];
@@ -115,4 +119,74 @@ fn old_logprobs_are_taken_at_the_sampling_temperature() {
         .squeeze_dim(-1);
     let diff = (&exp.logp - &expected).abs().max().double_value(&[]);
     assert!(diff < 1e-5, "old log-probs differ from T = 0.7 by {diff}");
+}
+
+fn training() -> ResolvedTraining {
+    ResolvedTraining {
+        learning_rate: 1e-3,
+        batch_size: 2,
+        micro_batch_size: 2,
+        gradient_accumulation: 1,
+        epochs: 1,
+        max_steps: None,
+        max_length: 16,
+        warmup_steps: 0,
+        weight_decay: 0.0,
+        max_grad_norm: 1.0,
+        seed: 0,
+        checkpoint_every: 50,
+    }
+}
+
+/// The entropy metric of one learning phase (one micro-batch) on `exp`; the actor's weights
+/// are put back afterwards so every call starts from the same ones.
+fn learned_entropy(f: &Fixture, exp: &Experience, entropy_coef: f64) -> f64 {
+    let saved: Vec<_> = f
+        .actor_vs
+        .variables()
+        .into_iter()
+        .map(|(n, t)| (n, t.copy()))
+        .collect();
+    let ppo = ppo(0.7, entropy_coef);
+    let dist = Dist::single();
+    let mut actor_opt = Optimizer::new(&f.actor_vs, &training(), &dist).unwrap();
+    let mut critic_opt = Optimizer::new(&f.critic_vs, &training(), &dist).unwrap();
+    let stats = learn(
+        &f.models(),
+        exp,
+        (&mut actor_opt, &mut critic_opt),
+        &ppo,
+        2,
+        1.0,
+        || Ok(None),
+    )
+    .unwrap();
+    let vars = f.actor_vs.variables();
+    tch::no_grad(|| {
+        for (name, t) in &saved {
+            vars[name].shallow_clone().copy_(t);
+        }
+    });
+    stats.entropy
+}
+
+#[test]
+fn the_entropy_metric_is_the_same_in_the_loss_or_not() {
+    let f = fixture();
+    let exp = experience(&f, &ppo(0.7, 0.0));
+    let without = learned_entropy(&f, &exp, 0.0);
+    let with = learned_entropy(&f, &exp, 1e-9);
+    assert!(
+        (without - with).abs() < 1e-6,
+        "entropy {without} (coef 0) vs {with} (coef 1e-9)"
+    );
+    assert!(without > 0.0);
+}
+
+#[test]
+fn the_entropy_keeps_a_graph_only_in_the_loss() {
+    let logits = tch::Tensor::randn([2, 3, 5], (Kind::Float, Device::Cpu)).set_requires_grad(true);
+    let mask = tch::Tensor::ones([2, 3], (Kind::Float, Device::Cpu));
+    assert!(!mean_entropy(&logits, &mask, false).requires_grad());
+    assert!(mean_entropy(&logits, &mask, true).requires_grad());
 }
