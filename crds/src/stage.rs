@@ -149,6 +149,10 @@ pub struct TrainingParams {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 0.0))]
     pub weight_decay: Option<f64>,
+    /// AdamW's epsilon, added to the root of the second moment; must be above 0. Default: 1e-8.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0.0))]
+    pub adam_epsilon: Option<f64>,
     /// Gradient-norm clipping; 0 turns it off. Default: 1.0.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 0.0))]

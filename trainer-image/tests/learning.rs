@@ -36,6 +36,7 @@ fn training(learning_rate: f64, epochs: u32) -> ResolvedTraining {
         max_length: 32,
         warmup_steps: 4,
         weight_decay: 0.0,
+        adam_epsilon: 1e-8,
         max_grad_norm: 1.0,
         seed: 3,
         checkpoint_every: 50,

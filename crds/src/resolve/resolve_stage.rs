@@ -339,6 +339,12 @@ fn resolve_training(
         ));
         return None;
     }
+    if t.adam_epsilon.is_some_and(|e| e.is_nan() || e <= 0.0) {
+        errors.push(FieldError::new(
+            format!("{at}.adamEpsilon"),
+            "must be above 0",
+        ));
+    }
     Some(ResolvedTraining {
         learning_rate: t.learning_rate.unwrap_or(default_learning_rate(stage.kind)),
         batch_size,
@@ -349,6 +355,7 @@ fn resolve_training(
         max_length,
         warmup_steps: t.warmup_steps.unwrap_or(0),
         weight_decay: t.weight_decay.unwrap_or(0.0),
+        adam_epsilon: t.adam_epsilon.unwrap_or(1e-8), // PyTorch's AdamW default
         max_grad_norm: t.max_grad_norm.unwrap_or(1.0),
         seed: t.seed.unwrap_or(42),
         checkpoint_every: t.checkpoint_every.unwrap_or(50),

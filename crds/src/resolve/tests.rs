@@ -49,6 +49,7 @@ fn fills_defaults_and_resolves_sources() {
         Some(WeightsSource::Stage("sft".into()))
     );
     assert_eq!(ppo.training.learning_rate, 1e-6);
+    assert_eq!(ppo.training.adam_epsilon, 1e-8);
     assert!((ppo.ppo.as_ref().unwrap().critic_learning_rate - 1e-5).abs() < 1e-12);
     // stage override: nodes 1, gpusPerNode inherited 2 -> world 2; 32 / (8 x 2) = 2 accumulation steps.
     assert_eq!(ppo.parallelism.world_size(), 2);
@@ -286,4 +287,19 @@ fn adaptive_kl_needs_a_positive_target() {
         errors_of(v),
         vec!["spec.stages[2].ppo.targetKl: must be above 0 (leave it out for a fixed klCoef)"]
     );
+}
+
+#[test]
+fn adam_epsilon_must_be_positive() {
+    let with_epsilon = |eps: f64| {
+        let mut v = pipeline();
+        v["stages"][0]["training"]["adamEpsilon"] = json!(eps);
+        v
+    };
+    for bad in [0.0, -1e-8] {
+        let expected = "spec.stages[0].training.adamEpsilon: must be above 0";
+        assert_eq!(errors_of(with_epsilon(bad)), vec![expected], "{bad}");
+    }
+    let p = resolve(with_epsilon(1e-6)).unwrap();
+    assert_eq!(p.stage("sft").unwrap().training.adam_epsilon, 1e-6);
 }

@@ -2,29 +2,35 @@
 //! global-norm clipping factor.
 use tch::Tensor;
 
-/// PyTorch's AdamW defaults (what tch's `nn::AdamW` uses too).
+/// PyTorch's AdamW defaults (what tch's `nn::AdamW` uses too); epsilon is `adamEpsilon`.
 pub const BETA1: f64 = 0.9;
 pub const BETA2: f64 = 0.999;
-pub const EPS: f64 = 1e-8;
 
-/// One AdamW step of `value` with gradient `grad` at step `t` (1-based); `exp_avg` and
-/// `exp_avg_sq` are updated in place. Call under `no_grad`.
+/// The scalars of one AdamW step; `t` is the step number (1-based).
+#[derive(Clone, Debug)]
+pub struct Hyper {
+    pub lr: f64,
+    pub weight_decay: f64,
+    pub eps: f64,
+    pub t: u64,
+}
+
+/// One AdamW step of `value` with gradient `grad`; `exp_avg` and `exp_avg_sq` are updated in
+/// place. Call under `no_grad`.
 pub fn update(
     value: &mut Tensor,
     grad: &Tensor,
     exp_avg: &mut Tensor,
     exp_avg_sq: &mut Tensor,
-    lr: f64,
-    weight_decay: f64,
-    t: u64,
+    h: &Hyper,
 ) {
-    let t = t as i32;
+    let (lr, t) = (h.lr, h.t as i32);
     let (bias1, bias2) = (1.0 - BETA1.powi(t), 1.0 - BETA2.powi(t));
-    let _ = value.g_mul_scalar_(1.0 - lr * weight_decay);
+    let _ = value.g_mul_scalar_(1.0 - lr * h.weight_decay);
     let _ = exp_avg.lerp_(grad, 1.0 - BETA1);
     let _ = exp_avg_sq.g_mul_scalar_(BETA2);
     let _ = exp_avg_sq.g_add_(&(grad.square() * (1.0 - BETA2)));
-    let denom = (exp_avg_sq.sqrt() / bias2.sqrt()) + EPS;
+    let denom = (exp_avg_sq.sqrt() / bias2.sqrt()) + h.eps;
     let _ = value.g_sub_(&(&*exp_avg / &denom * (lr / bias1)));
 }
 

@@ -27,6 +27,7 @@ pub struct Optimizer {
     scaler: Option<LossScaler>,
     lr: f64,
     weight_decay: f64,
+    adam_epsilon: f64,
     warmup: u32,
     max_grad_norm: f64,
     step: u64,
@@ -76,6 +77,7 @@ impl Optimizer {
             scaler,
             lr: cfg.learning_rate,
             weight_decay: cfg.weight_decay,
+            adam_epsilon: cfg.adam_epsilon,
             warmup: cfg.warmup_steps,
             max_grad_norm: cfg.max_grad_norm,
             step: 0,
@@ -112,10 +114,13 @@ impl Optimizer {
     pub fn step(&mut self) -> Result<u64> {
         self.step += 1;
         let settings = StepSettings {
-            lr: self.lr_at(self.step),
-            weight_decay: self.weight_decay,
+            adam: adamw::Hyper {
+                lr: self.lr_at(self.step),
+                weight_decay: self.weight_decay,
+                eps: self.adam_epsilon,
+                t: self.step,
+            },
             max_grad_norm: self.max_grad_norm,
-            t: self.step,
             loss_scale: self.loss_scale(),
         };
         let applied = self.strategy.step(&self.params, &settings)?;

@@ -20,12 +20,10 @@ use crate::error::{Error, Result};
 /// The trainable variables, by name, in a fixed order (equal on every rank).
 pub type Params = [(String, Tensor)];
 
-/// Learning rate, decay and clipping of one step; `t` is the step number (1-based).
+/// AdamW's scalars and the clipping of one step.
 pub struct StepSettings {
-    pub lr: f64,
-    pub weight_decay: f64,
+    pub adam: adamw::Hyper,
     pub max_grad_norm: f64,
-    pub t: u64,
     /// The loss was multiplied by this before backward (fp16 loss scaling; 1 otherwise).
     pub loss_scale: f64,
 }
@@ -261,18 +259,12 @@ impl DistributedStep for Replicated {
                 match &mut self.master {
                     Some(master) => {
                         let g = grad.to_device(m.device()).to_kind(Kind::Float) * coef;
-                        adamw::update(&mut master[i], &g, m, v, s.lr, s.weight_decay, s.t);
+                        adamw::update(&mut master[i], &g, m, v, &s.adam);
                         value.shallow_clone().copy_(&master[i]);
                     }
-                    None => adamw::update(
-                        &mut value.shallow_clone(),
-                        &(grad * coef),
-                        m,
-                        v,
-                        s.lr,
-                        s.weight_decay,
-                        s.t,
-                    ),
+                    None => {
+                        adamw::update(&mut value.shallow_clone(), &(grad * coef), m, v, &s.adam)
+                    }
                 }
             }
         });
@@ -411,9 +403,7 @@ impl DistributedStep for Sharded {
                 &(grad * coef),
                 &mut self.exp_avg,
                 &mut self.exp_avg_sq,
-                s.lr,
-                s.weight_decay,
-                s.t,
+                &s.adam,
             )
         });
         let full = self.gather(&value)?;

@@ -17,6 +17,7 @@ fn config(max_grad_norm: f64, warmup_steps: u32) -> ResolvedTraining {
         max_length: 16,
         warmup_steps,
         weight_decay: 0.1,
+        adam_epsilon: 1e-8,
         max_grad_norm,
         seed: 0,
         checkpoint_every: 50,
@@ -44,17 +45,22 @@ fn weights(vs: &nn::VarStore) -> Tensor {
     )
 }
 
-#[test]
-fn matches_libtorchs_adamw_step_for_step() {
+/// Max weight difference to libtorch's AdamW with epsilon `eps` after 5 steps.
+fn difference_to_libtorch(eps: f64) -> f64 {
     tch::manual_seed(1);
     let ours_vs = nn::VarStore::new(Device::Cpu);
     let ours_model = linear(&ours_vs);
     let mut theirs_vs = nn::VarStore::new(Device::Cpu);
     let theirs_model = linear(&theirs_vs);
     theirs_vs.copy(&ours_vs).unwrap();
-    let mut ours = Optimizer::new(&ours_vs, &config(0.0, 0), &Dist::single()).unwrap();
+    let cfg = ResolvedTraining {
+        adam_epsilon: eps,
+        ..config(0.0, 0)
+    };
+    let mut ours = Optimizer::new(&ours_vs, &cfg, &Dist::single()).unwrap();
     let mut theirs = nn::AdamW {
         wd: 0.1,
+        eps,
         ..Default::default()
     }
     .build(&theirs_vs, 0.01)
@@ -66,12 +72,27 @@ fn matches_libtorchs_adamw_step_for_step() {
         loss(&theirs_model, step).backward();
         theirs.step();
     }
-    let diff = (weights(&ours_vs) - weights(&theirs_vs))
+    assert_eq!(ours.steps(), 5);
+    (weights(&ours_vs) - weights(&theirs_vs))
         .abs()
         .max()
-        .double_value(&[]);
+        .double_value(&[])
+}
+
+#[test]
+fn matches_libtorchs_adamw_step_for_step() {
+    let diff = difference_to_libtorch(1e-8);
     assert!(diff < 1e-6, "max weight difference after 5 steps: {diff}");
-    assert_eq!(ours.steps(), 5);
+}
+
+#[test]
+fn adam_epsilon_is_the_configured_one() {
+    // A large epsilon changes every update; libtorch's AdamW with the same one agrees.
+    let diff = difference_to_libtorch(1e-2);
+    assert!(
+        diff < 1e-6,
+        "max weight difference after 5 steps (eps 1e-2): {diff}"
+    );
 }
 
 #[test]

@@ -132,6 +132,7 @@ fn training() -> ResolvedTraining {
         max_length: 16,
         warmup_steps: 0,
         weight_decay: 0.0,
+        adam_epsilon: 1e-8,
         max_grad_norm: 1.0,
         seed: 0,
         checkpoint_every: 50,
