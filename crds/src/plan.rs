@@ -78,6 +78,7 @@ pub struct ResolvedTraining {
     pub max_length: u32,
     pub warmup_steps: u32,
     pub weight_decay: f64,
+    pub weight_decay_embeddings: bool,
     pub adam_epsilon: f64,
     pub max_grad_norm: f64,
     pub seed: u64,

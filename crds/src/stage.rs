@@ -145,10 +145,14 @@ pub struct TrainingParams {
     /// Linear warm-up steps. Default: 0.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub warmup_steps: Option<u32>,
-    /// AdamW weight decay. Default: 0.0.
+    /// AdamW weight decay, never applied to biases and norm weights (any 1-D weight), nor to
+    /// the embeddings unless weightDecayEmbeddings. Default: 0.0.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 0.0))]
     pub weight_decay: Option<f64>,
+    /// Decay the token and position embeddings (and a tied LM head) too. Default: false.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub weight_decay_embeddings: Option<bool>,
     /// AdamW's epsilon, added to the root of the second moment; must be above 0. Default: 1e-8.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 0.0))]

@@ -37,6 +37,7 @@ fn training(learning_rate: f64, epochs: u32) -> ResolvedTraining {
         warmup_steps: 4,
         weight_decay: 0.0,
         adam_epsilon: 1e-8,
+        weight_decay_embeddings: false,
         max_grad_norm: 1.0,
         seed: 3,
         checkpoint_every: 50,

@@ -90,6 +90,28 @@ fn two_ranks_match_one_rank_under_every_strategy() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// Under zero2 the decay exclusions (biases, norms, embeddings) apply per element of the flat
+/// shards: 2 ranks end where 1 rank does. The decay is made large enough (lr x wd x steps =
+/// 4e-4 on weights near 1) that a misplaced exclusion would exceed the tolerance.
+#[test]
+fn zero2_excludes_the_same_weights_from_decay_as_one_rank() {
+    let dir = scratch("parallel-decay");
+    let job = |parallelism: &str| {
+        let stages = "\n    - {name: sft, kind: sft, dataset: {synthetic: {task: copy, samples: 64}}, training: {batchSize: 8, microBatchSize: 4, maxLength: 32, maxSteps: 4, learningRate: 1.0e-3, weightDecay: 0.1}}\n";
+        tiny_job("decay", parallelism, stages)
+    };
+    let single = run(&dir, "single", &job("{nodes: 1, gpusPerNode: 1}"));
+    let zero2 = run(
+        &dir,
+        "zero2",
+        &job("{nodes: 1, gpusPerNode: 2, strategy: zero2}"),
+    );
+    let diff = max_difference(&weights(&single, "sft"), &weights(&zero2, "sft"));
+    println!("weight decay 0.1, zero2 on 2 ranks vs 1: max weight difference {diff:.2e}");
+    assert!(diff < 1e-5, "weights differ by {diff}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 #[test]
 fn the_launcher_exits_with_a_failed_workers_code() {
     let dir = scratch("launcher");

@@ -355,6 +355,7 @@ fn resolve_training(
         max_length,
         warmup_steps: t.warmup_steps.unwrap_or(0),
         weight_decay: t.weight_decay.unwrap_or(0.0),
+        weight_decay_embeddings: t.weight_decay_embeddings.unwrap_or(false),
         adam_epsilon: t.adam_epsilon.unwrap_or(1e-8), // PyTorch's AdamW default
         max_grad_norm: t.max_grad_norm.unwrap_or(1.0),
         seed: t.seed.unwrap_or(42),

@@ -50,6 +50,7 @@ fn fills_defaults_and_resolves_sources() {
     );
     assert_eq!(ppo.training.learning_rate, 1e-6);
     assert_eq!(ppo.training.adam_epsilon, 1e-8);
+    assert!(!ppo.training.weight_decay_embeddings);
     assert!((ppo.ppo.as_ref().unwrap().critic_learning_rate - 1e-5).abs() < 1e-12);
     // stage override: nodes 1, gpusPerNode inherited 2 -> world 2; 32 / (8 x 2) = 2 accumulation steps.
     assert_eq!(ppo.parallelism.world_size(), 2);

@@ -34,6 +34,27 @@ pub fn update(
     let _ = value.g_sub_(&(&*exp_avg / &denom * (lr / bias1)));
 }
 
+/// [`update`] of a flat shard mixing parameters that decay and parameters that do not: the
+/// decay touches only the elements where `decays` (bool, like `value`) is true.
+pub fn update_masked(
+    value: &mut Tensor,
+    grad: &Tensor,
+    exp_avg: &mut Tensor,
+    exp_avg_sq: &mut Tensor,
+    h: &Hyper,
+    decays: &Tensor,
+) {
+    if h.weight_decay != 0.0 {
+        let decayed = &*value * (1.0 - h.lr * h.weight_decay);
+        value.copy_(&decayed.where_self(decays, value));
+    }
+    let without_decay = Hyper {
+        weight_decay: 0.0,
+        ..h.clone()
+    };
+    update(value, grad, exp_avg, exp_avg_sq, &without_decay);
+}
+
 /// The factor gradients are scaled by so their global L2 norm (`total_norm`) is at most
 /// `max_norm` (as torch's clip_grad_norm_; 1 when clipping is off or not needed).
 pub fn clip_coefficient(total_norm: f64, max_norm: f64) -> f64 {

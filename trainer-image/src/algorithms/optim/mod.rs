@@ -20,6 +20,22 @@ use loss_scale::LossScaler;
 use rlhf_spec::{ResolvedTraining, Strategy};
 use strategy::{DistributedStep, Replicated, Sharded, StepSettings};
 
+/// Variable names (Hugging Face's) of embedding tables: GPT-2's token and position embeddings
+/// (its LM head is the token table), Llama's token embedding (also its head when tied).
+const EMBEDDINGS: [&str; 3] = ["wte.weight", "wpe.weight", "embed_tokens.weight"];
+
+fn is_embedding(name: &str) -> bool {
+    EMBEDDINGS
+        .iter()
+        .any(|e| name == *e || name.ends_with(&format!(".{e}")))
+}
+
+/// Whether weight decay applies to a variable: never to biases and norm weights (1-D), to
+/// embeddings only when asked (decaying rare tokens' rows towards 0 hurts them).
+fn decays(name: &str, value: &Tensor, embeddings: bool) -> bool {
+    value.dim() >= 2 && (embeddings || !is_embedding(name))
+}
+
 pub struct Optimizer {
     params: Vec<(String, Tensor)>,
     strategy: Box<dyn DistributedStep>,
@@ -47,25 +63,22 @@ impl Optimizer {
             return Err(Error::invalid("<model>", "no trainable weights"));
         }
         tch::no_grad(|| params.iter().try_for_each(|(_, v)| dist.broadcast(v)))?;
+        let decays: Vec<bool> = params
+            .iter()
+            .map(|(name, v)| decays(name, v, cfg.weight_decay_embeddings))
+            .collect();
+        let offload = dist.offload_optimizer;
         let strategy: Box<dyn DistributedStep> = match (&dist.group, dist.strategy) {
-            (None, _) => Box::new(Replicated::new(&params, None, dist.offload_optimizer)),
-            (Some(g), Strategy::Ddp) => Box::new(Replicated::new(
-                &params,
-                Some(g.clone()),
-                dist.offload_optimizer,
-            )),
-            (Some(g), Strategy::Zero1) => Box::new(Sharded::new(
-                &params,
-                g.clone(),
-                false,
-                dist.offload_optimizer,
-            )),
-            (Some(g), Strategy::Zero2) => Box::new(Sharded::new(
-                &params,
-                g.clone(),
-                true,
-                dist.offload_optimizer,
-            )),
+            (None, _) => Box::new(Replicated::new(&params, &decays, None, offload)),
+            (Some(g), Strategy::Ddp) => {
+                Box::new(Replicated::new(&params, &decays, Some(g.clone()), offload))
+            }
+            (Some(g), Strategy::Zero1) => {
+                Box::new(Sharded::new(&params, &decays, g.clone(), false, offload))
+            }
+            (Some(g), Strategy::Zero2) => {
+                Box::new(Sharded::new(&params, &decays, g.clone(), true, offload))
+            }
         };
         let scaler = params
             .iter()

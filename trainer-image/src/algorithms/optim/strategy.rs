@@ -20,6 +20,14 @@ use crate::error::{Error, Result};
 /// The trainable variables, by name, in a fixed order (equal on every rank).
 pub type Params = [(String, Tensor)];
 
+/// AdamW's scalars for one variable: `s` without weight decay where the variable is excluded.
+fn hyper_for(s: &adamw::Hyper, decays: bool) -> adamw::Hyper {
+    adamw::Hyper {
+        weight_decay: if decays { s.weight_decay } else { 0.0 },
+        ..s.clone()
+    }
+}
+
 /// AdamW's scalars and the clipping of one step.
 pub struct StepSettings {
     pub adam: adamw::Hyper,
@@ -190,10 +198,17 @@ pub struct Replicated {
     moments: Vec<(Tensor, Tensor)>,
     /// fp32 master weights, when the model's weights are not fp32 or the state is offloaded.
     master: Option<Vec<Tensor>>,
+    /// Per variable: whether weight decay applies to it.
+    decays: Vec<bool>,
 }
 
 impl Replicated {
-    pub fn new(params: &Params, group: Option<Rc<ProcessGroup>>, offload: bool) -> Self {
+    pub fn new(
+        params: &Params,
+        decays: &[bool],
+        group: Option<Rc<ProcessGroup>>,
+        offload: bool,
+    ) -> Self {
         let device = state_device(params, offload);
         let needs_master = offload || params.iter().any(|(_, v)| v.kind() != Kind::Float);
         let master =
@@ -203,6 +218,7 @@ impl Replicated {
             group,
             moments: params.iter().map(|(_, v)| (zeros(v), zeros(v))).collect(),
             master,
+            decays: decays.to_vec(),
         }
     }
 
@@ -256,15 +272,14 @@ impl DistributedStep for Replicated {
                 if !grad.defined() {
                     continue;
                 }
+                let h = hyper_for(&s.adam, self.decays[i]);
                 match &mut self.master {
                     Some(master) => {
                         let g = grad.to_device(m.device()).to_kind(Kind::Float) * coef;
-                        adamw::update(&mut master[i], &g, m, v, &s.adam);
+                        adamw::update(&mut master[i], &g, m, v, &h);
                         value.shallow_clone().copy_(&master[i]);
                     }
-                    None => {
-                        adamw::update(&mut value.shallow_clone(), &(grad * coef), m, v, &s.adam)
-                    }
+                    None => adamw::update(&mut value.shallow_clone(), &(grad * coef), m, v, &h),
                 }
             }
         });
@@ -325,11 +340,26 @@ pub struct Sharded {
     /// This rank's moments (on the CPU when offloading).
     exp_avg: Tensor,
     exp_avg_sq: Tensor,
+    /// Per element of this rank's shard: whether weight decay applies (None: everywhere).
+    decays: Option<Tensor>,
+}
+
+/// Whether decay applies, per element of the flattened variables padded to `len` (bool).
+fn flat_decay_mask(params: &Params, decays: &[bool], len: i64) -> Tensor {
+    let parts: Vec<Tensor> = params
+        .iter()
+        .zip(decays)
+        .map(|((_, v), &d)| {
+            Tensor::full([v.numel() as i64], i64::from(d), (Kind::Bool, v.device()))
+        })
+        .collect();
+    pad_to(&Tensor::cat(&parts, 0), len)
 }
 
 impl Sharded {
     pub fn new(
         params: &Params,
+        decays: &[bool],
         group: Rc<ProcessGroup>,
         reduce_scatter: bool,
         offload: bool,
@@ -343,12 +373,17 @@ impl Sharded {
             exp_avg: zeros(),
             exp_avg_sq: zeros(),
             master: None,
+            decays: None,
             group,
             reduce_scatter,
             shard,
         };
         if needs_master {
             me.master = Some(me.weights_shard(params).to_device(device));
+        }
+        if decays.contains(&false) {
+            let mask = flat_decay_mask(params, decays, me.padded());
+            me.decays = Some(me.mine(&mask).to_device(device));
         }
         me
     }
@@ -397,14 +432,10 @@ impl DistributedStep for Sharded {
             Some(master) => master.shallow_clone(),
             None => self.weights_shard(params),
         };
-        tch::no_grad(|| {
-            adamw::update(
-                &mut value,
-                &(grad * coef),
-                &mut self.exp_avg,
-                &mut self.exp_avg_sq,
-                &s.adam,
-            )
+        let (m, v) = (&mut self.exp_avg, &mut self.exp_avg_sq);
+        tch::no_grad(|| match &self.decays {
+            Some(mask) => adamw::update_masked(&mut value, &(grad * coef), m, v, &s.adam, mask),
+            None => adamw::update(&mut value, &(grad * coef), m, v, &s.adam),
         });
         let full = self.gather(&value)?;
         tch::no_grad(|| {

@@ -18,6 +18,7 @@ fn config(max_grad_norm: f64, warmup_steps: u32) -> ResolvedTraining {
         warmup_steps,
         weight_decay: 0.1,
         adam_epsilon: 1e-8,
+        weight_decay_embeddings: false,
         max_grad_norm,
         seed: 0,
         checkpoint_every: 50,
@@ -45,13 +46,22 @@ fn weights(vs: &nn::VarStore) -> Tensor {
     )
 }
 
+/// A linear layer without bias: libtorch's AdamW decays every variable, ours not biases.
+fn weight_only(vs: &nn::VarStore) -> nn::Linear {
+    let no_bias = nn::LinearConfig {
+        bias: false,
+        ..Default::default()
+    };
+    nn::linear(vs.root() / "layer", 3, 2, no_bias)
+}
+
 /// Max weight difference to libtorch's AdamW with epsilon `eps` after 5 steps.
 fn difference_to_libtorch(eps: f64) -> f64 {
     tch::manual_seed(1);
     let ours_vs = nn::VarStore::new(Device::Cpu);
-    let ours_model = linear(&ours_vs);
+    let ours_model = weight_only(&ours_vs);
     let mut theirs_vs = nn::VarStore::new(Device::Cpu);
-    let theirs_model = linear(&theirs_vs);
+    let theirs_model = weight_only(&theirs_vs);
     theirs_vs.copy(&ours_vs).unwrap();
     let cfg = ResolvedTraining {
         adam_epsilon: eps,
@@ -171,4 +181,56 @@ fn export_then_import_restores_weights_moments_and_step() {
         err.contains("critic.weight.layer.") && err.contains("is missing"),
         "{err}"
     );
+}
+
+/// Each variable after one step with weight decay `wd` from fixed weights and gradients: a
+/// linear layer, a norm weight and a token embedding table.
+fn one_step(wd: f64, embeddings: bool) -> HashMap<String, Tensor> {
+    let vs = nn::VarStore::new(Device::Cpu);
+    let root = vs.root();
+    let init = nn::Init::Const(0.5);
+    for (name, shape) in [
+        ("layer.weight", vec![2, 3]),
+        ("layer.bias", vec![2]),
+        ("ln_f.weight", vec![3]),
+        ("transformer.wte.weight", vec![4, 3]),
+    ] {
+        let (path, leaf) = name.rsplit_once('.').unwrap();
+        let var = path
+            .split('.')
+            .fold(root.clone(), |p, s| p / s)
+            .var(leaf, &shape, init);
+        (var.sum(Kind::Float) * 0.3).backward();
+    }
+    let cfg = ResolvedTraining {
+        weight_decay: wd,
+        weight_decay_embeddings: embeddings,
+        ..config(0.0, 0)
+    };
+    Optimizer::new(&vs, &cfg, &Dist::single())
+        .unwrap()
+        .step()
+        .unwrap();
+    vs.variables()
+}
+
+#[test]
+fn weight_decay_skips_biases_norms_and_embeddings() {
+    let plain = one_step(0.0, false);
+    let decayed = one_step(0.1, false);
+    for name in ["layer.bias", "ln_f.weight", "transformer.wte.weight"] {
+        assert_eq!(plain[name], decayed[name], "{name} must not decay");
+    }
+    // AdamW's decoupled decay: w * (1 - lr * wd) before the same Adam update.
+    let taken = (&plain["layer.weight"] - &decayed["layer.weight"]).mean(Kind::Float);
+    assert!(
+        (taken.double_value(&[]) - 0.5 * 0.01 * 0.1).abs() < 1e-7,
+        "{taken}"
+    );
+    let with_embeddings = one_step(0.1, true);
+    assert_ne!(
+        plain["transformer.wte.weight"],
+        with_embeddings["transformer.wte.weight"]
+    );
+    assert_eq!(plain["ln_f.weight"], with_embeddings["ln_f.weight"]);
 }

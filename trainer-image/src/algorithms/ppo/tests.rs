@@ -133,6 +133,7 @@ fn training() -> ResolvedTraining {
         warmup_steps: 0,
         weight_decay: 0.0,
         adam_epsilon: 1e-8,
+        weight_decay_embeddings: false,
         max_grad_norm: 1.0,
         seed: 0,
         checkpoint_every: 50,
