@@ -8,6 +8,7 @@ use anyhow::Result;
 use clap::Parser;
 use rlhf_bench::machine;
 use rlhf_bench::workload::{self, CPU_S, GPT2_124M, Model};
+use serde::Serialize;
 use serde_json::json;
 
 #[derive(Parser, Debug)]
@@ -25,6 +26,18 @@ struct Args {
     /// Only the cpu-s workload (GPT-2 124M takes most of the time on a CPU).
     #[arg(long)]
     small_only: bool,
+}
+
+/// One measured (model, lever): a row of the results table and of the JSON file.
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct Row {
+    model: &'static str,
+    lever: &'static str,
+    /// The manifest's `parallelism` for this lever (YAML flow mapping).
+    parallelism: &'static str,
+    #[serde(rename = "peakRssMiB")]
+    peak_rss_mib: f64,
 }
 
 /// (name, parallelism, micro-batch): micro 4 under zero2 so 8 = 4 x 2 ranks.
@@ -60,7 +73,12 @@ fn main() -> Result<()> {
             })?;
             let peak = workload::peak_rss_mib(&records);
             println!("== {} / {lever}: peak RSS {peak:.0} MiB", model.name);
-            rows.push(json!({"model": model.name, "lever": lever, "parallelism": parallelism, "peakRssMiB": peak}));
+            rows.push(Row {
+                model: model.name,
+                lever,
+                parallelism,
+                peak_rss_mib: peak,
+            });
         }
     }
     let date = workload::today();
@@ -71,22 +89,20 @@ fn main() -> Result<()> {
          fp32 on this CPU). Figure: rank 0's peak RSS (VmHWM), which includes loading and the held-out evaluations.\n\n\
          Machine: {} CPUs ({}), {:.1} GiB memory; no GPU, so `offload` has nothing to move (optimizer state is already in CPU memory) \
          and CUDA peak memory is not measured here.\n\n| model | lever | peak RSS (MiB) | vs none |\n|---|---|---|---|\n",
-        m["cpus"],
-        m["cpuModel"].as_str().unwrap_or("unknown"),
-        m["memoryGiB"].as_f64().unwrap_or(0.0)
+        m.cpus, m.cpu_model, m.memory_gib
     );
     for row in &rows {
+        // No "none" row for the model (it failed to run) leaves the ratio undefined, not 0.
         let base = rows
             .iter()
-            .find(|r| r["model"] == row["model"] && r["lever"] == "none")
-            .and_then(|r| r["peakRssMiB"].as_f64())
-            .unwrap_or(f64::NAN);
-        let peak = row["peakRssMiB"].as_f64().unwrap_or(f64::NAN);
+            .find(|r| r.model == row.model && r.lever == "none")
+            .map_or(f64::NAN, |r| r.peak_rss_mib);
         md.push_str(&format!(
-            "| {} | {} | {peak:.0} | {:.2} |\n",
-            row["model"].as_str().unwrap_or(""),
-            row["lever"].as_str().unwrap_or(""),
-            peak / base
+            "| {} | {} | {:.0} | {:.2} |\n",
+            row.model,
+            row.lever,
+            row.peak_rss_mib,
+            row.peak_rss_mib / base
         ));
     }
     std::fs::create_dir_all(&args.out)?;

@@ -76,9 +76,9 @@ fn main() -> Result<()> {
          Rounds 2..{n} of {n} (round 1 is warm-up). Peak RSS (VmHWM) of the trainer: {peak_rss:.0} MiB.\n\
          TFLOP/s use the README's formula (2N per position forward, 6N forward and backward). No peer ran in this run; a later \
          issue adds the comparison.\n",
-        cpus = m["cpus"],
-        model = m["cpuModel"].as_str().unwrap_or("unknown"),
-        mem = m["memoryGiB"].as_f64().unwrap_or(0.0),
+        cpus = m.cpus,
+        model = m.cpu_model,
+        mem = m.memory_gib,
         n = rounds.len(),
     );
     std::fs::create_dir_all(&args.out)?;
