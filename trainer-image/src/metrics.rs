@@ -1,11 +1,10 @@
 //! The trainer's Prometheus metrics (names in docs/ARCHITECTURE.md#metrics), set from the same
-//! JSON records that go to `metrics.jsonl`, and a tiny HTTP server for `/metrics` (one per process, on
-//! `RLHF_METRICS_PORT` + `LOCAL_RANK`).
+//! [`Record`]s that go to `metrics.jsonl`, and their HTTP server for `/metrics` (`server.rs`; one
+//! per process, on `RLHF_METRICS_PORT` + `LOCAL_RANK`).
 //!
-//! A record is a flat JSON object of the step's values (`step`, `loss`, `policy_loss`,
-//! `reward_mean`, `kl`, ...) plus `phases.<phase>.{samples_per_second,tokens_per_second,tflops}`
-//! and `memory.<device>.{rss,allocated,peak}` in bytes. Held-out evaluations (`eval`) stay in the
-//! log only.
+//! A gauge reads a record's values by their log keys ([`Record::values`]: `loss`, `policy_loss`,
+//! `reward_mean`, `kl`, ...), its phases' rates and its memory by device and kind. Held-out
+//! evaluations (`eval`) stay in the log only.
 use std::collections::HashMap;
 
 use prometheus::{Encoder, Gauge, GaugeVec, Opts, Registry, TextEncoder};
@@ -15,8 +14,8 @@ use crate::record::Record;
 
 pub struct TrainerMetrics {
     registry: Registry,
-    /// Gauge `rlhf_trainer_<key>` and the record value it shows.
-    scalars: Vec<(Gauge, Read)>,
+    /// Record key -> gauge (`step` -> `rlhf_trainer_step`, ...).
+    scalars: Vec<(&'static str, Gauge)>,
     loss: GaugeVec,
     samples_per_second: GaugeVec,
     tokens_per_second: GaugeVec,
@@ -24,47 +23,25 @@ pub struct TrainerMetrics {
     memory: GaugeVec,
 }
 
-/// A record value read by a gauge.
-type Read = fn(&Record) -> Option<f64>;
-
 /// Record keys that map one-to-one onto a gauge `rlhf_trainer_<key>`.
-const SCALARS: [(&str, &str, Read); 8] = [
-    ("step", "Optimizer steps (PPO: rounds) completed", |r| {
-        Some(r.step as f64)
-    }),
-    (
-        "reward_mean",
-        "Mean reward-model score of the last rollout",
-        |r| r.reward_mean,
-    ),
+const SCALARS: [(&str, &str); 8] = [
+    ("step", "Optimizer steps (PPO: rounds) completed"),
+    ("reward_mean", "Mean reward-model score of the last rollout"),
     (
         "reward_std",
         "Standard deviation of the last rollout's scores",
-        |r| r.reward_std,
     ),
-    ("kl", "Mean per-token KL to the reference policy", |r| r.kl),
-    ("kl_coef", "KL penalty coefficient in use", |r| r.kl_coef),
-    ("entropy", "Mean per-token entropy of the policy", |r| {
-        r.entropy
-    }),
+    ("kl", "Mean per-token KL to the reference policy"),
+    ("kl_coef", "KL penalty coefficient in use"),
+    ("entropy", "Mean per-token entropy of the policy"),
     (
         "clip_fraction",
         "Share of tokens whose policy ratio was clipped",
-        |r| r.clip_fraction,
     ),
     (
         "rm_accuracy",
         "Reward model pairwise accuracy on the step's batch",
-        |r| r.rm_accuracy,
     ),
-];
-
-/// The `kind` label of `rlhf_trainer_loss` and the record value it reads.
-const LOSSES: [(&str, Read); 4] = [
-    ("train", |r| r.loss),
-    ("policy", |r| r.policy_loss),
-    ("value", |r| r.value_loss),
-    ("ptx", |r| r.ptx_loss),
 ];
 
 fn gauge_vec(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> Result<GaugeVec> {
@@ -83,10 +60,10 @@ impl TrainerMetrics {
         let registry = Registry::new_custom(None, Some(labels)).map_err(prom)?;
         let scalars = SCALARS
             .iter()
-            .map(|&(key, help, read)| {
+            .map(|&(key, help)| {
                 let g = Gauge::new(format!("rlhf_trainer_{key}"), help).map_err(prom)?;
                 registry.register(Box::new(g.clone())).map_err(prom)?;
-                Ok((g, read))
+                Ok((key, g))
             })
             .collect::<Result<_>>()?;
         Ok(Self {
@@ -127,13 +104,17 @@ impl TrainerMetrics {
 
     /// Sets every gauge the record has a value for (held-out evaluations stay in the log).
     pub fn observe(&self, record: &Record) {
-        for (gauge, read) in &self.scalars {
-            if let Some(v) = read(record) {
+        let values: HashMap<&str, f64> = [("step", record.step as f64)]
+            .into_iter()
+            .chain(record.values())
+            .collect();
+        for (key, gauge) in &self.scalars {
+            if let Some(&v) = values.get(key) {
                 gauge.set(v);
             }
         }
-        for (kind, read) in LOSSES {
-            if let Some(v) = read(record) {
+        for (key, &v) in &values {
+            if let Some(kind) = loss_kind(key) {
                 self.loss.with_label_values(&[kind]).set(v);
             }
         }
@@ -159,6 +140,15 @@ impl TrainerMetrics {
         let mut buf = Vec::new();
         let _ = TextEncoder::new().encode(&self.registry.gather(), &mut buf);
         String::from_utf8_lossy(&buf).into_owned()
+    }
+}
+
+/// `loss` -> "train", `policy_loss` -> "policy", `value_loss` -> "value", `ptx_loss` -> "ptx".
+fn loss_kind(key: &str) -> Option<&str> {
+    if key == "loss" {
+        Some("train")
+    } else {
+        key.strip_suffix("_loss")
     }
 }
 

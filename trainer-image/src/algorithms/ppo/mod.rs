@@ -3,7 +3,8 @@
 //! critic, then several clipped policy and value updates on that experience (plus the optional
 //! pretraining loss). Behaviour log-probs come from the actor's full distribution at the
 //! sampling temperature, recomputed after sampling: the top-k/top-p filtered sampling
-//! distribution is not the policy being optimised. Rounds checkpoint and resume through [`Progress`].
+//! distribution is not the policy being optimised. Rounds checkpoint and resume through
+//! [`Progress`].
 pub mod experience;
 pub mod learn;
 
