@@ -7,12 +7,14 @@ pub mod model;
 pub mod parallelism;
 pub mod plan;
 pub mod resolve;
+pub mod rl;
 pub mod stage;
 
 pub use model::*;
 pub use parallelism::*;
 pub use plan::*;
 pub use resolve::{FieldError, ResolvedPipeline, resolve_pipeline};
+pub use rl::*;
 pub use stage::*;
 
 /// The pipeline part of an RLHFJob spec. The operator's `RLHFJobSpec` has these same field

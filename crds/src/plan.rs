@@ -3,8 +3,8 @@
 use serde::{Deserialize, Serialize};
 
 use crate::{
-    Architecture, BuiltinTokenizer, DatasetFormat, Dtype, KlEstimator, ModelFamily, Offload,
-    Precision, StageKind, Strategy, SyntheticTask,
+    Architecture, BuiltinTokenizer, DatasetFormat, Dtype, KlEstimator, LossAggregation,
+    ModelFamily, Offload, Precision, StageKind, Strategy, SyntheticTask,
 };
 
 /// Weights a model starts from, as the trainer sees them.
@@ -60,7 +60,7 @@ pub enum ResolvedDataset {
 #[serde(rename_all = "camelCase")]
 pub struct ResolvedModels {
     pub init: WeightsSource,
-    pub reward_model: Option<WeightsSource>,
+    /// PPO only.
     pub critic: Option<WeightsSource>,
     pub reference: Option<WeightsSource>,
 }
@@ -94,24 +94,67 @@ pub struct ResolvedGeneration {
     pub top_p: f64,
 }
 
+/// Where one reward comes from.
 #[derive(Deserialize, Serialize, Clone, Debug, PartialEq)]
 #[serde(rename_all = "camelCase")]
-pub struct ResolvedPpo {
+pub enum RewardSource {
+    /// A reward model's last-token score.
+    Model(WeightsSource),
+    ExactAnswer,
+    Format { pattern: String },
+    Length { target_tokens: u32 },
+    Http { url: String, timeout_seconds: f64 },
+}
+
+/// One weighted reward source; `name` labels its metrics (`source` in Prometheus).
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct ResolvedReward {
+    pub name: String,
+    pub weight: f64,
+    pub source: RewardSource,
+}
+
+/// The settings every RL kind shares.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct ResolvedRl {
     pub kl_coef: f64,
     pub kl_estimator: KlEstimator,
+    pub kl_in_reward: bool,
     pub target_kl: Option<f64>,
     pub clip_range: f64,
-    pub value_clip_range: f64,
-    pub gamma: f64,
-    pub lambda: f64,
-    pub ppo_epochs: u32,
+    pub clip_range_high: f64,
+    pub update_epochs: u32,
+    /// Prompts per round, all ranks together.
     pub rollout_batch_size: u32,
-    pub critic_learning_rate: f64,
+    pub group_size: u32,
     pub reward_clip: f64,
     pub entropy_coef: f64,
+    /// 0 is off.
+    pub missing_eos_penalty: f64,
     pub ptx_coef: f64,
     pub ptx_dataset: Option<ResolvedDataset>,
     pub generation: ResolvedGeneration,
+    /// At least one.
+    pub rewards: Vec<ResolvedReward>,
+}
+
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct ResolvedPpo {
+    pub value_clip_range: f64,
+    pub gamma: f64,
+    pub lambda: f64,
+    pub critic_learning_rate: f64,
+}
+
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct ResolvedGrpo {
+    pub scale_by_std: bool,
+    pub loss_aggregation: LossAggregation,
+    pub dynamic_sampling: bool,
 }
 
 #[derive(Deserialize, Serialize, Clone, Debug, PartialEq)]
@@ -159,9 +202,40 @@ pub struct ResolvedStage {
     pub dataset: ResolvedDataset,
     pub models: ResolvedModels,
     pub training: ResolvedTraining,
+    /// RL kinds only.
+    pub rl: Option<ResolvedRl>,
     pub ppo: Option<ResolvedPpo>,
+    pub grpo: Option<ResolvedGrpo>,
     pub dpo: Option<ResolvedDpo>,
     pub parallelism: ResolvedParallelism,
+}
+
+impl ResolvedStage {
+    /// Every model source the stage loads: its own models and its reward models.
+    pub fn weight_sources(&self) -> Vec<&WeightsSource> {
+        let m = &self.models;
+        let rewards = self.rl.iter().flat_map(|rl| &rl.rewards);
+        std::iter::once(&m.init)
+            .chain(m.critic.iter().chain(&m.reference))
+            .chain(rewards.filter_map(|r| match &r.source {
+                RewardSource::Model(w) => Some(w),
+                _ => None,
+            }))
+            .collect()
+    }
+
+    /// [`weight_sources`](Self::weight_sources), to rewrite them (paths anchored elsewhere).
+    pub fn weight_sources_mut(&mut self) -> Vec<&mut WeightsSource> {
+        let m = &mut self.models;
+        let rewards = self.rl.iter_mut().flat_map(|rl| &mut rl.rewards);
+        std::iter::once(&mut m.init)
+            .chain(m.critic.iter_mut().chain(&mut m.reference))
+            .chain(rewards.filter_map(|r| match &mut r.source {
+                RewardSource::Model(w) => Some(w),
+                _ => None,
+            }))
+            .collect()
+    }
 }
 
 /// Where a stage writes: `<storage>/<namespace>/<job>/<stage>/` (docs/ARCHITECTURE.md#output-layout).

@@ -2,7 +2,7 @@
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use crate::ParallelismSpec;
+use crate::{GrpoParams, ParallelismSpec, PpoParams, RewardSpec, RlParams};
 
 /// What a stage trains.
 #[derive(Deserialize, Serialize, Clone, Copy, Debug, PartialEq, Eq, Hash, JsonSchema)]
@@ -16,6 +16,12 @@ pub enum StageKind {
     Ppo,
     /// Direct preference optimisation against a frozen reference.
     Dpo,
+    /// Group relative policy optimisation: group-normalised rewards, no critic.
+    Grpo,
+    /// REINFORCE leave-one-out: each response's baseline is its group's other rewards' mean.
+    Rloo,
+    /// REINFORCE++ with baseline: group-mean baseline, globally whitened returns, no critic.
+    Reinforce,
 }
 
 impl StageKind {
@@ -25,7 +31,18 @@ impl StageKind {
             StageKind::Rm => "rm",
             StageKind::Ppo => "ppo",
             StageKind::Dpo => "dpo",
+            StageKind::Grpo => "grpo",
+            StageKind::Rloo => "rloo",
+            StageKind::Reinforce => "reinforce",
         }
+    }
+
+    /// The reinforcement-learning kinds: they generate from prompts and learn from rewards.
+    pub fn is_rl(self) -> bool {
+        matches!(
+            self,
+            StageKind::Ppo | StageKind::Grpo | StageKind::Rloo | StageKind::Reinforce
+        )
     }
 }
 
@@ -101,14 +118,15 @@ pub struct StageModels {
     /// one sft stage it depends on (if there is exactly one); otherwise the base model.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub init: Option<ModelSource>,
-    /// PPO only, required: the reward model (an `rm` stage or a folder). Default: the output of the
-    /// one rm stage it depends on (if there is exactly one).
+    /// RL kinds: a reward model (an `rm` stage or a folder); shorthand for a one-entry `rewards`
+    /// list, so not both. Default for ppo without `rewards`: the output of the one rm stage it
+    /// depends on (if there is exactly one).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reward_model: Option<ModelSource>,
-    /// PPO only: the critic's starting weights. Default: the reward model.
+    /// PPO only: the critic's starting weights. Default: the first reward model, else `init`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub critic: Option<ModelSource>,
-    /// PPO and DPO: the frozen reference. Default: the same weights as `init`.
+    /// RL kinds and DPO: the frozen reference. Default: the same weights as `init`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reference: Option<ModelSource>,
 }
@@ -117,11 +135,12 @@ pub struct StageModels {
 #[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema, Default)]
 #[serde(rename_all = "camelCase")]
 pub struct TrainingParams {
-    /// Peak learning rate (AdamW). Default: sft 2e-5, rm 1e-5, ppo 1e-6, dpo 5e-7.
+    /// Peak learning rate (AdamW). Default: sft 2e-5, rm 1e-5, RL kinds 1e-6, dpo 5e-7.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 0.0, max = 1.0))]
     pub learning_rate: Option<f64>,
-    /// Global batch size (examples per optimizer step, all ranks together). Default: 32.
+    /// Global batch size (examples per optimizer step, all ranks together; for RL kinds,
+    /// responses). Default: 32.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1))]
     pub batch_size: Option<u32>,
@@ -170,102 +189,6 @@ pub struct TrainingParams {
     pub checkpoint_every: Option<u32>,
 }
 
-/// Sampling settings for PPO's experience making.
-#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema, Default)]
-#[serde(rename_all = "camelCase")]
-pub struct GenerationParams {
-    /// Most tokens generated per prompt. Default: 64.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(range(min = 1))]
-    pub max_new_tokens: Option<u32>,
-    /// Sampling temperature. Default: 1.0.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(range(min = 0.0))]
-    pub temperature: Option<f64>,
-    /// Keep the k most likely tokens; 0 keeps all. Default: 0.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub top_k: Option<u32>,
-    /// Nucleus sampling mass. Default: 1.0.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(range(min = 0.0, max = 1.0))]
-    pub top_p: Option<f64>,
-}
-
-/// KL estimator used for the per-token penalty.
-#[derive(Deserialize, Serialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema, Default)]
-#[serde(rename_all = "lowercase")]
-pub enum KlEstimator {
-    /// log p - log q.
-    #[default]
-    K1,
-    /// (q/p - 1) - log(q/p): unbiased and always positive.
-    K3,
-}
-
-/// PPO settings (InstructGPT recipe).
-#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema, Default)]
-#[serde(rename_all = "camelCase")]
-pub struct PpoParams {
-    /// Initial KL penalty coefficient. Default: 0.05.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(range(min = 0.0))]
-    pub kl_coef: Option<f64>,
-    /// KL estimator. Default: k1.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub kl_estimator: Option<KlEstimator>,
-    /// Adaptive KL controller target; absent keeps klCoef fixed.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(range(min = 0.0))]
-    pub target_kl: Option<f64>,
-    /// Policy ratio clip range. Default: 0.2.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(range(min = 0.0, max = 1.0))]
-    pub clip_range: Option<f64>,
-    /// Value clip range. Default: 0.2.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(range(min = 0.0))]
-    pub value_clip_range: Option<f64>,
-    /// GAE discount. Default: 1.0.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(range(min = 0.0, max = 1.0))]
-    pub gamma: Option<f64>,
-    /// GAE lambda. Default: 0.95.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(range(min = 0.0, max = 1.0))]
-    pub lambda: Option<f64>,
-    /// Optimisation passes over each batch of experience. Default: 1.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(range(min = 1))]
-    pub ppo_epochs: Option<u32>,
-    /// Prompts per experience-making round, all ranks together. Default: the stage's batchSize.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(range(min = 1))]
-    pub rollout_batch_size: Option<u32>,
-    /// Critic learning rate. Default: 10 x the actor's.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(range(min = 0.0, max = 1.0))]
-    pub critic_learning_rate: Option<f64>,
-    /// Clip rewards to [-rewardClip, rewardClip]; 0 turns it off. Default: 10.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(range(min = 0.0))]
-    pub reward_clip: Option<f64>,
-    /// Entropy bonus coefficient. Default: 0.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(range(min = 0.0))]
-    pub entropy_coef: Option<f64>,
-    /// Pre-training (ptx) loss coefficient; needs `ptxDataset`. Default: 0.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(range(min = 0.0))]
-    pub ptx_coef: Option<f64>,
-    /// Data for the ptx loss: prompt/response examples like an SFT dataset; the loss is the SFT
-    /// loss on their responses, added to the actor's loss times `ptxCoef`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub ptx_dataset: Option<DatasetSpec>,
-    /// Sampling settings.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub generation: Option<GenerationParams>,
-}
-
 /// DPO settings.
 #[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema, Default)]
 #[serde(rename_all = "camelCase")]
@@ -293,7 +216,8 @@ pub struct StageSpec {
     /// What the stage trains.
     pub kind: StageKind,
     /// Stages that must succeed before this one starts. Default: none; for a ppo stage every sft
-    /// and rm stage of the job, for a dpo stage every sft stage.
+    /// and rm stage of the job; for a dpo, grpo, rloo or reinforce stage every sft stage, and
+    /// the rm stages its rewards name.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub depends_on: Vec<String>,
     /// Training data.
@@ -304,9 +228,19 @@ pub struct StageSpec {
     /// Optimisation settings.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub training: Option<TrainingParams>,
-    /// PPO settings (only for kind ppo).
+    /// Where an RL stage's rewards come from; their weighted scores are summed. Default: the
+    /// reward model of `models.rewardModel`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub rewards: Vec<RewardSpec>,
+    /// Settings every RL kind shares (ppo, grpo, rloo, reinforce).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rl: Option<RlParams>,
+    /// PPO's own settings: the critic and GAE (only for kind ppo).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ppo: Option<PpoParams>,
+    /// GRPO's own settings (only for kind grpo).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub grpo: Option<GrpoParams>,
     /// DPO settings (only for kind dpo).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub dpo: Option<DpoParams>,

@@ -61,7 +61,7 @@ fn panels(kind: StageKind) -> &'static [Panel] {
         StageKind::Sft => SFT,
         StageKind::Rm => RM,
         StageKind::Dpo => DPO,
-        StageKind::Ppo => PPO,
+        StageKind::Ppo | StageKind::Grpo | StageKind::Rloo | StageKind::Reinforce => PPO,
     }
 }
 

@@ -19,7 +19,8 @@ pub enum Example {
         chosen: String,
         rejected: String,
     },
-    /// PPO: a prompt to generate from; `reference` is a good answer when the task knows one.
+    /// RL kinds: a prompt to generate from; `reference` is a good answer when the task knows one
+    /// (the `exactAnswer` reward compares with it).
     Prompt {
         prompt: String,
         reference: Option<String>,
@@ -31,7 +32,7 @@ fn fields(kind: StageKind) -> &'static [&'static str] {
     match kind {
         StageKind::Sft => &["prompt", "response"],
         StageKind::Rm | StageKind::Dpo => &["prompt", "chosen", "rejected"],
-        StageKind::Ppo => &["prompt"],
+        StageKind::Ppo | StageKind::Grpo | StageKind::Rloo | StageKind::Reinforce => &["prompt"],
     }
 }
 
@@ -84,10 +85,12 @@ pub fn load_jsonl(path: &Path, kind: StageKind) -> Result<Vec<Example>> {
                 chosen: field("chosen")?,
                 rejected: field("rejected")?,
             },
-            StageKind::Ppo => Example::Prompt {
-                prompt: field("prompt")?,
-                reference: field("reference").ok(),
-            },
+            StageKind::Ppo | StageKind::Grpo | StageKind::Rloo | StageKind::Reinforce => {
+                Example::Prompt {
+                    prompt: field("prompt")?,
+                    reference: field("reference").ok(),
+                }
+            }
         });
     }
     if out.is_empty() {
@@ -170,10 +173,12 @@ pub fn synthetic(task: SyntheticTask, samples: usize, seed: u64, kind: StageKind
                     chosen: good,
                     rejected: bad,
                 },
-                StageKind::Ppo => Example::Prompt {
-                    prompt,
-                    reference: Some(good),
-                },
+                StageKind::Ppo | StageKind::Grpo | StageKind::Rloo | StageKind::Reinforce => {
+                    Example::Prompt {
+                        prompt,
+                        reference: Some(good),
+                    }
+                }
             }
         })
         .collect()

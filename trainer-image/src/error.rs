@@ -27,6 +27,9 @@ pub enum Error {
     Stage { stage: String, code: i32 },
     #[error("distributed: {0}")]
     Distributed(String),
+    /// A remote reward service failed (after its retries).
+    #[error("reward service {0}")]
+    Reward(String),
     #[error("libtorch: {0}")]
     Torch(#[from] tch::TchError),
 }
@@ -37,7 +40,7 @@ impl Error {
         match self {
             Error::Stage { code, .. } => u8::try_from(*code).unwrap_or(1),
             Error::Read { .. } | Error::Parse { .. } | Error::Invalid { .. } => 2,
-            Error::Write { .. } | Error::Torch(_) | Error::Distributed(_) => 1,
+            Error::Write { .. } | Error::Torch(_) | Error::Distributed(_) | Error::Reward(_) => 1,
         }
     }
 

@@ -1,9 +1,15 @@
 //! Batched sampling with the KV cache: temperature, top-k, top-p, per-row stop on EOS, left
-//! padding, seeded. Generation only picks tokens; PPO recomputes behaviour log-probs from the
-//! policy's full distribution afterwards (the filtered sampling distribution is not the policy).
+//! padding, seeded per row. Generation only picks tokens; RL recomputes behaviour log-probs from
+//! the policy's full distribution afterwards (the filtered sampling distribution is not the
+//! policy).
+//!
+//! Each row draws its tokens from its own seeded stream (inverse-CDF sampling with a uniform from
+//! [`SplitMix64`]), not from libtorch's global generator: a prompt's response depends on its seed
+//! only, not on which rows share its batch, so experience is the same for any world size.
 use tch::{Kind, Tensor};
 
 use crate::models::{CausalLm, KvCache};
+use crate::rng::SplitMix64;
 
 #[derive(Clone, Debug, PartialEq)]
 pub struct SamplingParams {
@@ -18,7 +24,8 @@ pub struct SamplingParams {
     pub eos_token_id: Option<i64>,
     /// Written after a row has stopped.
     pub pad_token_id: i64,
-    pub seed: i64,
+    /// One seed per row (unused when greedy).
+    pub row_seeds: Vec<u64>,
 }
 
 /// Prompts and what followed them.
@@ -39,13 +46,11 @@ pub fn generate(
     prompt_mask: &Tensor,
     params: &SamplingParams,
 ) -> Generated {
-    // libtorch's RNG is global: one generation at a time keeps each reproducible from its seed
-    // even when threads (tests) generate at once.
-    static RNG: std::sync::Mutex<()> = std::sync::Mutex::new(());
-    let _exclusive = RNG.lock().unwrap_or_else(|e| e.into_inner());
-    tch::manual_seed(params.seed);
     tch::no_grad(|| {
         let (b, _) = prompts.size2().expect("prompts are (B, P)");
+        let mut streams: Vec<SplitMix64> = (0..b as usize)
+            .map(|i| SplitMix64(params.row_seeds.get(i).copied().unwrap_or(i as u64)))
+            .collect();
         let device = prompts.device();
         let mut cache = KvCache::default();
         let mut mask = prompt_mask.to_kind(Kind::Int64);
@@ -55,7 +60,7 @@ pub fn generate(
         for _ in 0..params.max_new_tokens {
             let hidden = model.forward(&input, &mask, &mut cache);
             let last = model.lm_head(&hidden.select(1, -1)).to_kind(Kind::Float); // (B, V)
-            let next = pick(&last, params)
+            let next = pick(&last, params, &mut streams)
                 .where_self(&alive, &Tensor::from(params.pad_token_id).to_device(device));
             keep.push(alive.to_kind(Kind::Int64));
             tokens.push(next.shallow_clone());
@@ -78,16 +83,26 @@ pub fn generate(
     })
 }
 
-/// Next token (B) from last-position logits (B, V).
-fn pick(logits: &Tensor, p: &SamplingParams) -> Tensor {
+/// Next token (B) from last-position logits (B, V); each row takes one uniform from its stream.
+fn pick(logits: &Tensor, p: &SamplingParams, streams: &mut [SplitMix64]) -> Tensor {
     if p.temperature <= 0.0 {
         return logits.argmax(-1, false);
     }
     let filtered = top_p_filter(&top_k_filter(&(logits / p.temperature), p.top_k), p.top_p);
-    filtered
-        .softmax(-1, Kind::Float)
-        .multinomial(1, false)
-        .squeeze_dim(-1)
+    let uniforms: Vec<f64> = streams.iter_mut().map(SplitMix64::unit).collect();
+    let u = Tensor::from_slice(&uniforms).to_device(logits.device());
+    inverse_cdf(&filtered.softmax(-1, Kind::Float), &u)
+}
+
+/// The token each row's uniform `u` (B) in [0, 1) falls on under `probs` (B, V): the first whose
+/// cumulative probability exceeds u times the row's total (so rounding cannot run off the end).
+pub fn inverse_cdf(probs: &Tensor, u: &Tensor) -> Tensor {
+    let cdf = probs.to_kind(Kind::Double).cumsum(-1, Kind::Double);
+    let v = cdf.size()[1];
+    let target = u.to_kind(Kind::Double).unsqueeze(1) * cdf.narrow(1, v - 1, 1);
+    cdf.le_tensor(&target)
+        .sum_dim_intlist(-1, false, Kind::Int64)
+        .clamp_max(v - 1)
 }
 
 /// Logits outside each row's k largest become -inf (ties at the k-th value are kept).
@@ -128,6 +143,14 @@ mod tests {
         (0..finite.size()[0])
             .map(|i| finite.int64_value(&[i]) == 1)
             .collect()
+    }
+
+    #[test]
+    fn inverse_cdf_picks_by_cumulative_mass_and_skips_impossible_tokens() {
+        let probs = Tensor::from_slice(&[0.5f32, 0.0, 0.25, 0.25]).view([1, 4]).repeat([4, 1]);
+        let u = Tensor::from_slice(&[0.0f64, 0.49, 0.5, 0.99]);
+        let picked = Vec::<i64>::try_from(inverse_cdf(&probs, &u)).unwrap();
+        assert_eq!(picked, [0, 0, 2, 3]);
     }
 
     #[test]

@@ -16,6 +16,7 @@ pub mod models;
 pub mod precision;
 pub mod progress;
 pub mod record;
+pub mod rewards;
 pub mod rng;
 pub mod stage_runner;
 pub mod tokenizer;

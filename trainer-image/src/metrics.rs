@@ -21,12 +21,13 @@ pub struct TrainerMetrics {
     tokens_per_second: GaugeVec,
     tflops: GaugeVec,
     memory: GaugeVec,
+    reward_source: GaugeVec,
 }
 
 /// Record keys that map one-to-one onto a gauge `rlhf_trainer_<key>`.
-const SCALARS: [(&str, &str); 8] = [
+const SCALARS: [(&str, &str); 14] = [
     ("step", "Optimizer steps (PPO: rounds) completed"),
-    ("reward_mean", "Mean reward-model score of the last rollout"),
+    ("reward_mean", "Mean total reward of the last rollout"),
     (
         "reward_std",
         "Standard deviation of the last rollout's scores",
@@ -41,6 +42,30 @@ const SCALARS: [(&str, &str); 8] = [
     (
         "rm_accuracy",
         "Reward model pairwise accuracy on the step's batch",
+    ),
+    (
+        "clip_fraction_low",
+        "Share of tokens clipped at 1 - clipRange (negative advantages)",
+    ),
+    (
+        "clip_fraction_high",
+        "Share of tokens clipped at 1 + clipRangeHigh (positive advantages)",
+    ),
+    (
+        "response_length_tokens",
+        "Mean response length of the last rollout in tokens",
+    ),
+    (
+        "responses_ended_ratio",
+        "Share of the last rollout's responses that ended with EOS",
+    ),
+    (
+        "groups_dropped_ratio",
+        "Share of the last rollout's groups left out of the loss",
+    ),
+    (
+        "group_reward_std",
+        "Mean standard deviation of rewards within a prompt's group",
     ),
 ];
 
@@ -98,6 +123,12 @@ impl TrainerMetrics {
                 "Memory by device and kind",
                 &["device", "kind"],
             )?,
+            reward_source: gauge_vec(
+                &registry,
+                "rlhf_trainer_reward_source_mean",
+                "Mean raw score of the last rollout by reward source",
+                &["source"],
+            )?,
             registry,
         })
     }
@@ -126,6 +157,9 @@ impl TrainerMetrics {
             ] {
                 gauge.with_label_values(&[phase]).set(v);
             }
+        }
+        for (source, &v) in &record.reward_sources {
+            self.reward_source.with_label_values(&[source.as_str()]).set(v);
         }
         for (device, memory) in &record.memory {
             for (kind, v) in memory.values() {

@@ -39,9 +39,30 @@ pub struct Record {
     /// PPO with a ptx dataset: the pretraining loss.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ptx_loss: Option<f64>,
-    /// PPO: share of tokens whose policy ratio was clipped.
+    /// RL: share of tokens whose policy ratio was clipped (low + high).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub clip_fraction: Option<f64>,
+    /// RL: share clipped at 1 - clipRange (negative advantages).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub clip_fraction_low: Option<f64>,
+    /// RL: share clipped at 1 + clipRangeHigh (positive advantages).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub clip_fraction_high: Option<f64>,
+    /// RL: mean response length in tokens.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub response_length_tokens: Option<f64>,
+    /// RL: share of responses that ended with EOS.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub responses_ended_ratio: Option<f64>,
+    /// RL with groups: mean over groups of the rewards' standard deviation.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub group_reward_std: Option<f64>,
+    /// RL with groups: share of groups left out of the loss (GRPO's dynamic sampling).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub groups_dropped_ratio: Option<f64>,
+    /// RL: each reward source's mean raw score, by source name.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub reward_sources: BTreeMap<String, f64>,
     /// Throughput of the step's phases (training records only).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub phases: Option<Phases>,
@@ -77,6 +98,12 @@ impl Record {
             ("value_loss", self.value_loss),
             ("ptx_loss", self.ptx_loss),
             ("clip_fraction", self.clip_fraction),
+            ("clip_fraction_low", self.clip_fraction_low),
+            ("clip_fraction_high", self.clip_fraction_high),
+            ("response_length_tokens", self.response_length_tokens),
+            ("responses_ended_ratio", self.responses_ended_ratio),
+            ("group_reward_std", self.group_reward_std),
+            ("groups_dropped_ratio", self.groups_dropped_ratio),
             (
                 "optimizer_state_bytes",
                 self.optimizer_state_bytes.map(|b| b as f64),
@@ -100,12 +127,15 @@ pub struct Evaluation {
     /// DPO: share of pairs with a positive margin.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub win_rate: Option<f64>,
-    /// PPO: mean reward of greedy responses to the held-out prompts.
+    /// RL: mean total reward of greedy responses to the held-out prompts.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reward_mean: Option<f64>,
-    /// PPO: mean per-token KL of those responses to the reference.
+    /// RL: mean per-token KL of those responses to the reference.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub kl: Option<f64>,
+    /// RL: each reward source's mean score on those responses (exactAnswer: the accuracy).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub reward_sources: BTreeMap<String, f64>,
 }
 
 impl Evaluation {

@@ -14,4 +14,14 @@ impl SplitMix64 {
     pub fn below(&mut self, n: u64) -> u64 {
         self.next_u64() % n
     }
+
+    /// Uniform in [0, 1) from the top 53 bits.
+    pub fn unit(&mut self) -> f64 {
+        (self.next_u64() >> 11) as f64 / (1u64 << 53) as f64
+    }
+
+    /// A seed for item `index` of stream `seed`: distinct indices give unrelated streams.
+    pub fn derive(seed: u64, index: u64) -> u64 {
+        SplitMix64(seed ^ index.wrapping_mul(0xD1B5_4A32_D192_ED03)).next_u64()
+    }
 }

@@ -6,10 +6,13 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use rlhf_spec::{BaseWeights, Offload, StageKind, TrainerConfig, WeightsSource};
+use rlhf_spec::{
+    BaseWeights, Offload, ResolvedRl, RewardSource, StageKind, TrainerConfig, WeightsSource,
+};
 use tch::{Device, nn};
 
-use crate::algorithms::{dpo, ppo, rm, sft};
+use crate::algorithms::rl::scoring::{RewardSources, Scorer, Source};
+use crate::algorithms::{dpo, rl, rm, sft};
 use crate::curves;
 use crate::data::{self, Example};
 use crate::distributed::Dist;
@@ -21,6 +24,7 @@ use crate::models::{CausalLm, load_causal_lm, parameter_count, random_causal_lm}
 use crate::precision;
 use crate::progress::Progress;
 use crate::record::{Evaluation, Record};
+use crate::rewards::{FormatReward, HttpReward};
 use crate::tokenizer::Tokenizer;
 
 pub const MODEL_DIR: &str = "model";
@@ -282,7 +286,9 @@ pub fn run(
         StageKind::Sft => run_sft(&mut run),
         StageKind::Rm => run_rm(&mut run),
         StageKind::Dpo => run_dpo(&mut run),
-        StageKind::Ppo => run_ppo(&mut run),
+        StageKind::Ppo | StageKind::Grpo | StageKind::Rloo | StageKind::Reinforce => {
+            run_rl(&mut run)
+        }
     }
 }
 
@@ -390,46 +396,85 @@ fn run_dpo(r: &mut StageRun<'_>) -> Result<()> {
     )
 }
 
-fn run_ppo(r: &mut StageRun<'_>) -> Result<()> {
+/// The stage's reward sources, reward models loaded frozen.
+fn load_rewards(cfg: &TrainerConfig, rl: &ResolvedRl, device: Device) -> Result<RewardSources> {
+    let sources = rl
+        .rewards
+        .iter()
+        .enumerate()
+        .map(|(i, reward)| {
+            let field = format!("<rewards[{i}]>");
+            let scorer = match &reward.source {
+                RewardSource::Model(source) => {
+                    let (vs, head) = frozen(load_head(cfg, source, device)?);
+                    Scorer::Model { head, vs }
+                }
+                RewardSource::ExactAnswer => Scorer::ExactAnswer,
+                RewardSource::Format { pattern } => {
+                    Scorer::Format(FormatReward::new(pattern, &format!("{field}.pattern"))?)
+                }
+                RewardSource::Length { target_tokens } => Scorer::Length {
+                    target_tokens: *target_tokens,
+                },
+                RewardSource::Http {
+                    url,
+                    timeout_seconds,
+                } => Scorer::Http(HttpReward::new(
+                    url,
+                    *timeout_seconds,
+                    &format!("{field}.http.url"),
+                )?),
+            };
+            Ok(Source {
+                name: reward.name.clone(),
+                weight: reward.weight,
+                scorer,
+            })
+        })
+        .collect::<Result<_>>()?;
+    Ok(RewardSources {
+        sources,
+        max_new_tokens: rl.generation.max_new_tokens,
+    })
+}
+
+fn run_rl(r: &mut StageRun<'_>) -> Result<()> {
     let s = &r.cfg.stage;
-    let params = s
-        .ppo
+    let rl = s
+        .rl
         .clone()
-        .ok_or_else(|| Error::invalid("<config>", "a ppo stage without ppo settings"))?;
-    let missing =
-        |role: &str| Error::invalid("<config>", format!("a ppo stage without a {role} source"));
+        .ok_or_else(|| Error::invalid("<config>", "an RL stage without rl settings"))?;
     let (actor_vs, actor) = load_lm(r.cfg, &s.models.init, r.device)?;
     check_tokenizer(&r.tok, actor.as_ref(), r.out())?;
     prepare_trainable(r.cfg, actor.as_ref(), &actor_vs, &[])?;
     let loaded_reference = load_reference(r.cfg, r.device)?;
     let base = WithoutAdapters(actor.as_ref());
     let (reference, reference_vs) = reference_view(&loaded_reference, &base, &actor_vs);
-    let (reward_vs, reward) = frozen(load_head(
-        r.cfg,
-        s.models
-            .reward_model
-            .as_ref()
-            .ok_or_else(|| missing("reward model"))?,
-        r.device,
-    )?);
-    let (critic_vs, critic) = load_head(
-        r.cfg,
-        s.models.critic.as_ref().ok_or_else(|| missing("critic"))?,
-        r.device,
-    )?;
-    prepare_trainable(r.cfg, critic.lm.as_ref(), &critic_vs, &[SCORE])?;
-    let models = ppo::Models {
+    let rewards = load_rewards(r.cfg, &rl, r.device)?;
+    let critic = match (&s.ppo, &s.models.critic) {
+        (Some(_), Some(source)) => {
+            let (vs, head) = load_head(r.cfg, source, r.device)?;
+            prepare_trainable(r.cfg, head.lm.as_ref(), &vs, &[SCORE])?;
+            Some((vs, head))
+        }
+        (Some(_), None) => {
+            return Err(Error::invalid("<config>", "a ppo stage without a critic source"));
+        }
+        _ => None,
+    };
+    let models = rl::Models {
         actor: actor.as_ref(),
         actor_vs: &actor_vs,
-        critic: &critic,
-        critic_vs: &critic_vs,
+        critic: critic
+            .as_ref()
+            .map(|(vs, head)| rl::Critic { head, vs }),
         reference,
         reference_vs,
-        reward: &reward,
-        reward_vs: &reward_vs,
+        rewards: &rewards,
+        dynamic_sampling: s.grpo.as_ref().is_some_and(|g| g.dynamic_sampling),
     };
-    let ptx = match &params.ptx_dataset {
-        Some(d) if params.ptx_coef > 0.0 => data::load(d, StageKind::Sft)?,
+    let ptx = match &rl.ptx_dataset {
+        Some(d) if rl.ptx_coef > 0.0 => data::load(d, StageKind::Sft)?,
         _ => Vec::new(),
     };
     let offload_inference = matches!(
@@ -439,41 +484,35 @@ fn run_ppo(r: &mut StageRun<'_>) -> Result<()> {
     let pad = i64::from(r.tok.pad_token_id);
     r.train_between_evaluations(
         |r| {
-            let prompts = ppo::prompts_of(&r.held_out)?;
-            let sampling = ppo::experience::Sampling {
+            let prompts = rl::prompts_of(&r.held_out, rewards.needs_references())?;
+            let sampling = rl::experience::Sampling {
                 tok: &r.tok,
-                generation: &params.generation,
+                generation: &rl.generation,
                 max_length: s.training.max_length,
-                seed: 0,
             };
-            let (reward_mean, kl) =
-                ppo::experience::evaluate(&models, &prompts, &sampling, r.device)?;
+            let (reward_mean, by_source, kl) =
+                rl::experience::evaluate(&models, &prompts, &sampling, r.device)?;
             Ok(Evaluation {
                 reward_mean: Some(reward_mean),
                 kl: Some(kl),
+                reward_sources: by_source.into_iter().collect(),
                 ..Evaluation::default()
             })
         },
         |r| {
-            let data = ppo::Data {
+            let data = rl::Data {
                 tok: &r.tok,
                 prompts: &r.train,
                 ptx: &ptx,
             };
-            ppo::train(
-                &models,
-                &data,
-                &s.training,
-                &params,
-                r.device,
-                offload_inference,
-                &mut r.progress,
-            )
-            .map(drop)
+            rl::train(&models, &data, s, r.device, offload_inference, &mut r.progress).map(drop)
         },
         |out| {
             actor.save(&actor_vs, &out.join(MODEL_DIR))?;
-            critic.save(&critic_vs, &out.join(CRITIC_DIR), pad)
+            match &critic {
+                Some((vs, head)) => head.save(vs, &out.join(CRITIC_DIR), pad),
+                None => Ok(()),
+            }
         },
     )
 }

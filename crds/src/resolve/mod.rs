@@ -2,6 +2,7 @@
 //! express (cross-field, cross-stage). Pure; errors name the offending field.
 mod links;
 mod model;
+mod resolve_rl;
 mod resolve_stage;
 
 use std::collections::BTreeMap;

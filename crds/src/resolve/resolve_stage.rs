@@ -3,11 +3,11 @@ use std::collections::BTreeMap;
 
 use super::FieldError;
 use super::model::lora_modules;
+use super::resolve_rl::{resolve_grpo, resolve_ppo, resolve_rl};
 use crate::{
     BaseWeights, DatasetSpec, DpoParams, LoraSpec, ModelSource, ParallelismSpec, PipelineSpec,
-    PpoParams, ResolvedDataset, ResolvedDpo, ResolvedGeneration, ResolvedLora, ResolvedModel,
-    ResolvedModels, ResolvedParallelism, ResolvedPpo, ResolvedStage, ResolvedTraining, StageKind,
-    StageSpec, WeightsSource, dag,
+    RewardSource, ResolvedDataset, ResolvedDpo, ResolvedLora, ResolvedModel, ResolvedModels,
+    ResolvedParallelism, ResolvedStage, ResolvedTraining, StageKind, StageSpec, WeightsSource, dag,
 };
 
 pub(super) struct StageContext<'a> {
@@ -29,25 +29,38 @@ pub(super) fn resolve_stage(
     let training = parallelism
         .as_ref()
         .and_then(|p| resolve_training(ctx, stage, p, at, errors));
-    let ppo = resolve_ppo(stage, parallelism.as_ref(), training.as_ref(), at, errors);
+    let rl = resolve_rl(ctx, stage, parallelism.as_ref(), training.as_ref(), at, errors);
+    let ppo = resolve_ppo(stage, training.as_ref(), at, errors);
+    let grpo = resolve_grpo(stage, at, errors);
     let dpo = resolve_dpo(stage, at, errors);
     if errors.len() > before {
         return None;
+    }
+    let mut models = models?;
+    if stage.kind == StageKind::Ppo && models.critic.is_none() {
+        // The critic defaults to the first reward model, else to the actor's starting weights.
+        let first_model = rl.iter().flat_map(|r| &r.rewards).find_map(|r| match &r.source {
+            RewardSource::Model(w) => Some(w.clone()),
+            _ => None,
+        });
+        models.critic = Some(first_model.unwrap_or_else(|| models.init.clone()));
     }
     Some(ResolvedStage {
         name: stage.name.clone(),
         kind: stage.kind,
         depends_on: stage.depends_on.clone(),
         dataset: dataset?,
-        models: models?,
+        models,
         training: training?,
+        rl,
         ppo,
+        grpo,
         dpo,
         parallelism: parallelism?,
     })
 }
 
-fn resolve_dataset(
+pub(super) fn resolve_dataset(
     spec: &DatasetSpec,
     at: &str,
     errors: &mut Vec<FieldError>,
@@ -88,22 +101,36 @@ fn resolve_dataset(
 
 /// Which model roles each kind has, and which stage kinds may feed each role.
 fn role_rules(kind: StageKind) -> &'static [(&'static str, &'static [StageKind])] {
-    const LM: &[StageKind] = &[StageKind::Sft, StageKind::Ppo, StageKind::Dpo];
+    const LM: &[StageKind] = &[
+        StageKind::Sft,
+        StageKind::Ppo,
+        StageKind::Dpo,
+        StageKind::Grpo,
+        StageKind::Rloo,
+        StageKind::Reinforce,
+    ];
     const ANY: &[StageKind] = &[
         StageKind::Sft,
         StageKind::Rm,
         StageKind::Ppo,
         StageKind::Dpo,
+        StageKind::Grpo,
+        StageKind::Rloo,
+        StageKind::Reinforce,
     ];
+    // The reward model is resolved with the stage's rewards (resolve_rl.rs).
     match kind {
         StageKind::Sft => &[("init", LM)],
         StageKind::Rm => &[("init", ANY)],
         StageKind::Ppo => &[
             ("init", LM),
-            ("rewardModel", &[StageKind::Rm]),
+            ("rewardModel", &[]),
             ("critic", ANY),
             ("reference", LM),
         ],
+        StageKind::Grpo | StageKind::Rloo | StageKind::Reinforce => {
+            &[("init", LM), ("rewardModel", &[]), ("reference", LM)]
+        }
         StageKind::Dpo => &[("init", LM), ("reference", LM)],
     }
 }
@@ -126,6 +153,9 @@ fn resolve_models(
     let mut resolved: BTreeMap<&str, WeightsSource> = BTreeMap::new();
     for (role, source) in given {
         let Some(source) = source else { continue };
+        if role == "rewardModel" && stage.kind.is_rl() {
+            continue;
+        }
         let field = format!("{at}.models.{role}");
         match rules.iter().find(|(r, _)| *r == role) {
             None => errors.push(FieldError::new(
@@ -139,29 +169,21 @@ fn resolve_models(
             }
         }
     }
-    if stage.kind == StageKind::Ppo && models.reward_model.is_none() {
-        errors.push(FieldError::new(
-            format!("{at}.models.rewardModel"),
-            "a ppo stage needs a reward model: {stage: <an rm stage>} or {path: <folder>}",
-        ));
-    }
     if errors.len() > before {
         return None;
     }
     let init = resolved.remove("init").unwrap_or(WeightsSource::Base);
-    let reward_model = resolved.remove("rewardModel");
-    let has_reference = matches!(stage.kind, StageKind::Ppo | StageKind::Dpo);
+    let has_reference = stage.kind.is_rl() || stage.kind == StageKind::Dpo;
     Some(ResolvedModels {
-        critic: resolved.remove("critic").or_else(|| reward_model.clone()),
+        critic: resolved.remove("critic"),
         reference: resolved
             .remove("reference")
             .or_else(|| has_reference.then(|| init.clone())),
-        reward_model,
         init,
     })
 }
 
-fn resolve_source(
+pub(super) fn resolve_source(
     ctx: &StageContext<'_>,
     stage: &StageSpec,
     source: &ModelSource,
@@ -299,7 +321,7 @@ fn default_learning_rate(kind: StageKind) -> f64 {
     match kind {
         StageKind::Sft => 2e-5,
         StageKind::Rm => 1e-5,
-        StageKind::Ppo => 1e-6,
+        StageKind::Ppo | StageKind::Grpo | StageKind::Rloo | StageKind::Reinforce => 1e-6,
         StageKind::Dpo => 5e-7,
     }
 }
@@ -360,89 +382,6 @@ fn resolve_training(
         max_grad_norm: t.max_grad_norm.unwrap_or(1.0),
         seed: t.seed.unwrap_or(42),
         checkpoint_every: t.checkpoint_every.unwrap_or(50),
-    })
-}
-
-fn resolve_ppo(
-    stage: &StageSpec,
-    p: Option<&ResolvedParallelism>,
-    training: Option<&ResolvedTraining>,
-    at: &str,
-    errors: &mut Vec<FieldError>,
-) -> Option<ResolvedPpo> {
-    if stage.kind != StageKind::Ppo {
-        if stage.ppo.is_some() {
-            errors.push(FieldError::new(
-                format!("{at}.ppo"),
-                format!("ppo settings on a {} stage", stage.kind.as_str()),
-            ));
-        }
-        return None;
-    }
-    let (p, training) = (p?, training?);
-    let s: PpoParams = stage.ppo.clone().unwrap_or_default();
-    let at = format!("{at}.ppo");
-    let g = s.generation.clone().unwrap_or_default();
-    let generation = ResolvedGeneration {
-        max_new_tokens: g.max_new_tokens.unwrap_or(64),
-        temperature: g.temperature.unwrap_or(1.0),
-        top_k: g.top_k.unwrap_or(0),
-        top_p: g.top_p.unwrap_or(1.0),
-    };
-    if generation.max_new_tokens >= training.max_length {
-        errors.push(FieldError::new(
-            format!("{at}.generation.maxNewTokens"),
-            format!(
-                "{} leaves no room for the prompt within training.maxLength {}",
-                generation.max_new_tokens, training.max_length
-            ),
-        ));
-    }
-    let rollout_batch_size = s.rollout_batch_size.unwrap_or(training.batch_size);
-    if !rollout_batch_size.is_multiple_of(p.world_size()) {
-        errors.push(FieldError::new(
-            format!("{at}.rolloutBatchSize"),
-            format!(
-                "{rollout_batch_size} is not a multiple of the world size {}",
-                p.world_size()
-            ),
-        ));
-    }
-    if s.target_kl.is_some_and(|t| t <= 0.0) {
-        errors.push(FieldError::new(
-            format!("{at}.targetKl"),
-            "must be above 0 (leave it out for a fixed klCoef)",
-        ));
-    }
-    let ptx_coef = s.ptx_coef.unwrap_or(0.0);
-    let ptx_dataset = s
-        .ptx_dataset
-        .as_ref()
-        .and_then(|d| resolve_dataset(d, &format!("{at}.ptxDataset"), errors));
-    if ptx_coef > 0.0 && s.ptx_dataset.is_none() {
-        errors.push(FieldError::new(
-            format!("{at}.ptxDataset"),
-            "ptxCoef > 0 needs a ptxDataset",
-        ));
-    }
-    Some(ResolvedPpo {
-        kl_coef: s.kl_coef.unwrap_or(0.05),
-        kl_estimator: s.kl_estimator.unwrap_or_default(),
-        target_kl: s.target_kl,
-        clip_range: s.clip_range.unwrap_or(0.2),
-        value_clip_range: s.value_clip_range.unwrap_or(0.2),
-        gamma: s.gamma.unwrap_or(1.0),
-        lambda: s.lambda.unwrap_or(0.95),
-        ppo_epochs: s.ppo_epochs.unwrap_or(1),
-        rollout_batch_size,
-        critic_learning_rate: s
-            .critic_learning_rate
-            .unwrap_or(10.0 * training.learning_rate),
-        reward_clip: s.reward_clip.unwrap_or(10.0),
-        entropy_coef: s.entropy_coef.unwrap_or(0.0),
-        ptx_coef,
-        ptx_dataset,
-        generation,
     })
 }
 

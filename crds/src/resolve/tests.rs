@@ -1,7 +1,18 @@
 use serde_json::json;
 
 use super::*;
-use crate::{BuiltinTokenizer, ResolvedTokenizer, WeightsSource};
+use crate::{BuiltinTokenizer, ResolvedTokenizer, RewardSource, WeightsSource};
+
+/// The reward-model sources of a resolved stage.
+fn reward_models(s: &ResolvedStage) -> Vec<WeightsSource> {
+    s.rl.iter()
+        .flat_map(|rl| &rl.rewards)
+        .filter_map(|r| match &r.source {
+            RewardSource::Model(w) => Some(w.clone()),
+            _ => None,
+        })
+        .collect()
+}
 
 /// A valid sft + rm -> ppo pipeline on a tiny random gpt2.
 fn pipeline() -> serde_json::Value {
@@ -14,7 +25,7 @@ fn pipeline() -> serde_json::Value {
             {"name": "rm", "kind": "rm", "dataset": {"synthetic": {"task": "copy"}}, "training": {"maxLength": 64}},
             {"name": "ppo", "kind": "ppo", "dependsOn": ["sft", "rm"], "dataset": {"synthetic": {"task": "copy"}},
              "models": {"init": {"stage": "sft"}, "rewardModel": {"stage": "rm"}},
-             "training": {"maxLength": 64}, "ppo": {"generation": {"maxNewTokens": 16}},
+             "training": {"maxLength": 64}, "rl": {"generation": {"maxNewTokens": 16}},
              "parallelism": {"nodes": 1, "strategy": "zero2"}}
         ]
     })
@@ -38,10 +49,7 @@ fn fills_defaults_and_resolves_sources() {
     let p = resolve(pipeline()).unwrap();
     let ppo = p.stage("ppo").unwrap();
     assert_eq!(ppo.models.init, WeightsSource::Stage("sft".into()));
-    assert_eq!(
-        ppo.models.reward_model,
-        Some(WeightsSource::Stage("rm".into()))
-    );
+    assert_eq!(reward_models(ppo), [WeightsSource::Stage("rm".into())]);
     // critic defaults to the reward model, reference to the actor's start.
     assert_eq!(ppo.models.critic, Some(WeightsSource::Stage("rm".into())));
     assert_eq!(
@@ -108,7 +116,7 @@ fn ppo_needs_a_reward_model_from_an_rm_ancestor() {
     assert!(
         errors_of(v)
             .iter()
-            .any(|e| e.starts_with("spec.stages[2].models.rewardModel: a ppo stage needs"))
+            .any(|e| e.starts_with("spec.stages[2].rewards: a ppo stage needs a reward"))
     );
 
     let mut v = pipeline();
@@ -135,10 +143,10 @@ fn the_instructgpt_shape_needs_no_wiring() {
     let ppo = p.stage("ppo").unwrap();
     assert_eq!(ppo.depends_on, ["sft", "rm"]);
     assert_eq!(
-        (ppo.models.init.clone(), ppo.models.reward_model.clone()),
+        (ppo.models.init.clone(), reward_models(ppo)),
         (
             WeightsSource::Stage("sft".into()),
-            Some(WeightsSource::Stage("rm".into()))
+            vec![WeightsSource::Stage("rm".into())]
         )
     );
     assert_eq!(
@@ -185,7 +193,7 @@ fn rejects_roles_a_kind_does_not_have() {
         "{errs:?}"
     );
     assert!(
-        errs.contains(&"spec.stages[0].ppo: ppo settings on a sft stage".to_string()),
+        errs.contains(&"spec.stages[0].ppo: ppo settings on a sft stage (they are ppo only)".to_string()),
         "{errs:?}"
     );
 }
@@ -233,13 +241,13 @@ fn model_rules() {
 #[test]
 fn lengths_fit_the_model() {
     let mut v = pipeline();
-    v["stages"][2]["ppo"]["generation"]["maxNewTokens"] = json!(64);
+    v["stages"][2]["rl"]["generation"]["maxNewTokens"] = json!(64);
     v["stages"][1]["training"]["maxLength"] = json!(4096);
     let errs = errors_of(v);
     assert!(errs.contains(
         &"spec.stages[1].training.maxLength: 4096 exceeds the model's maxPositions 128".to_string()
     ));
-    assert!(errs.iter().any(|e| e.starts_with("spec.stages[2].ppo.generation.maxNewTokens: 64 leaves no room")));
+    assert!(errs.iter().any(|e| e.starts_with("spec.stages[2].rl.generation.maxNewTokens: 64 leaves no room")));
 }
 
 #[test]
@@ -283,10 +291,10 @@ fn dataset_needs_exactly_one_source() {
 #[test]
 fn adaptive_kl_needs_a_positive_target() {
     let mut v = pipeline();
-    v["stages"][2]["ppo"]["targetKl"] = json!(0.0);
+    v["stages"][2]["rl"]["targetKl"] = json!(0.0);
     assert_eq!(
         errors_of(v),
-        vec!["spec.stages[2].ppo.targetKl: must be above 0 (leave it out for a fixed klCoef)"]
+        vec!["spec.stages[2].rl.targetKl: must be above 0 (leave it out for a fixed klCoef)"]
     );
 }
 
@@ -304,3 +312,6 @@ fn adam_epsilon_must_be_positive() {
     let p = resolve(with_epsilon(1e-6)).unwrap();
     assert_eq!(p.stage("sft").unwrap().training.adam_epsilon, 1e-6);
 }
+
+#[path = "rl_tests.rs"]
+mod rl_tests;

@@ -174,41 +174,47 @@ pub fn gae(
     (advantages, returns)
 }
 
-/// The masked mean of max(a, b): PPO's pessimistic choice between an unclipped and a clipped loss.
-fn pessimistic_mean(unclipped: &Tensor, clipped: &Tensor, mask: &Tensor) -> Tensor {
-    masked_mean(&unclipped.maximum(clipped), mask, None)
+/// The per-token clipped surrogate and what it clipped (see [`clipped_surrogate`]).
+pub struct Surrogate {
+    /// (B, T) per-token loss, 0 on padding; the caller aggregates it (learn.rs).
+    pub loss: Tensor,
+    /// Share of real tokens clipped at 1 - clip_low (negative advantage), detached.
+    pub clipped_low: Tensor,
+    /// Share of real tokens clipped at 1 + clip_high (positive advantage), detached.
+    pub clipped_high: Tensor,
+    /// 0.5 masked mean (logp - old_logp)^2 (TRL's), detached.
+    pub approx_kl: Tensor,
 }
 
-/// PPO's clipped surrogate (Schulman et al. 2017) over tokens (B, T), with r = exp(logp - old_logp):
-///   loss = masked mean of max(-A r, -A clip(r, 1 - clip_range, 1 + clip_range)).
-/// Also, detached for metrics: clip_fraction, the share of real tokens where the clipped term
-/// wins, and approx_kl = 0.5 masked mean (logp - old_logp)^2 (TRL's). Returns three scalars.
-pub fn policy_loss(
+/// PPO's clipped surrogate (Schulman et al. 2017) over tokens (B, T), with r = exp(logp - old_logp)
+/// and asymmetric bounds (DAPO's clip-higher when clip_high > clip_low):
+///   loss_t = max(-A r, -A clip(r, 1 - clip_low, 1 + clip_high)).
+/// The clipped term wins above 1 + clip_high when A > 0 and below 1 - clip_low when A < 0.
+pub fn clipped_surrogate(
     logp: &Tensor,
     old_logp: &Tensor,
     advantages: &Tensor,
     mask: &Tensor,
-    clip_range: f64,
-) -> (Tensor, Tensor, Tensor) {
+    (clip_low, clip_high): (f64, f64),
+) -> Surrogate {
     let log_ratio = logp - old_logp;
     let ratio = log_ratio.exp();
     let unclipped = -advantages * &ratio;
-    let clipped = -advantages * ratio.clamp(1.0 - clip_range, 1.0 + clip_range);
-    let clip_fraction = masked_mean(
-        &clipped.gt_tensor(&unclipped).to_kind(Kind::Float),
-        mask,
-        None,
-    );
-    let approx_kl = masked_mean(&log_ratio.square(), mask, None) * 0.5;
-    (
-        pessimistic_mean(&unclipped, &clipped, mask),
-        clip_fraction.detach(),
-        approx_kl.detach(),
-    )
+    let clipped = -advantages * ratio.clamp(1.0 - clip_low, 1.0 + clip_high);
+    let clip_won = clipped.gt_tensor(&unclipped);
+    let share = |side: Tensor| {
+        masked_mean(&clip_won.logical_and(&side).to_kind(Kind::Float), mask, None).detach()
+    };
+    Surrogate {
+        loss: zero_padding(&unclipped.maximum(&clipped), mask),
+        clipped_low: share(advantages.lt(0.0)),
+        clipped_high: share(advantages.gt(0.0)),
+        approx_kl: (masked_mean(&log_ratio.square(), mask, None) * 0.5).detach(),
+    }
 }
 
-/// The critic's clipped value loss over tokens (B, T) -> ():
-///   0.5 * masked mean of max((V - R)^2, (V_old + clip(V - V_old, -clip_range, clip_range) - R)^2).
+/// The critic's clipped value loss per token (B, T), 0 on padding:
+///   0.5 max((V - R)^2, (V_old + clip(V - V_old, -clip_range, clip_range) - R)^2).
 pub fn value_loss(
     values: &Tensor,
     old_values: &Tensor,
@@ -217,11 +223,10 @@ pub fn value_loss(
     clip_range: f64,
 ) -> Tensor {
     let clipped_values = old_values + (values - old_values).clamp(-clip_range, clip_range);
-    0.5 * pessimistic_mean(
-        &(values - returns).square(),
-        &(clipped_values - returns).square(),
-        mask,
-    )
+    let worse = (values - returns)
+        .square()
+        .maximum(&(clipped_values - returns).square());
+    zero_padding(&(0.5 * worse), mask)
 }
 
 /// The KL penalty coefficient over training: fixed, or adapted towards a target KL.
@@ -232,7 +237,7 @@ pub enum KlController {
 }
 
 impl KlController {
-    /// Adaptive when there is a target KL (PpoParams::target_kl, which must be > 0), else fixed.
+    /// Adaptive when there is a target KL (`rl.targetKl`, which must be > 0), else fixed.
     pub fn new(kl_coef: f64, target: Option<f64>, horizon: u64) -> Self {
         match target {
             Some(target) => Self::Adaptive(AdaptiveKlController {

@@ -1,9 +1,9 @@
-//! Training algorithms: SFT, reward model, PPO, DPO. Losses and advantage estimators are small
+//! Training algorithms: SFT, reward model, DPO, and the RL kinds (PPO, GRPO, RLOO, REINFORCE++). Losses and advantage estimators are small
 //! pure functions (losses.rs), unit-tested against reference values.
 pub mod dpo;
 pub mod losses;
 pub mod optim;
-pub mod ppo;
+pub mod rl;
 pub mod rm;
 pub mod sft;
 pub mod supervised;

@@ -213,18 +213,13 @@ pub fn anchor_paths(p: &mut ResolvedPipeline, base: &Path) {
         anchor(path);
     }
     for s in &mut p.stages {
-        let ptx = s.ppo.as_mut().and_then(|ppo| ppo.ptx_dataset.as_mut());
+        let ptx = s.rl.as_mut().and_then(|rl| rl.ptx_dataset.as_mut());
         for dataset in std::iter::once(&mut s.dataset).chain(ptx) {
             if let ResolvedDataset::File { path, .. } = dataset {
                 anchor(path);
             }
         }
-        let m = &mut s.models;
-        for source in std::iter::once(&mut m.init).chain(
-            [&mut m.reward_model, &mut m.critic, &mut m.reference]
-                .into_iter()
-                .flatten(),
-        ) {
+        for source in s.weight_sources_mut() {
             if let WeightsSource::Path(path) = source {
                 anchor(path);
             }

@@ -11,16 +11,11 @@ use crate::names;
 pub fn trainer_config(job: &ValidatedJob, stage: &str) -> Option<TrainerConfig> {
     let s = job.stage(stage)?;
     let out = |name: &str| stage_output_dir(&job.mount_path, &job.namespace, &job.name, name);
-    let m = &s.resolved.models;
-    let stage_outputs = [
-        Some(&m.init),
-        m.reward_model.as_ref(),
-        m.critic.as_ref(),
-        m.reference.as_ref(),
-    ]
-    .into_iter()
-    .flatten()
-    .filter_map(|w| match w {
+    let stage_outputs = s
+        .resolved
+        .weight_sources()
+        .into_iter()
+        .filter_map(|w| match w {
         WeightsSource::Stage(name) => Some((name.clone(), out(name))),
         _ => None,
     })

@@ -11,7 +11,6 @@ use super::Transition;
 use crate::controller::observe::{ObservedPod, PodPhase, TrainerProgress};
 use crate::controller::validate::RunPolicyPlan;
 use crate::crd::{StagePhase, StageStatus};
-use rlhf_spec::StageKind;
 
 /// The trainer's "bad config or input: do not retry" exit code (docs/ARCHITECTURE.md#exit-codes).
 pub const PERMANENT_ERROR_EXIT_CODE: i32 = 2;
@@ -114,11 +113,9 @@ fn record_progress(s: &mut StageStatus, progress: Option<TrainerProgress>, now: 
         s.last_progress_time = Some(Time(now));
     }
     s.last_step = Some(p.step);
-    // Other stages export the reward gauge too, at 0, and so does PPO before its first step:
-    // only PPO's, once it has stepped, means anything.
-    let reward = p
-        .reward_mean
-        .filter(|_| s.kind == StageKind::Ppo && p.step > 0);
+    // Other stages export the reward gauge too, at 0, and so does an RL stage before its first
+    // step: only an RL stage's, once it has stepped, means anything.
+    let reward = p.reward_mean.filter(|_| s.kind.is_rl() && p.step > 0);
     s.last_reward = reward.or(s.last_reward);
     s.first_reward = s.first_reward.or(reward);
 }

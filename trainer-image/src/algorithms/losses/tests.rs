@@ -278,6 +278,22 @@ fn gae_respects_rows_of_different_lengths() {
     assert_close(&returns, &expected);
 }
 
+/// The token-mean loss, the total clip fraction and approx_kl of a symmetric clip.
+fn policy_loss(
+    logp: &Tensor,
+    old_logp: &Tensor,
+    advantages: &Tensor,
+    mask: &Tensor,
+    clip: f64,
+) -> (Tensor, Tensor, Tensor) {
+    let s = clipped_surrogate(logp, old_logp, advantages, mask, (clip, clip));
+    (
+        masked_mean(&s.loss, mask, None),
+        s.clipped_low + s.clipped_high,
+        s.approx_kl,
+    )
+}
+
 #[test]
 fn policy_loss_clips_the_ratio() {
     // Ratio 1: loss = -mean A over real tokens; the padded 100 is ignored.
@@ -314,6 +330,23 @@ fn policy_loss_clips_the_ratio() {
 }
 
 #[test]
+fn clip_higher_widens_only_the_upper_bound_and_sides_are_counted_apart() {
+    // r = e^0.25 = 1.284 with A = 1: clipped at 1.2 symmetric, not at clip_high 0.28.
+    let (one, mask) = (vector(&[1.0]), vector(&[1.0]));
+    let s = clipped_surrogate(&vector(&[0.25]), &vector(&[0.0]), &one, &mask, (0.2, 0.2));
+    assert_close(&s.loss, &[-1.2]);
+    assert_close(&s.clipped_high, &[1.0]);
+    let s = clipped_surrogate(&vector(&[0.25]), &vector(&[0.0]), &one, &mask, (0.2, 0.28));
+    assert_close(&s.loss, &[-(0.25f64.exp())]);
+    assert_close(&s.clipped_high, &[0.0]);
+    // r = e^-0.5 = 0.607 with A = -1: clipped at 0.8 below, counted low.
+    let s = clipped_surrogate(&vector(&[-0.5]), &vector(&[0.0]), &vector(&[-1.0]), &mask, (0.2, 0.28));
+    assert_close(&s.loss, &[0.8]);
+    assert_close(&s.clipped_low, &[1.0]);
+    assert_close(&s.clipped_high, &[0.0]);
+}
+
+#[test]
 fn value_loss_takes_the_worse_of_clipped_and_unclipped() {
     // Unclipped: 0.5 * (1 + 4) / 2. Clipped: V = 1 from V_old = 0 clips to 0.2; (0.2 - 2)^2 > (1 - 2)^2.
     let (v, r, m) = (
@@ -321,7 +354,7 @@ fn value_loss_takes_the_worse_of_clipped_and_unclipped() {
         vector(&[0.0, 0.0]),
         vector(&[1.0, 1.0]),
     );
-    assert_close(&value_loss(&v, &v, &r, &m, 0.2), &[1.25]);
+    assert_close(&masked_mean(&value_loss(&v, &v, &r, &m, 0.2), &m, None), &[1.25]);
     assert_close(
         &value_loss(
             &vector(&[1.0]),
@@ -329,7 +362,8 @@ fn value_loss_takes_the_worse_of_clipped_and_unclipped() {
             &vector(&[2.0]),
             &vector(&[1.0]),
             0.2,
-        ),
+        )
+        .mean(Kind::Float),
         &[1.62],
     );
     // TRL's PPOTrainer.loss: 0.5 * masked_mean(max((v - R)^2, (clamp(v, ov - 0.2, ov + 0.2) - R)^2)).
@@ -338,7 +372,7 @@ fn value_loss_takes_the_worse_of_clipped_and_unclipped() {
     let returns = rows(&[1.0, 0.0, -0.25, 1.0, 0.3, 0.0], 3);
     let mask = rows(&[1.0, 1.0, 1.0, 1.0, 1.0, 0.0], 3);
     assert_close(
-        &value_loss(&values, &old_values, &returns, &mask, 0.2),
+        &masked_mean(&value_loss(&values, &old_values, &returns, &mask, 0.2), &mask, None),
         &[0.399249971],
     );
 }
