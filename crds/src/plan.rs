@@ -101,9 +101,16 @@ pub enum RewardSource {
     /// A reward model's last-token score.
     Model(WeightsSource),
     ExactAnswer,
-    Format { pattern: String },
-    Length { target_tokens: u32 },
-    Http { url: String, timeout_seconds: f64 },
+    Format {
+        pattern: String,
+    },
+    Length {
+        target_tokens: u32,
+    },
+    Http {
+        url: String,
+        timeout_seconds: f64,
+    },
 }
 
 /// One weighted reward source; `name` labels its metrics (`source` in Prometheus).

@@ -147,7 +147,9 @@ mod tests {
 
     #[test]
     fn inverse_cdf_picks_by_cumulative_mass_and_skips_impossible_tokens() {
-        let probs = Tensor::from_slice(&[0.5f32, 0.0, 0.25, 0.25]).view([1, 4]).repeat([4, 1]);
+        let probs = Tensor::from_slice(&[0.5f32, 0.0, 0.25, 0.25])
+            .view([1, 4])
+            .repeat([4, 1]);
         let u = Tensor::from_slice(&[0.0f64, 0.49, 0.5, 0.99]);
         let picked = Vec::<i64>::try_from(inverse_cdf(&probs, &u)).unwrap();
         assert_eq!(picked, [0, 0, 2, 3]);

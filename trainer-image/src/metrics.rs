@@ -159,7 +159,9 @@ impl TrainerMetrics {
             }
         }
         for (source, &v) in &record.reward_sources {
-            self.reward_source.with_label_values(&[source.as_str()]).set(v);
+            self.reward_source
+                .with_label_values(&[source.as_str()])
+                .set(v);
         }
         for (device, memory) in &record.memory {
             for (kind, v) in memory.values() {

@@ -440,10 +440,9 @@ fn load_rewards(cfg: &TrainerConfig, rl: &ResolvedRl, device: Device) -> Result<
 
 fn run_rl(r: &mut StageRun<'_>) -> Result<()> {
     let s = &r.cfg.stage;
-    let rl = s
-        .rl
-        .clone()
-        .ok_or_else(|| Error::invalid("<config>", "an RL stage without rl settings"))?;
+    let rl =
+        s.rl.clone()
+            .ok_or_else(|| Error::invalid("<config>", "an RL stage without rl settings"))?;
     let (actor_vs, actor) = load_lm(r.cfg, &s.models.init, r.device)?;
     check_tokenizer(&r.tok, actor.as_ref(), r.out())?;
     prepare_trainable(r.cfg, actor.as_ref(), &actor_vs, &[])?;
@@ -458,16 +457,17 @@ fn run_rl(r: &mut StageRun<'_>) -> Result<()> {
             Some((vs, head))
         }
         (Some(_), None) => {
-            return Err(Error::invalid("<config>", "a ppo stage without a critic source"));
+            return Err(Error::invalid(
+                "<config>",
+                "a ppo stage without a critic source",
+            ));
         }
         _ => None,
     };
     let models = rl::Models {
         actor: actor.as_ref(),
         actor_vs: &actor_vs,
-        critic: critic
-            .as_ref()
-            .map(|(vs, head)| rl::Critic { head, vs }),
+        critic: critic.as_ref().map(|(vs, head)| rl::Critic { head, vs }),
         reference,
         reference_vs,
         rewards: &rewards,
@@ -505,7 +505,15 @@ fn run_rl(r: &mut StageRun<'_>) -> Result<()> {
                 prompts: &r.train,
                 ptx: &ptx,
             };
-            rl::train(&models, &data, s, r.device, offload_inference, &mut r.progress).map(drop)
+            rl::train(
+                &models,
+                &data,
+                s,
+                r.device,
+                offload_inference,
+                &mut r.progress,
+            )
+            .map(drop)
         },
         |out| {
             actor.save(&actor_vs, &out.join(MODEL_DIR))?;

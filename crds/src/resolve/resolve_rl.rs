@@ -15,7 +15,10 @@ const REWARD_MODEL_KINDS: &[StageKind] = &[StageKind::Rm];
 fn foreign_block(stage: &StageSpec, block: &str, owner: &str, at: &str, e: &mut Vec<FieldError>) {
     e.push(FieldError::new(
         format!("{at}.{block}"),
-        format!("{block} settings on a {} stage (they are {owner} only)", stage.kind.as_str()),
+        format!(
+            "{block} settings on a {} stage (they are {owner} only)",
+            stage.kind.as_str()
+        ),
     ));
 }
 
@@ -32,7 +35,13 @@ pub(super) fn resolve_rl(
             foreign_block(stage, "rl", "ppo, grpo, rloo and reinforce", at, errors);
         }
         if !stage.rewards.is_empty() {
-            foreign_block(stage, "rewards", "ppo, grpo, rloo and reinforce", at, errors);
+            foreign_block(
+                stage,
+                "rewards",
+                "ppo, grpo, rloo and reinforce",
+                at,
+                errors,
+            );
         }
         return None;
     }
@@ -204,12 +213,19 @@ fn resolve_rewards(
         };
         let weight = entry.weight.unwrap_or(1.0);
         if !weight.is_finite() {
-            errors.push(FieldError::new(format!("{field}.weight"), "must be a number"));
+            errors.push(FieldError::new(
+                format!("{field}.weight"),
+                "must be a number",
+            ));
         }
         // Labels stay distinct: a second exactAnswer entry is exactAnswer-1.
         let taken = bases.iter().filter(|b| **b == name).count();
         bases.push(name.clone());
-        let name = if taken == 0 { name } else { format!("{name}-{taken}") };
+        let name = if taken == 0 {
+            name
+        } else {
+            format!("{name}-{taken}")
+        };
         out.push(ResolvedReward {
             name,
             weight,
@@ -248,7 +264,11 @@ fn reward_source(
         unused("pattern", function == Some(RewardFunction::Format), errors);
     }
     if r.target_tokens.is_some() {
-        unused("targetTokens", function == Some(RewardFunction::Length), errors);
+        unused(
+            "targetTokens",
+            function == Some(RewardFunction::Length),
+            errors,
+        );
     }
     if let Some(model) = &r.model {
         let field = if field.ends_with("rewardModel") {
@@ -265,7 +285,10 @@ fn reward_source(
         if !http.url.starts_with("http://") {
             errors.push(FieldError::new(
                 format!("{field}.http.url"),
-                format!("{:?}: an http:// URL (the trainer speaks plain HTTP)", http.url),
+                format!(
+                    "{:?}: an http:// URL (the trainer speaks plain HTTP)",
+                    http.url
+                ),
             ));
         }
         if timeout.is_nan() || timeout <= 0.0 {

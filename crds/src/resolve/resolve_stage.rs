@@ -6,8 +6,8 @@ use super::model::lora_modules;
 use super::resolve_rl::{resolve_grpo, resolve_ppo, resolve_rl};
 use crate::{
     BaseWeights, DatasetSpec, DpoParams, LoraSpec, ModelSource, ParallelismSpec, PipelineSpec,
-    RewardSource, ResolvedDataset, ResolvedDpo, ResolvedLora, ResolvedModel, ResolvedModels,
-    ResolvedParallelism, ResolvedStage, ResolvedTraining, StageKind, StageSpec, WeightsSource, dag,
+    ResolvedDataset, ResolvedDpo, ResolvedLora, ResolvedModel, ResolvedModels, ResolvedParallelism,
+    ResolvedStage, ResolvedTraining, RewardSource, StageKind, StageSpec, WeightsSource, dag,
 };
 
 pub(super) struct StageContext<'a> {
@@ -29,7 +29,14 @@ pub(super) fn resolve_stage(
     let training = parallelism
         .as_ref()
         .and_then(|p| resolve_training(ctx, stage, p, at, errors));
-    let rl = resolve_rl(ctx, stage, parallelism.as_ref(), training.as_ref(), at, errors);
+    let rl = resolve_rl(
+        ctx,
+        stage,
+        parallelism.as_ref(),
+        training.as_ref(),
+        at,
+        errors,
+    );
     let ppo = resolve_ppo(stage, training.as_ref(), at, errors);
     let grpo = resolve_grpo(stage, at, errors);
     let dpo = resolve_dpo(stage, at, errors);
@@ -39,10 +46,13 @@ pub(super) fn resolve_stage(
     let mut models = models?;
     if stage.kind == StageKind::Ppo && models.critic.is_none() {
         // The critic defaults to the first reward model, else to the actor's starting weights.
-        let first_model = rl.iter().flat_map(|r| &r.rewards).find_map(|r| match &r.source {
-            RewardSource::Model(w) => Some(w.clone()),
-            _ => None,
-        });
+        let first_model = rl
+            .iter()
+            .flat_map(|r| &r.rewards)
+            .find_map(|r| match &r.source {
+                RewardSource::Model(w) => Some(w.clone()),
+                _ => None,
+            });
         models.critic = Some(first_model.unwrap_or_else(|| models.init.clone()));
     }
     Some(ResolvedStage {

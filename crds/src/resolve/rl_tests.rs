@@ -102,7 +102,10 @@ fn reward_entries_are_checked_field_by_field() {
         "spec.stages[2].rewards[3].pattern: pattern does not apply to this reward",
         "spec.stages[2].rewards[4].model.stage: stage \"sft\" is a sft stage, which cannot provide this model",
     ] {
-        assert!(errs.contains(&expected.to_string()), "{expected}\n{errs:#?}");
+        assert!(
+            errs.contains(&expected.to_string()),
+            "{expected}\n{errs:#?}"
+        );
     }
 }
 
@@ -112,7 +115,9 @@ fn reward_model_and_rewards_are_not_both_set() {
     v["stages"][2]["rewards"] = json!([{"function": "exactAnswer"}]);
     assert_eq!(
         errors_of(v),
-        ["spec.stages[2].models.rewardModel: set either models.rewardModel or rewards (a list that can hold the reward model)"]
+        [
+            "spec.stages[2].models.rewardModel: set either models.rewardModel or rewards (a list that can hold the reward model)"
+        ]
     );
     let mut v = grpo_pipeline();
     v["stages"][2].as_object_mut().unwrap().remove("rewards");
@@ -133,7 +138,9 @@ fn groups_and_rounds_must_fit_the_batch() {
     v["stages"][2]["rl"]["rolloutBatchSize"] = json!(12);
     assert_eq!(
         errors_of(v),
-        ["spec.stages[2].rl.rolloutBatchSize: 12 prompts x groupSize 4 = 48 responses per round, not a multiple of training.batchSize 32 (responses per optimizer step)"]
+        [
+            "spec.stages[2].rl.rolloutBatchSize: 12 prompts x groupSize 4 = 48 responses per round, not a multiple of training.batchSize 32 (responses per optimizer step)"
+        ]
     );
     let mut v = grpo_pipeline();
     v["stages"][2]["grpo"] = json!({"lossAggregation": "tokenMean"});
@@ -141,5 +148,10 @@ fn groups_and_rounds_must_fit_the_batch() {
     v["stages"][1]["grpo"] = json!({});
     let errs = errors_of(v);
     assert!(errs.contains(&"spec.stages[1].rl: rl settings on a rm stage (they are ppo, grpo, rloo and reinforce only)".to_string()), "{errs:?}");
-    assert!(errs.contains(&"spec.stages[1].grpo: grpo settings on a rm stage (they are grpo only)".to_string()), "{errs:?}");
+    assert!(
+        errs.contains(
+            &"spec.stages[1].grpo: grpo settings on a rm stage (they are grpo only)".to_string()
+        ),
+        "{errs:?}"
+    );
 }

@@ -193,7 +193,9 @@ fn rejects_roles_a_kind_does_not_have() {
         "{errs:?}"
     );
     assert!(
-        errs.contains(&"spec.stages[0].ppo: ppo settings on a sft stage (they are ppo only)".to_string()),
+        errs.contains(
+            &"spec.stages[0].ppo: ppo settings on a sft stage (they are ppo only)".to_string()
+        ),
         "{errs:?}"
     );
 }
@@ -247,7 +249,10 @@ fn lengths_fit_the_model() {
     assert!(errs.contains(
         &"spec.stages[1].training.maxLength: 4096 exceeds the model's maxPositions 128".to_string()
     ));
-    assert!(errs.iter().any(|e| e.starts_with("spec.stages[2].rl.generation.maxNewTokens: 64 leaves no room")));
+    assert!(
+        errs.iter()
+            .any(|e| e.starts_with("spec.stages[2].rl.generation.maxNewTokens: 64 leaves no room"))
+    );
 }
 
 #[test]

@@ -203,7 +203,12 @@ pub fn clipped_surrogate(
     let clipped = -advantages * ratio.clamp(1.0 - clip_low, 1.0 + clip_high);
     let clip_won = clipped.gt_tensor(&unclipped);
     let share = |side: Tensor| {
-        masked_mean(&clip_won.logical_and(&side).to_kind(Kind::Float), mask, None).detach()
+        masked_mean(
+            &clip_won.logical_and(&side).to_kind(Kind::Float),
+            mask,
+            None,
+        )
+        .detach()
     };
     Surrogate {
         loss: zero_padding(&unclipped.maximum(&clipped), mask),

@@ -18,7 +18,11 @@ fn answer_part(text: &str) -> &str {
 pub fn extract_answer(text: &str) -> String {
     let first_line = answer_part(text).trim_start().lines().next().unwrap_or("");
     let trimmed = first_line.trim();
-    trimmed.strip_suffix('.').unwrap_or(trimmed).trim().to_string()
+    trimmed
+        .strip_suffix('.')
+        .unwrap_or(trimmed)
+        .trim()
+        .to_string()
 }
 
 /// The first number (`-?digits[.digits]`) in the answer part of `text`.
@@ -88,7 +92,9 @@ mod tests {
     fn format_matches_anywhere_unless_anchored() {
         let digits = FormatReward::new(r"^\d+\.$", "spec.rewards[0].pattern").unwrap();
         assert_eq!((digits.score("42."), digits.score("42. 1")), (1.0, 0.0));
-        let err = FormatReward::new("(", "spec.rewards[0].pattern").err().unwrap();
+        let err = FormatReward::new("(", "spec.rewards[0].pattern")
+            .err()
+            .unwrap();
         assert!(
             err.to_string()
                 .starts_with("spec.rewards[0].pattern: not a regular expression")

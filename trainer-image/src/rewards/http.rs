@@ -93,7 +93,10 @@ impl HttpReward {
                 tokio::time::timeout(self.timeout, self.post(body.clone()))
                     .await
                     .unwrap_or_else(|_| {
-                        Err(failure(format!("no answer within {:?}", self.timeout), true))
+                        Err(failure(
+                            format!("no answer within {:?}", self.timeout),
+                            true,
+                        ))
                     })
             });
             match outcome.and_then(|text| parse(&text, batch.responses.len())) {

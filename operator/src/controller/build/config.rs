@@ -16,10 +16,10 @@ pub fn trainer_config(job: &ValidatedJob, stage: &str) -> Option<TrainerConfig> 
         .weight_sources()
         .into_iter()
         .filter_map(|w| match w {
-        WeightsSource::Stage(name) => Some((name.clone(), out(name))),
-        _ => None,
-    })
-    .collect();
+            WeightsSource::Stage(name) => Some((name.clone(), out(name))),
+            _ => None,
+        })
+        .collect();
     Some(TrainerConfig {
         job: job.name.clone(),
         namespace: job.namespace.clone(),

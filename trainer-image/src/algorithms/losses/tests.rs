@@ -340,7 +340,13 @@ fn clip_higher_widens_only_the_upper_bound_and_sides_are_counted_apart() {
     assert_close(&s.loss, &[-(0.25f64.exp())]);
     assert_close(&s.clipped_high, &[0.0]);
     // r = e^-0.5 = 0.607 with A = -1: clipped at 0.8 below, counted low.
-    let s = clipped_surrogate(&vector(&[-0.5]), &vector(&[0.0]), &vector(&[-1.0]), &mask, (0.2, 0.28));
+    let s = clipped_surrogate(
+        &vector(&[-0.5]),
+        &vector(&[0.0]),
+        &vector(&[-1.0]),
+        &mask,
+        (0.2, 0.28),
+    );
     assert_close(&s.loss, &[0.8]);
     assert_close(&s.clipped_low, &[1.0]);
     assert_close(&s.clipped_high, &[0.0]);
@@ -354,7 +360,10 @@ fn value_loss_takes_the_worse_of_clipped_and_unclipped() {
         vector(&[0.0, 0.0]),
         vector(&[1.0, 1.0]),
     );
-    assert_close(&masked_mean(&value_loss(&v, &v, &r, &m, 0.2), &m, None), &[1.25]);
+    assert_close(
+        &masked_mean(&value_loss(&v, &v, &r, &m, 0.2), &m, None),
+        &[1.25],
+    );
     assert_close(
         &value_loss(
             &vector(&[1.0]),
@@ -372,7 +381,11 @@ fn value_loss_takes_the_worse_of_clipped_and_unclipped() {
     let returns = rows(&[1.0, 0.0, -0.25, 1.0, 0.3, 0.0], 3);
     let mask = rows(&[1.0, 1.0, 1.0, 1.0, 1.0, 0.0], 3);
     assert_close(
-        &masked_mean(&value_loss(&values, &old_values, &returns, &mask, 0.2), &mask, None),
+        &masked_mean(
+            &value_loss(&values, &old_values, &returns, &mask, 0.2),
+            &mask,
+            None,
+        ),
         &[0.399249971],
     );
 }

@@ -163,7 +163,9 @@ pub fn sample(
     };
     let out = generate(m.actor, &ids, &prompt_mask, &params);
     let prompt_len = ids.size()[1];
-    let response = out.sequences.narrow(1, prompt_len, out.response_mask.size()[1]);
+    let response = out
+        .sequences
+        .narrow(1, prompt_len, out.response_mask.size()[1]);
     let rows = Vec::<Vec<i64>>::try_from(response.to_device(Device::Cpu))?;
     let kept = Vec::<Vec<i64>>::try_from(out.response_mask.to_device(Device::Cpu))?;
     let (mut ended, mut lengths, mut texts) = (Vec::new(), Vec::new(), Vec::new());
@@ -198,11 +200,15 @@ pub fn sample(
 /// rank's batch, so advantages are whitened as if one process held the whole round.
 pub fn global_whiten(x: &Tensor, mask: &Tensor, dist: &Dist) -> Result<Tensor> {
     let real = mask.to_kind(Kind::Bool);
-    let x = x.to_kind(Kind::Double).masked_fill(&real.logical_not(), 0.0);
+    let x = x
+        .to_kind(Kind::Double)
+        .masked_fill(&real.logical_not(), 0.0);
     let local = [
         x.sum(Kind::Double).double_value(&[]),
         x.square().sum(Kind::Double).double_value(&[]),
-        real.to_kind(Kind::Double).sum(Kind::Double).double_value(&[]),
+        real.to_kind(Kind::Double)
+            .sum(Kind::Double)
+            .double_value(&[]),
     ];
     let [sum, sum_sq, n] = <[f64; 3]>::try_from(dist.sum(&local)?).expect("three sums");
     let mean = sum / n.max(1.0);
@@ -285,7 +291,12 @@ pub fn make_experience(
                 (global_whiten(&adv, mask, dist)?, Some(returns))
             }
             Estimator::Group { scale_by_std } => (
-                per_token(&group_normalised(&scores, g, *scale_by_std), &kl, mask, in_reward),
+                per_token(
+                    &group_normalised(&scores, g, *scale_by_std),
+                    &kl,
+                    mask,
+                    in_reward,
+                ),
                 None,
             ),
             Estimator::LeaveOneOut => (
@@ -383,9 +394,13 @@ pub fn evaluate(
         let (seq, attn, p) = (&s.sequences, &s.attention_mask, s.prompt_len);
         let (logp, _) = continuation_logprobs(m.actor, seq, attn, p, 1.0);
         let (ref_logp, _) = continuation_logprobs(m.reference, seq, attn, p, 1.0);
-        masked_mean(&kl_penalty(&logp, &ref_logp, KlEstimator::K1), &s.mask, Some(1))
-            .mean(Kind::Float)
-            .double_value(&[])
+        masked_mean(
+            &kl_penalty(&logp, &ref_logp, KlEstimator::K1),
+            &s.mask,
+            Some(1),
+        )
+        .mean(Kind::Float)
+        .double_value(&[])
     });
     Ok((mean(&scored.totals), by_source, kl))
 }

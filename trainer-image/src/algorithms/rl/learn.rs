@@ -183,8 +183,7 @@ pub fn learn(
                 stats.policy_loss += policy.double_value(&[]);
                 stats.clip_low += surrogate.clipped_low.double_value(&[]);
                 stats.clip_high += surrogate.clipped_high.double_value(&[]);
-                stats.entropy +=
-                    masked_mean(&entropy.detach(), &mask, None).double_value(&[]);
+                stats.entropy += masked_mean(&entropy.detach(), &mask, None).double_value(&[]);
                 micro_count += 1.0;
             }
             actor_opt.step()?;

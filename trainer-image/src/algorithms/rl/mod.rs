@@ -138,9 +138,14 @@ pub fn prompts_of(examples: &[Example], needs_reference: bool) -> Result<Vec<Pro
         .iter()
         .enumerate()
         .map(|(i, e)| match e {
-            Example::Prompt { reference: None, .. } if needs_reference => Err(Error::invalid(
+            Example::Prompt {
+                reference: None, ..
+            } if needs_reference => Err(Error::invalid(
                 "<dataset>",
-                format!("example {} has no `reference`, which exactAnswer compares with", i + 1),
+                format!(
+                    "example {} has no `reference`, which exactAnswer compares with",
+                    i + 1
+                ),
             )),
             Example::Prompt { prompt, reference } => Ok(PromptRow {
                 prompt,
@@ -203,8 +208,23 @@ fn round_record(
     ];
     local.extend(exp.sources.iter().map(|(_, v)| v.iter().sum::<f64>()));
     let sums = dist.sum(&local)?;
-    let [n, sum, sum_sq, kl, policy, value, low, high, entropy, ptx, length, ended, groups, group_std, dropped] =
-        <[f64; 15]>::try_from(&sums[..15]).expect("fifteen sums");
+    let [
+        n,
+        sum,
+        sum_sq,
+        kl,
+        policy,
+        value,
+        low,
+        high,
+        entropy,
+        ptx,
+        length,
+        ended,
+        groups,
+        group_std,
+        dropped,
+    ] = <[f64; 15]>::try_from(&sums[..15]).expect("fifteen sums");
     let ranks = dist.world() as f64;
     let mean = sum / n;
     let std = ((sum_sq - n * mean * mean) / (n - 1.0).max(1.0))
@@ -262,7 +282,10 @@ pub fn train(
     offload_inference: bool,
     progress: &mut Progress,
 ) -> Result<Vec<Record>> {
-    let (cfg, rl) = (&stage.training, stage.rl.as_ref().expect("an RL stage has rl settings"));
+    let (cfg, rl) = (
+        &stage.training,
+        stage.rl.as_ref().expect("an RL stage has rl settings"),
+    );
     let prompts = prompts_of(data.prompts, m.rewards.needs_references())?;
     let ptx = super::sft::pairs(data.ptx)?;
     let (rank, world) = (progress.dist().rank(), progress.dist().world());
@@ -389,11 +412,7 @@ pub fn train(
         )?;
         record.phases = Some(Phases {
             experience: Some(experience_phase),
-            learn: Some(learn_clock.rates(
-                learned,
-                learned / responses * positions,
-                learn_flops,
-            )),
+            learn: Some(learn_clock.rates(learned, learned / responses * positions, learn_flops)),
             train: Some(clock.rates(responses, positions, exp_flops + learn_flops)),
         });
         kl_ctl.update(kl, responses as u64);

@@ -195,7 +195,13 @@ fn a_row_samples_the_same_response_alone_or_in_a_batch() {
     )
     .unwrap();
     assert_eq!(together.texts[2..], second_half.texts[..]);
-    let reseeded = sample(&models, &PROMPTS, seeds(5)[1..].to_vec(), &sampling, Device::Cpu);
+    let reseeded = sample(
+        &models,
+        &PROMPTS,
+        seeds(5)[1..].to_vec(),
+        &sampling,
+        Device::Cpu,
+    );
     assert_ne!(together.texts, reseeded.unwrap().texts, "seeds must matter");
 }
 
