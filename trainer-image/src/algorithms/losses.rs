@@ -8,7 +8,7 @@ use rlhf_spec::KlEstimator;
 use tch::{Kind, Tensor};
 
 /// Added to the variance before whitening, as TRL and OpenRLHF do.
-const WHITEN_EPS: f64 = 1e-8;
+pub(crate) const WHITEN_EPS: f64 = 1e-8;
 
 /// Ziegler et al.'s bound on the adaptive KL controller's proportional error.
 const KL_ERROR_CLIP: f64 = 0.2;

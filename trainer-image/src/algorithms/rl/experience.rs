@@ -6,7 +6,7 @@
 use tch::{Device, Kind, Tensor};
 
 use super::super::continuation_logprobs;
-use super::super::losses::{gae, kl_penalty, masked_mean, token_rewards};
+use super::super::losses::{WHITEN_EPS, gae, kl_penalty, masked_mean, token_rewards};
 use super::advantages::{
     flat_groups, group_mean_baseline, group_normalised, leave_one_out, per_token,
 };
@@ -18,9 +18,6 @@ use crate::generation::{SamplingParams, generate};
 use crate::models::heads::ScalarHead;
 use crate::tokenizer::Tokenizer;
 use rlhf_spec::{KlEstimator, ResolvedGeneration, ResolvedRl};
-
-/// Added to the variance before whitening, as TRL and OpenRLHF do.
-const WHITEN_EPS: f64 = 1e-8;
 
 /// One round's experience on this rank, response-aligned (B, N) unless said otherwise.
 pub struct Experience {
