@@ -69,7 +69,7 @@ pub fn manifest(
          - name: ppo\n      kind: ppo\n      dependsOn: [rm]\n      \
          dataset: {{path: {prompts}}}\n      models: {{rewardModel: {{stage: rm}}}}\n      \
          training: {{batchSize: 8, microBatchSize: {micro}, epochs: 1, maxLength: {context}, checkpointEvery: 1000{max_steps}}}\n      \
-         ppo: {{rolloutBatchSize: 8, ppoEpochs: 1, generation: {{maxNewTokens: 64, temperature: 1.0, topK: 50}}}}\n",
+         rl: {{rolloutBatchSize: 8, updateEpochs: 1, generation: {{maxNewTokens: 64, temperature: 1.0, topK: 50}}}}\n",
         name = model.name,
         hidden = model.hidden,
         layers = model.layers,

@@ -109,7 +109,7 @@ fn operator_rejections() -> Vec<(&'static str, Value, &'static str)> {
                     .remove("rewardModel");
                 v["spec"]["stages"][2]["dependsOn"] = json!(["sft"]);
             }),
-            "spec.stages[2].models.rewardModel: a ppo stage needs a reward model",
+            "spec.stages[2].rewards: a ppo stage needs a reward",
         ),
         (
             "queue without volcano",

@@ -195,7 +195,7 @@ async fn the_charts_operator_trains_under_rbac_and_every_dashboard_query_has_dat
          "training": {"batchSize": 16, "microBatchSize": 4, "maxSteps": 8, "maxLength": 32, "learningRate": 0.002}},
         {"name": "ppo", "kind": "ppo", "dataset": {"synthetic": {"task": "copy", "samples": 1024, "seed": 41}},
          "training": {"batchSize": 16, "microBatchSize": 4, "maxSteps": 20, "maxLength": 32, "learningRate": 0.0002, "checkpointEvery": 4},
-         "ppo": {"rolloutBatchSize": 16, "generation": {"maxNewTokens": 8}}}
+         "rl": {"rolloutBatchSize": 16, "generation": {"maxNewTokens": 8}}}
     ]);
     let mut manifest = tiny_job(job, stages);
     manifest["spec"]["parallelism"] = json!({"nodes": 1, "gpusPerNode": 2});

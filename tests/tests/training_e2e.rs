@@ -187,7 +187,7 @@ async fn a_killed_rank_restarts_the_whole_zero2_gang_which_resumes_and_succeeds(
          "parallelism": {"nodes": 2, "gpusPerNode": 1, "strategy": "zero2"},
          "dataset": {"synthetic": {"task": "copy", "samples": 1024, "seed": 41}},
          "training": {"batchSize": 16, "microBatchSize": 8, "maxSteps": 24, "maxLength": 32, "learningRate": 0.0002, "checkpointEvery": 4},
-         "ppo": {"rolloutBatchSize": 16, "generation": {"maxNewTokens": 8}}}
+         "rl": {"rolloutBatchSize": 16, "generation": {"maxNewTokens": 8}}}
     ]);
     let mut manifest = tiny_job("zero2", stages);
     manifest["spec"]["runPolicy"] = json!({"backoffLimit": 2});

@@ -490,14 +490,7 @@ fn run_rl(r: &mut StageRun<'_>) -> Result<()> {
                 generation: &rl.generation,
                 max_length: s.training.max_length,
             };
-            let (reward_mean, by_source, kl) =
-                rl::experience::evaluate(&models, &prompts, &sampling, r.device)?;
-            Ok(Evaluation {
-                reward_mean: Some(reward_mean),
-                kl: Some(kl),
-                reward_sources: by_source.into_iter().collect(),
-                ..Evaluation::default()
-            })
+            rl::experience::evaluate(&models, &prompts, &sampling, r.device)
         },
         |r| {
             let data = rl::Data {

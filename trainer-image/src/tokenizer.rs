@@ -107,13 +107,17 @@ impl Tokenizer {
         }
     }
 
+    /// The text of `ids`. Byte-level tokens can end inside a multi-byte character (a sampled
+    /// response cut at maxNewTokens, or any sample of an untrained model): such bytes become
+    /// U+FFFD rather than an error, as Hugging Face's byte-level decoder does.
     pub fn decode(&self, ids: &[u32]) -> Result<String> {
         match &self.inner {
             Inner::Hf(t) => t
                 .decode(ids, false)
                 .map_err(|e| Error::invalid(&self.origin, e.to_string())),
             Inner::Gpt2(bpe) => bpe
-                .decode(ids)
+                .decode_bytes(ids)
+                .map(|bytes| String::from_utf8_lossy(&bytes).into_owned())
                 .map_err(|e| Error::invalid(&self.origin, e.to_string())),
         }
     }

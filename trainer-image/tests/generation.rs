@@ -21,7 +21,7 @@ fn greedy(n: i64) -> SamplingParams {
         top_p: 1.0,
         eos_token_id: None,
         pad_token_id: 0,
-        seed: 7,
+        row_seeds: Vec::new(),
     }
 }
 
@@ -105,11 +105,11 @@ fn llama_greedy_matches_transformers() {
 #[test]
 fn sampling_is_reproducible_and_rows_stop_at_eos() {
     let (dir, model, ids, mask) = model("gpt2", GPT2, "sampling");
-    let sample = |seed| SamplingParams {
+    let sample = |seed: u64| SamplingParams {
         temperature: 1.0,
         top_k: 20,
         top_p: 0.9,
-        seed,
+        row_seeds: vec![seed, seed + 100],
         ..greedy(12)
     };
     let a = generate(model.as_ref(), &ids, &mask, &sample(1));

@@ -19,7 +19,7 @@ const STAGES: &str = r#"
       dataset: {synthetic: {task: copy, samples: 16}}
       models: {init: {stage: sft}, rewardModel: {stage: rm}}
       training: {batchSize: 8, microBatchSize: 4, maxSteps: 1, maxLength: 32}
-      ppo: {rolloutBatchSize: 8, generation: {maxNewTokens: 6}, ptxCoef: 0.5, ptxDataset: {synthetic: {task: copy, samples: 8}}}
+      rl: {rolloutBatchSize: 8, generation: {maxNewTokens: 6}, ptxCoef: 0.5, ptxDataset: {synthetic: {task: copy, samples: 8}}}
 "#;
 
 fn job_yaml() -> String {

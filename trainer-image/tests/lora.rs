@@ -135,7 +135,7 @@ fn lora_composes_with_zero2_offload_and_checkpointing_and_ppo_reuses_the_base() 
       dataset: {synthetic: {task: copy, samples: 32}}
       models: {init: {stage: sft}, rewardModel: {stage: rm}}
       training: {batchSize: 8, microBatchSize: 2, maxSteps: 2, maxLength: 32}
-      ppo: {rolloutBatchSize: 8, generation: {maxNewTokens: 6}}
+      rl: {rolloutBatchSize: 8, generation: {maxNewTokens: 6}}
 ";
     let parallelism = "{nodes: 1, gpusPerNode: 2, strategy: zero2, offload: all, gradientCheckpointing: true, lora: {rank: 4}}";
     let (_, stdout) = run_local(&dir, "run", &tiny_job("lora", parallelism, stages));

@@ -146,7 +146,7 @@ fn ppo_runs_on_two_ranks_with_zero2() {
       dataset: {synthetic: {task: copy, samples: 32}}
       models: {rewardModel: {stage: rm}}
       training: {batchSize: 8, microBatchSize: 2, maxSteps: 2, maxLength: 32, checkpointEvery: 1}
-      ppo: {rolloutBatchSize: 8, generation: {maxNewTokens: 6}}
+      rl: {rolloutBatchSize: 8, generation: {maxNewTokens: 6}}
 ";
     let manifest = tiny_job(
         "ppo2",

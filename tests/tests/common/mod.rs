@@ -71,7 +71,7 @@ pub fn pipeline_job(name: &str, stages: [&str; 3], nodes: u32, gpus_per_node: u3
                 {"name": second, "kind": "rm", "dataset": synthetic, "training": {"batchSize": batch, "microBatchSize": 4, "maxLength": 64}},
                 {"name": third, "kind": "ppo", "dependsOn": [first, second], "dataset": synthetic,
                  "models": {"init": {"stage": first}, "rewardModel": {"stage": second}},
-                 "training": {"batchSize": batch, "microBatchSize": 4, "maxLength": 64}, "ppo": {"generation": {"maxNewTokens": 16}}}
+                 "training": {"batchSize": batch, "microBatchSize": 4, "maxLength": 64}, "rl": {"generation": {"maxNewTokens": 16}}}
             ]
         }),
     )

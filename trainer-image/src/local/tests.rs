@@ -1,4 +1,5 @@
 use super::*;
+use rlhf_spec::RewardSource;
 use serde_json::json;
 
 const MANIFEST: &str = r#"
@@ -13,7 +14,7 @@ spec:
       dependsOn: [sft]
       dataset: {path: /abs/prompts.jsonl}
       models: {init: {stage: sft}, rewardModel: {path: models/rm}}
-      ppo: {ptxCoef: 0.1, ptxDataset: {path: data/ptx.jsonl}}
+      rl: {ptxCoef: 0.1, ptxDataset: {path: data/ptx.jsonl}}
 "#;
 
 #[test]
@@ -37,12 +38,13 @@ fn relative_paths_resolve_against_the_manifest_folder() {
         matches!(&ppo.dataset, ResolvedDataset::File { path, .. } if path == "/abs/prompts.jsonl"),
         "absolute stays"
     );
+    let rl = ppo.rl.as_ref().unwrap();
     assert_eq!(
-        ppo.models.reward_model,
-        Some(WeightsSource::Path("/jobs/demo/models/rm".into()))
+        rl.rewards[0].source,
+        RewardSource::Model(WeightsSource::Path("/jobs/demo/models/rm".into()))
     );
     assert_eq!(ppo.models.init, WeightsSource::Stage("sft".into()));
-    let ptx = ppo.ppo.as_ref().unwrap().ptx_dataset.as_ref().unwrap();
+    let ptx = rl.ptx_dataset.as_ref().unwrap();
     assert!(
         matches!(ptx, ResolvedDataset::File { path, .. } if path == "/jobs/demo/data/ptx.jsonl")
     );

@@ -25,7 +25,7 @@ fn spec() -> Value {
             {"name": "sft", "kind": "sft", "dataset": data, "training": training},
             {"name": "rm", "kind": "rm", "dataset": data, "training": training},
             {"name": "ppo", "kind": "ppo", "dependsOn": ["sft", "rm"], "dataset": data, "training": training,
-             "models": {"init": {"stage": "sft"}, "rewardModel": {"stage": "rm"}}, "ppo": {"generation": {"maxNewTokens": 8}}}
+             "models": {"init": {"stage": "sft"}, "rewardModel": {"stage": "rm"}}, "rl": {"generation": {"maxNewTokens": 8}}}
         ]
     })
 }

@@ -18,7 +18,7 @@ fn spec() -> Value {
             {"name": "sft", "kind": "sft", "dataset": dataset, "training": {"maxLength": 32}},
             {"name": "rm", "kind": "rm", "dataset": dataset, "training": {"maxLength": 32}},
             {"name": "ppo", "kind": "ppo", "dependsOn": ["sft", "rm"], "dataset": dataset, "training": {"maxLength": 32},
-             "models": {"init": {"stage": "sft"}, "rewardModel": {"stage": "rm"}}, "ppo": {"generation": {"maxNewTokens": 4}}}
+             "models": {"init": {"stage": "sft"}, "rewardModel": {"stage": "rm"}}, "rl": {"generation": {"maxNewTokens": 4}}}
         ]
     })
 }

@@ -19,7 +19,7 @@ fn spec() -> Value {
             {"name": "rm", "kind": "rm", "dataset": synthetic, "training": training},
             {"name": "ppo", "kind": "ppo", "dependsOn": ["sft", "rm"], "dataset": synthetic, "training": training,
              "models": {"init": {"stage": "sft"}, "rewardModel": {"stage": "rm"}},
-             "ppo": {"generation": {"maxNewTokens": 16}},
+             "rl": {"generation": {"maxNewTokens": 16}},
              "resources": {"requests": {"memory": "32Gi"}}}
         ]
     })

@@ -331,13 +331,13 @@ fn policy_loss_clips_the_ratio() {
 
 #[test]
 fn clip_higher_widens_only_the_upper_bound_and_sides_are_counted_apart() {
-    // r = e^0.25 = 1.284 with A = 1: clipped at 1.2 symmetric, not at clip_high 0.28.
+    // r = e^0.2 = 1.221 with A = 1: clipped at 1.2 symmetric, not at clip_high 0.28.
     let (one, mask) = (vector(&[1.0]), vector(&[1.0]));
-    let s = clipped_surrogate(&vector(&[0.25]), &vector(&[0.0]), &one, &mask, (0.2, 0.2));
+    let s = clipped_surrogate(&vector(&[0.2]), &vector(&[0.0]), &one, &mask, (0.2, 0.2));
     assert_close(&s.loss, &[-1.2]);
     assert_close(&s.clipped_high, &[1.0]);
-    let s = clipped_surrogate(&vector(&[0.25]), &vector(&[0.0]), &one, &mask, (0.2, 0.28));
-    assert_close(&s.loss, &[-(0.25f64.exp())]);
+    let s = clipped_surrogate(&vector(&[0.2]), &vector(&[0.0]), &one, &mask, (0.2, 0.28));
+    assert_close(&s.loss, &[-(0.2f32.exp())]);
     assert_close(&s.clipped_high, &[0.0]);
     // r = e^-0.5 = 0.607 with A = -1: clipped at 0.8 below, counted low.
     let s = clipped_surrogate(

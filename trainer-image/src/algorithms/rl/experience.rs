@@ -16,6 +16,7 @@ use crate::distributed::Dist;
 use crate::error::Result;
 use crate::generation::{SamplingParams, generate};
 use crate::models::heads::ScalarHead;
+use crate::record::Evaluation;
 use crate::tokenizer::Tokenizer;
 use rlhf_spec::{KlEstimator, ResolvedGeneration, ResolvedRl};
 
@@ -359,7 +360,7 @@ pub fn evaluate(
     prompts: &[PromptRow<'_>],
     sampling: &Sampling<'_>,
     device: Device,
-) -> Result<(f64, Vec<(String, f64)>, f64)> {
+) -> Result<Evaluation> {
     let greedy = ResolvedGeneration {
         temperature: 0.0,
         top_k: 0,
@@ -399,5 +400,10 @@ pub fn evaluate(
         .mean(Kind::Float)
         .double_value(&[])
     });
-    Ok((mean(&scored.totals), by_source, kl))
+    Ok(Evaluation {
+        reward_mean: Some(mean(&scored.totals)),
+        kl: Some(kl),
+        reward_sources: by_source,
+        ..Evaluation::default()
+    })
 }

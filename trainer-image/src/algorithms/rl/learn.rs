@@ -148,10 +148,10 @@ pub fn learn(
                 let mut per_token = surrogate.loss.shallow_clone();
                 if let Some(coef) = in_loss_kl {
                     let kl = kl_penalty(&logp, &rows(&exp.ref_logp, &idx), rl.kl_estimator);
-                    per_token = per_token + kl * coef;
+                    per_token += kl * coef;
                 }
                 if entropy_in_loss {
-                    per_token = per_token - &entropy * rl.entropy_coef;
+                    per_token -= &entropy * rl.entropy_coef;
                 }
                 let policy = aggregate(&surrogate.loss, &mask, s.aggregation, actor_norm);
                 let mut actor_loss = aggregate(&per_token, &mask, s.aggregation, actor_norm);
