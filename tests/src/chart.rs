@@ -18,6 +18,11 @@ pub const TRAINER_METRICS: &[&str] = &[
     "rlhf_trainer_entropy",
     "rlhf_trainer_loss",
     "rlhf_trainer_clip_fraction",
+    "rlhf_trainer_clip_fraction_low",
+    "rlhf_trainer_clip_fraction_high",
+    "rlhf_trainer_reward_source_mean",
+    "rlhf_trainer_response_length_tokens",
+    "rlhf_trainer_responses_ended_ratio",
     "rlhf_trainer_rm_accuracy",
 ];
 
