@@ -171,6 +171,68 @@ async fn sft_then_a_two_rank_dpo_gang_succeeds_and_raises_the_preference_margin(
     assert_eq!(assert_each_step_once(&dpo_dir), 40);
 }
 
+/// GRPO with a verifiable reward and no reward model: the grpo stage waits for sft by default,
+/// builds no critic, and logs exactAnswer's held-out score and the group statistics.
+#[tokio::test]
+async fn sft_then_grpo_with_exact_answer_succeeds_without_a_critic() {
+    let scene = TrainingScene::start("e2e-grpo", 1, 1).await;
+    let arithmetic =
+        |seed: u64| json!({"synthetic": {"task": "arithmetic", "samples": 64, "seed": seed}});
+    let stages = json!([
+        {"name": "sft", "kind": "sft", "dataset": arithmetic(1),
+         "training": {"batchSize": 16, "microBatchSize": 8, "maxSteps": 4, "maxLength": 16, "learningRate": 0.003}},
+        {"name": "grpo", "kind": "grpo", "dataset": arithmetic(41),
+         "rewards": [{"function": "exactAnswer"}],
+         "training": {"batchSize": 16, "microBatchSize": 8, "maxSteps": 3, "maxLength": 16, "learningRate": 0.001},
+         "rl": {"groupSize": 4, "generation": {"maxNewTokens": 4}}}
+    ]);
+    let storage = scene.apply(tiny_job("grpo", stages)).await;
+    let status = scene
+        .wait_for("grpo", "finished", PIPELINE_TIMEOUT, |s| {
+            s.phase
+                .is_some_and(|p| matches!(p, JobPhase::Succeeded | JobPhase::Failed))
+        })
+        .await;
+    assert_eq!(status.phase, Some(JobPhase::Succeeded), "{status:?}");
+    let (sft, grpo) = (stage(&status, "sft"), stage(&status, "grpo"));
+    assert!(
+        grpo.start_time.as_ref().unwrap().0 >= sft.completion_time.as_ref().unwrap().0,
+        "grpo waits for sft by default"
+    );
+    let grpo_dir = scene.stage_dir(&storage, "grpo", "grpo");
+    assert!(
+        grpo_dir.join("model").is_dir(),
+        "the GRPO model is on the volume"
+    );
+    assert!(!grpo_dir.join("critic").exists(), "GRPO trains no critic");
+    assert_eq!(assert_each_step_once(&grpo_dir), 3);
+    let text = std::fs::read_to_string(grpo_dir.join("metrics.jsonl")).unwrap();
+    let records: Vec<serde_json::Value> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let held_out: Vec<f64> = records
+        .iter()
+        .filter_map(|r| r["eval"]["reward_sources"]["exactAnswer"].as_f64())
+        .collect();
+    assert_eq!(
+        held_out.len(),
+        2,
+        "held-out exactAnswer before and after: {held_out:?}"
+    );
+    assert!(
+        held_out.iter().all(|a| (0.0..=1.0).contains(a)),
+        "{held_out:?}"
+    );
+    assert!(
+        records
+            .iter()
+            .filter(|r| r.get("eval").is_none())
+            .all(|r| r["group_reward_std"].is_number() && r["value_loss"].is_null()),
+        "every round logs its groups' reward spread and no value loss"
+    );
+}
+
 fn env_value(pod: &Pod, name: &str) -> Option<String> {
     let env = pod.spec.as_ref()?.containers.first()?.env.as_ref()?;
     env.iter().find(|e| e.name == name)?.value.clone()
