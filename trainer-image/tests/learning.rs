@@ -87,10 +87,24 @@ fn the_quickstart_learns_sft_then_rm_then_ppo() {
         reward_last > reward_first + 0.5,
         "PPO should raise the held-out reward clearly: {reward_first:.3} -> {reward_last:.3}"
     );
-    // Measured 1.04 nats per token after 28 rounds at klCoef 0.01 (README): bounded, not diverging.
+    // Measured 0.004 nats per token after 28 rounds at klCoef 0.05 (README): bounded, not diverging.
     assert!(
         kl_last.abs() < 1.5,
         "KL to the reference stays bounded: {kl_last:.4}"
+    );
+    // The policy must not degenerate while the reward rises: with the earlier settings the
+    // sampling entropy climbed to ln(vocab). Measured 0.96 -> 1.36 nats (1.42x; issue 12's bar
+    // is 1.5x); 2x guards against the blow-up without failing on a CPU's rounding.
+    let entropies: Vec<f64> = std::fs::read_to_string(out_dir.join("run/ppo/metrics.jsonl"))
+        .expect("the PPO metrics log")
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok()?["entropy"].as_f64())
+        .collect();
+    let (entropy_first, entropy_last) = (entropies[0], entropies[entropies.len() - 1]);
+    println!("PPO sampling entropy: {entropy_first:.3} -> {entropy_last:.3} nats per token");
+    assert!(
+        entropy_last <= 2.0 * entropy_first,
+        "the policy's entropy blew up: {entropy_first:.3} -> {entropy_last:.3}"
     );
     let _ = std::fs::remove_dir_all(&out_dir);
 }
