@@ -15,7 +15,6 @@ use nix::sys::signal::Signal;
 use rlhf_operator::crd::{JobPhase, StagePhase};
 use serde_json::json;
 
-const PIPELINE_TIMEOUT: Duration = Duration::from_secs(600);
 const STAGE_TIMEOUT: Duration = Duration::from_secs(300);
 
 fn restarts(status: &rlhf_operator::crd::RLHFJobStatus, name: &str) -> Option<u32> {
@@ -122,12 +121,7 @@ async fn the_quickstart_pipeline_trains_to_success_and_its_reward_improves() {
 async fn sft_then_a_two_rank_dpo_gang_succeeds_and_raises_the_preference_margin() {
     let scene = TrainingScene::start("e2e-dpo", 2, 1).await;
     let storage = scene.apply(example("dpo.yaml")).await;
-    let status = scene
-        .wait_for("dpo", "finished", PIPELINE_TIMEOUT, |s| {
-            s.phase
-                .is_some_and(|p| matches!(p, JobPhase::Succeeded | JobPhase::Failed))
-        })
-        .await;
+    let status = scene.wait_until_finished("dpo").await;
     assert_eq!(status.phase, Some(JobPhase::Succeeded), "{status:?}");
     let (sft, dpo) = (stage(&status, "sft"), stage(&status, "dpo"));
     assert!(
@@ -188,12 +182,7 @@ async fn sft_then_grpo_with_exact_answer_succeeds_without_a_critic() {
          "rl": {"groupSize": 4, "generation": {"maxNewTokens": 4}}}
     ]);
     let storage = scene.apply(tiny_job("grpo", stages)).await;
-    let status = scene
-        .wait_for("grpo", "finished", PIPELINE_TIMEOUT, |s| {
-            s.phase
-                .is_some_and(|p| matches!(p, JobPhase::Succeeded | JobPhase::Failed))
-        })
-        .await;
+    let status = scene.wait_until_finished("grpo").await;
     assert_eq!(status.phase, Some(JobPhase::Succeeded), "{status:?}");
     let (sft, grpo) = (stage(&status, "sft"), stage(&status, "grpo"));
     assert!(
@@ -289,12 +278,7 @@ async fn a_killed_rank_restarts_the_whole_zero2_gang_which_resumes_and_succeeds(
         "{message}"
     );
 
-    let done = scene
-        .wait_for("zero2", "finished", PIPELINE_TIMEOUT, |s| {
-            s.phase
-                .is_some_and(|p| matches!(p, JobPhase::Succeeded | JobPhase::Failed))
-        })
-        .await;
+    let done = scene.wait_until_finished("zero2").await;
     assert_eq!(done.phase, Some(JobPhase::Succeeded), "{done:?}");
     let ppo = stage(&done, "ppo");
     assert_eq!(

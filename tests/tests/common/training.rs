@@ -8,12 +8,15 @@ use std::time::Duration;
 use k8s_openapi::api::core::v1::{PersistentVolume, Pod};
 use kube::api::{Api, ListParams, PostParams};
 use kube::{Client, ResourceExt};
-use rlhf_operator::crd::{RLHFJobStatus, StageStatus};
+use rlhf_operator::crd::{JobPhase, RLHFJobStatus, StageStatus};
 use rlhf_test_support::node_agent::NodeAgentProcess;
 use rlhf_test_support::{OperatorProcess, TestCluster, wait_until};
 use serde_json::{Value, json};
 
 use super::{rlhf_job, wait_for_status_within};
+
+/// How long a whole training job may take.
+pub const PIPELINE_TIMEOUT: Duration = Duration::from_secs(600);
 
 pub const POOL_LABEL: &str = "rlhf-test/pool";
 
@@ -92,6 +95,15 @@ impl TrainingScene {
             self.agent.log.display()
         );
         wait_for_status_within(&self.client, &self.ns, job, &what, timeout, check).await
+    }
+
+    /// Waits until `job` has Succeeded or Failed (PIPELINE_TIMEOUT); returns its status.
+    pub async fn wait_until_finished(&self, job: &str) -> RLHFJobStatus {
+        self.wait_for(job, "finished", PIPELINE_TIMEOUT, |s| {
+            s.phase
+                .is_some_and(|p| matches!(p, JobPhase::Succeeded | JobPhase::Failed))
+        })
+        .await
     }
 
     /// The job's pods now (any stage, any generation).
