@@ -159,7 +159,7 @@ pub struct GrpoParams {
     pub dynamic_sampling: Option<bool>,
 }
 
-/// Built-in reward functions (README: Rewards).
+/// Built-in reward functions (README: Algorithms and rewards).
 #[derive(Deserialize, Serialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub enum RewardFunction {
@@ -171,7 +171,7 @@ pub enum RewardFunction {
     Length,
 }
 
-/// A remote reward service (README: Rewards has the request and answer schemas).
+/// A remote reward service (README: Algorithms and rewards has the request and answer schemas).
 #[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct HttpReward {

@@ -1,6 +1,6 @@
 //! Built-in reward functions, pure: each scores one response.
 //!
-//! The answer of a text (README: Rewards): what follows the last `####` (GSM8K's marker) if there
+//! The answer of a text (README: Algorithms and rewards): what follows the last `####` (GSM8K's marker) if there
 //! is one, else the whole text; its first line, trimmed, without one trailing period. When the
 //! reference's answer is a number, the response's answer is the first number in that part of the
 //! response, compared numerically; otherwise the two answers must be equal as strings

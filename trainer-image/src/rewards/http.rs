@@ -1,4 +1,4 @@
-//! A remote reward service (README: Rewards). The trainer POSTs one JSON batch per round,
+//! A remote reward service (README: Algorithms and rewards). The trainer POSTs one JSON batch per round,
 //!   {"prompts": [string], "responses": [string], "references": [string | null]},
 //! with `Content-Type: application/json`, and the service answers 200 with
 //!   {"scores": [number]}
