@@ -279,13 +279,20 @@ fn accumulating_micro_batches_steps_like_the_whole_batch() {
     before.sort_by(|a, b| a.0.cmp(&b.0));
     let (whole, _) = learn_once(&f, &exp, &rl, 4);
     let (accumulated, _) = learn_once(&f, &exp, &rl, 1);
-    let mut moved = 0.0f64;
+    let (mut moved, mut diff) = (0.0f64, 0.0f64);
     for ((a, b), (_, start)) in whole.iter().zip(&accumulated).zip(&before) {
-        let diff = (a - b).abs().max().double_value(&[]);
-        assert!(diff < 1e-6, "accumulation differs by {diff}");
+        diff = diff.max((a - b).abs().max().double_value(&[]));
         moved = moved.max((a - start).abs().max().double_value(&[]));
     }
     assert!(moved > 1e-5, "the step must move the weights ({moved})");
+    // Equal up to float rounding, which Adam's per-weight normalisation amplifies for weights
+    // with near-zero gradients (and libtorch's reduction order varies between runs: 2.8e-6 and
+    // 4.8e-6 were seen against steps of ~1e-3): within 1% of the largest step. A micro-batch
+    // that stepped on its own would differ by a whole step.
+    assert!(
+        diff < 0.01 * moved,
+        "accumulation differs by {diff} (largest step {moved})"
+    );
 }
 
 #[test]
