@@ -1,7 +1,7 @@
 //! Multi-process training on CPU (Gloo over loopback, through `rlhf-trainer local`): two ranks
 //! under ddp, zero1 and zero2 end with the same weights as one rank on the same global batch,
 //! ZeRO holds about half the optimizer state per rank, gradient accumulation equals a bigger
-//! micro-batch, and the launcher passes a worker's failure on.
+//! micro-batch (SFT, RM and PPO), and the launcher passes a worker's failure on.
 mod common;
 
 use std::collections::HashMap;
@@ -24,11 +24,16 @@ fn run(dir: &Path, name: &str, manifest: &str) -> PathBuf {
     run_local(dir, name, manifest).0
 }
 
-fn weights(run: &Path, stage: &str) -> HashMap<String, Tensor> {
-    Tensor::read_safetensors(run.join(stage).join("model/model.safetensors"))
+/// The weights saved in `<run>/<folder>/model.safetensors`.
+fn saved(run: &Path, folder: &str) -> HashMap<String, Tensor> {
+    Tensor::read_safetensors(run.join(folder).join("model.safetensors"))
         .unwrap()
         .into_iter()
         .collect()
+}
+
+fn weights(run: &Path, stage: &str) -> HashMap<String, Tensor> {
+    saved(run, &format!("{stage}/model"))
 }
 
 fn max_difference(a: &HashMap<String, Tensor>, b: &HashMap<String, Tensor>) -> f64 {
@@ -135,26 +140,35 @@ fn the_launcher_exits_with_a_failed_workers_code() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// PPO on fixed inputs (the same base model, reward model and seeds): 2 ranks under zero2, each
+/// accumulating 2 micro-batches of 2 rows, end where 1 rank does with the step's 8 rows in one
+/// micro-batch: experience is seeded per row, advantages are whitened over all ranks and losses
+/// normalised by the global token count. The learning rates are large enough (2 rounds x 2
+/// epochs at 1e-3) that a per-rank normalisation would exceed the tolerance.
 #[test]
-fn ppo_runs_on_two_ranks_with_zero2() {
+fn ppo_on_two_ranks_with_accumulation_learns_like_one_rank_with_the_whole_batch() {
     let dir = scratch("parallel-ppo");
-    let stages = "
-    - {name: rm, kind: rm, dataset: {synthetic: {task: copy, samples: 16}}, training: {batchSize: 8, microBatchSize: 4, maxLength: 32, maxSteps: 1}}
+    let job = |parallelism: &str, micro: u32| {
+        let stages = format!("
+    - {{name: rm, kind: rm, dataset: {{synthetic: {{task: copy, samples: 16}}}}, training: {{batchSize: 8, microBatchSize: 4, maxLength: 32, maxSteps: 1}}}}
     - name: ppo
       kind: ppo
       dependsOn: [rm]
-      dataset: {synthetic: {task: copy, samples: 32}}
-      models: {rewardModel: {stage: rm}}
-      training: {batchSize: 8, microBatchSize: 2, maxSteps: 2, maxLength: 32, checkpointEvery: 1}
-      rl: {rolloutBatchSize: 8, generation: {maxNewTokens: 6}}
-";
-    let manifest = tiny_job(
-        "ppo2",
-        "{nodes: 1, gpusPerNode: 2, strategy: zero2}",
-        stages,
+      dataset: {{synthetic: {{task: copy, samples: 32}}}}
+      models: {{rewardModel: {{stage: rm}}}}
+      training: {{batchSize: 8, microBatchSize: {micro}, maxSteps: 2, maxLength: 32, learningRate: 1.0e-3, checkpointEvery: 1}}
+      rl: {{rolloutBatchSize: 8, updateEpochs: 2, generation: {{maxNewTokens: 6}}}}
+      ppo: {{criticLearningRate: 1.0e-3}}
+");
+        tiny_job("ppo2", parallelism, &stages)
+    };
+    let single = run(&dir, "single", &job("{nodes: 1, gpusPerNode: 1}", 8));
+    let two = run(
+        &dir,
+        "zero2",
+        &job("{nodes: 1, gpusPerNode: 2, strategy: zero2}", 2),
     );
-    let out = run(&dir, "ppo", &manifest);
-    let log = std::fs::read_to_string(out.join("ppo/metrics.jsonl")).unwrap();
+    let log = std::fs::read_to_string(two.join("ppo/metrics.jsonl")).unwrap();
     let steps: Vec<u64> = log
         .lines()
         .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
@@ -162,10 +176,14 @@ fn ppo_runs_on_two_ranks_with_zero2() {
         .map(|r| r["step"].as_u64().unwrap())
         .collect();
     assert_eq!(steps, vec![1, 2], "one record per round, from rank 0 only");
-    assert!(
-        out.join("ppo/model/model.safetensors").exists()
-            && out.join("ppo/critic/model.safetensors").exists()
-    );
+    for part in ["model", "critic"] {
+        let folder = format!("ppo/{part}");
+        let diff = max_difference(&saved(&single, &folder), &saved(&two, &folder));
+        println!(
+            "PPO {part}: 2 ranks x 2 micro-batches vs 1 rank x 1, max weight difference {diff:.2e}"
+        );
+        assert!(diff < 1e-5, "PPO {part}: weights differ by {diff}");
+    }
     let _ = std::fs::remove_dir_all(&dir);
 }
 

@@ -1,5 +1,6 @@
 //! The learning half of a round: `rl.updateEpochs` passes over the round's experience, the rows
-//! reshuffled (seeded) each pass and taken in optimizer steps of `training.batchSize` rows over
+//! reshuffled each pass from the round's own seed (not the stream that picks prompts: a shuffle
+//! of this rank's rows draws as many numbers as it has rows, which depends on the world size) and taken in optimizer steps of `training.batchSize` rows over
 //! all ranks, each accumulated from micro-batches; the clipped policy loss (plus KL in the loss,
 //! entropy bonus and InstructGPT's ptx loss when configured) and, for PPO, the critic's value
 //! loss. Losses are normalised by the step's token (or row) count over every rank, so N ranks x
@@ -96,14 +97,15 @@ pub struct LearnSettings<'a> {
     pub kl_coef: f64,
 }
 
-/// Runs the learning phase on `exp`; `critic_opt` is PPO's. `ptx_batch` gives the pretraining
-/// batch for each micro-batch when `ptxCoef` > 0.
+/// Runs the learning phase on `exp`; `critic_opt` is PPO's; epoch e's shuffle is seeded by
+/// `shuffle_seed` and e. `ptx_batch` gives the pretraining batch for each micro-batch when
+/// `ptxCoef` > 0.
 pub fn learn(
     m: &Models<'_>,
     exp: &Experience,
     (actor_opt, mut critic_opt): (&mut Optimizer, Option<&mut Optimizer>),
     s: &LearnSettings<'_>,
-    rng: &mut SplitMix64,
+    shuffle_seed: u64,
     dist: &Dist,
     mut ptx_batch: impl FnMut() -> Result<Option<SequenceBatch>>,
 ) -> Result<LearnStats> {
@@ -116,8 +118,9 @@ pub fn learn(
         (LearnStats::default(), 0.0, 0.0, 0.0);
     let micros_per_step = (s.shape.rows_per_step / s.shape.micro).max(1) as f64;
     let ranks = dist.world() as f64;
-    for _ in 0..rl.update_epochs {
-        let order = shuffled(exp.rows() as usize, rng);
+    for epoch in 0..rl.update_epochs {
+        let mut rng = SplitMix64(SplitMix64::derive(shuffle_seed, u64::from(epoch)));
+        let order = shuffled(exp.rows() as usize, &mut rng);
         for step_rows in order.chunks(s.shape.rows_per_step as usize) {
             let step_idx = Tensor::from_slice(step_rows).to_device(device);
             let (tokens, active_rows) = global_counts(&rows(&exp.loss_mask, &step_idx), dist)?;

@@ -269,6 +269,11 @@ fn row_seeds(seed: u64, round: u64, first_row: usize, rows: usize) -> Vec<u64> {
         .collect()
 }
 
+/// The seed of a round's learning shuffles: from the round's seed, at an index no row reaches.
+fn shuffle_seed(seed: u64, round: u64) -> u64 {
+    SplitMix64::derive(SplitMix64::derive(seed, round), u64::MAX)
+}
+
 /// Runs an RL stage: each round samples `rolloutBatchSize` prompts (each rank makes and learns
 /// from its share); rounds continue for `epochs` passes over the prompts or until `maxSteps`
 /// rounds. Every round is recorded in `progress`; a restart resumes from the newest checkpoint
@@ -368,7 +373,7 @@ pub fn train(
         let exp_flops = experience_flops(m, positions);
         let experience_phase = clock.rates(responses, positions, exp_flops);
         let learn_clock = PhaseClock::start();
-        // Its own stream per round: the shuffles of learning draw from `rng`.
+        // Its own stream per round, as the shuffles of learning have: `rng` only picks prompts.
         let mut ptx_rng = SplitMix64(SplitMix64::derive(!cfg.seed, round));
         let mut ptx_batch = || -> Result<Option<SequenceBatch>> {
             if rl.ptx_coef <= 0.0 || ptx.is_empty() {
@@ -396,7 +401,7 @@ pub fn train(
             &exp,
             (&mut actor_opt, critic_opt.as_mut()),
             &settings,
-            &mut rng,
+            shuffle_seed(cfg.seed, round),
             progress.dist(),
             &mut ptx_batch,
         )?;

@@ -254,7 +254,7 @@ fn learn_once(f: &Fixture, exp: &Experience, rl: &ResolvedRl, micro: i64) -> (Ve
         exp,
         (&mut actor_opt, Some(&mut critic_opt)),
         &settings,
-        &mut SplitMix64(3),
+        3,
         &dist,
         || Ok(None),
     )
