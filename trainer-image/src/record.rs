@@ -127,7 +127,7 @@ pub struct Evaluation {
     /// DPO: share of pairs with a positive margin.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub win_rate: Option<f64>,
-    /// RL: mean total reward of greedy responses to the held-out prompts.
+    /// RL: mean total reward of responses sampled to the held-out prompts (4 each, fixed seeds).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reward_mean: Option<f64>,
     /// RL: mean per-token KL of those responses to the reference.

@@ -17,6 +17,7 @@ use crate::error::Result;
 use crate::generation::{SamplingParams, generate};
 use crate::models::heads::ScalarHead;
 use crate::record::Evaluation;
+use crate::rng::SplitMix64;
 use crate::tokenizer::Tokenizer;
 use rlhf_spec::{KlEstimator, ResolvedGeneration, ResolvedRl};
 
@@ -352,33 +353,40 @@ pub fn make_experience(
     })
 }
 
-/// Held-out evaluation: the actor's greedy answers to `prompts`, their mean total reward, each
-/// source's mean, and the mean per-token KL (k1) to the reference (at temperature 1: greedy
-/// answers have no sampling temperature).
+/// Responses sampled per held-out prompt: the evaluation estimates the policy's expected reward.
+pub const HELD_OUT_SAMPLES: usize = 4;
+
+/// Seeds the held-out samples from (row r of the evaluation gets `derive(HELD_OUT_SEED, r)`), the
+/// same in every evaluation, so before and after training compare the same random draws.
+const HELD_OUT_SEED: u64 = 0x4845_4C44;
+
+/// Held-out evaluation of the policy RL optimises: [`HELD_OUT_SAMPLES`] responses per prompt
+/// sampled with the stage's generation settings (fixed seeds), their mean total reward, each
+/// source's mean, and the mean per-token KL (k1, at the sampling temperature) to the reference,
+/// an unbiased estimate since the responses come from the actor. The greedy answer is not used:
+/// it is not the distribution being trained, and on the tiny models of the tests its reward
+/// moved against the sampled reward RL raised (README: Algorithms and rewards).
 pub fn evaluate(
     m: &Models<'_>,
     prompts: &[PromptRow<'_>],
     sampling: &Sampling<'_>,
     device: Device,
 ) -> Result<Evaluation> {
-    let greedy = ResolvedGeneration {
-        temperature: 0.0,
-        top_k: 0,
-        top_p: 1.0,
-        ..sampling.generation.clone()
-    };
-    let texts: Vec<&str> = prompts.iter().map(|p| p.prompt).collect();
-    let greedy_sampling = Sampling {
-        generation: &greedy,
-        ..*sampling
-    };
-    let s = sample(m, &texts, Vec::new(), &greedy_sampling, device)?;
+    let rows: Vec<&PromptRow<'_>> = prompts
+        .iter()
+        .flat_map(|p| std::iter::repeat_n(p, HELD_OUT_SAMPLES))
+        .collect();
+    let texts: Vec<&str> = rows.iter().map(|p| p.prompt).collect();
+    let seeds = (0..rows.len() as u64)
+        .map(|r| SplitMix64::derive(HELD_OUT_SEED, r))
+        .collect();
+    let s = sample(m, &texts, seeds, sampling, device)?;
     let responses = Responses {
         sequences: &s.sequences,
         attention_mask: &s.attention_mask,
         prompts: &texts,
         responses: &s.texts,
-        references: prompts.iter().map(|p| p.reference).collect(),
+        references: rows.iter().map(|p| p.reference).collect(),
         lengths: &s.lengths,
     };
     let scored = m.rewards.score(&responses)?;
@@ -388,10 +396,11 @@ pub fn evaluate(
         .iter()
         .map(|(name, v)| (name.clone(), mean(v)))
         .collect();
+    let t = scoring_temperature(sampling.generation);
     let kl = tch::no_grad(|| {
         let (seq, attn, p) = (&s.sequences, &s.attention_mask, s.prompt_len);
-        let (logp, _) = continuation_logprobs(m.actor, seq, attn, p, 1.0);
-        let (ref_logp, _) = continuation_logprobs(m.reference, seq, attn, p, 1.0);
+        let (logp, _) = continuation_logprobs(m.actor, seq, attn, p, t);
+        let (ref_logp, _) = continuation_logprobs(m.reference, seq, attn, p, t);
         masked_mean(
             &kl_penalty(&logp, &ref_logp, KlEstimator::K1),
             &s.mask,
