@@ -61,7 +61,7 @@ pub enum DatasetFormat {
 pub enum SyntheticTask {
     /// Prompts of words; good responses repeat them (SFT pairs, preference pairs, PPO prompts).
     Copy,
-    /// Small additions; good responses give the sum.
+    /// Single-digit additions ("3+4="); good responses give the sum ("7.").
     Arithmetic,
 }
 
