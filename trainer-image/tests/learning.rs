@@ -60,6 +60,15 @@ fn run_local(manifest: &Path, folder: &Path) -> Value {
     serde_json::from_str(stdout.lines().last().unwrap()).expect("the last line is the JSON summary")
 }
 
+/// A stage's first and last held-out `key` from `rlhf-trainer local`'s summary line.
+fn first_last(summary: &Value, stage: &str, key: &str) -> (f64, f64) {
+    let s = &summary["stages"][stage];
+    (
+        s["first"][key].as_f64().unwrap(),
+        s["last"][key].as_f64().unwrap(),
+    )
+}
+
 /// PPO's before/after held-out reward, its last KL and its first and last sampling entropy.
 struct PpoOutcome {
     reward: (f64, f64),
@@ -69,18 +78,14 @@ struct PpoOutcome {
 
 impl PpoOutcome {
     fn read(summary: &Value, stage_dir: &Path) -> Self {
-        let s = &summary["stages"]["ppo"];
         let entropies: Vec<f64> = std::fs::read_to_string(stage_dir.join("metrics.jsonl"))
             .expect("the PPO metrics log")
             .lines()
             .filter_map(|l| serde_json::from_str::<Value>(l).ok()?["entropy"].as_f64())
             .collect();
         Self {
-            reward: (
-                s["first"]["reward_mean"].as_f64().unwrap(),
-                s["last"]["reward_mean"].as_f64().unwrap(),
-            ),
-            kl: s["last"]["kl"].as_f64().unwrap(),
+            reward: first_last(summary, "ppo", "reward_mean"),
+            kl: first_last(summary, "ppo", "kl").1,
             entropy: (entropies[0], entropies[entropies.len() - 1]),
         }
     }
@@ -146,29 +151,16 @@ spec:
         ),
     )
     .unwrap();
-    let summary = run_local(&manifest, folder);
-    let s = &summary["stages"][kind];
-    (
-        s["first"]["reward_mean"].as_f64().unwrap(),
-        s["last"]["reward_mean"].as_f64().unwrap(),
-    )
+    first_last(&run_local(&manifest, folder), kind, "reward_mean")
 }
 
 #[test]
-fn the_quickstart_learns_sft_then_rm_then_ppo_for_five_seeds_and_rloo_and_reinforce_learn_from_its_sft()
- {
+fn the_quickstart_learns_for_five_ppo_seeds_and_rloo_and_reinforce_learn_from_its_sft() {
     let manifest = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/quickstart.yaml");
     let out_dir = common::scratch("quickstart");
     let summary = run_local(&manifest, &out_dir.join("run"));
-    let stage = |name: &str, key: &str| -> (f64, f64) {
-        let s = &summary["stages"][name];
-        (
-            s["first"][key].as_f64().unwrap(),
-            s["last"][key].as_f64().unwrap(),
-        )
-    };
-    let (sft_first, sft_last) = stage("sft", "loss");
-    let (rm_first, rm_last) = stage("rm", "accuracy");
+    let (sft_first, sft_last) = first_last(&summary, "sft", "loss");
+    let (rm_first, rm_last) = first_last(&summary, "rm", "accuracy");
     println!("SFT held-out loss: {sft_first:.3} -> {sft_last:.3}");
     println!("RM held-out pairwise accuracy: {rm_first:.3} -> {rm_last:.3}");
     assert!(
@@ -180,7 +172,7 @@ fn the_quickstart_learns_sft_then_rm_then_ppo_for_five_seeds_and_rloo_and_reinfo
         "reward model accuracy on held-out pairs: {rm_last:.3}"
     );
     // PPO must raise the reward without the policy degenerating, for the manifest's seeds and
-    // four others on the same SFT and reward models (README: Tests has the measured figures).
+    // four others on the same SFT and reward models (README: The trainer has the measured figures).
     PpoOutcome::read(&summary, &out_dir.join("run/ppo")).check("prompt seed 41, seed 3");
     for (prompts, training) in [(42, 4), (43, 5), (44, 6), (45, 7)] {
         let folder = out_dir.join(format!("ppo-{prompts}-{training}"));

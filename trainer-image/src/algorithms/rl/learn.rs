@@ -1,10 +1,11 @@
 //! The learning half of a round: `rl.updateEpochs` passes over the round's experience, the rows
 //! reshuffled each pass from the round's own seed (not the stream that picks prompts: a shuffle
-//! of this rank's rows draws as many numbers as it has rows, which depends on the world size) and taken in optimizer steps of `training.batchSize` rows over
-//! all ranks, each accumulated from micro-batches; the clipped policy loss (plus KL in the loss,
-//! entropy bonus and InstructGPT's ptx loss when configured) and, for PPO, the critic's value
-//! loss. Losses are normalised by the step's token (or row) count over every rank, so N ranks x
-//! accumulation steps == one rank with the whole batch.
+//! of this rank's rows draws as many numbers as it has rows, which depends on the world size)
+//! and taken in optimizer steps of `training.batchSize` rows over all ranks, each accumulated
+//! from micro-batches; the clipped policy loss (plus KL in the loss, entropy bonus and
+//! InstructGPT's ptx loss when configured) and, for PPO, the critic's value loss. Losses are
+//! normalised by the step's token (or row) count over every rank, so N ranks x accumulation
+//! steps == one rank with the whole batch.
 use tch::{Kind, Tensor};
 
 use super::super::losses::{
