@@ -23,6 +23,8 @@ pub const TRAINER_METRICS: &[&str] = &[
     "rlhf_trainer_reward_source_mean",
     "rlhf_trainer_response_length_tokens",
     "rlhf_trainer_responses_ended_ratio",
+    "rlhf_trainer_group_reward_std",
+    "rlhf_trainer_groups_dropped_ratio",
     "rlhf_trainer_rm_accuracy",
 ];
 

@@ -184,8 +184,9 @@ async fn the_charts_operator_trains_under_rbac_and_every_dashboard_query_has_dat
     )
     .await;
 
-    // A pipeline with all three kinds (so every trainer metric exists), 2 local ranks per pod, and
-    // one killed PPO process (so a gang restart is counted).
+    // A pipeline with all three kinds (so every trainer metric exists; PPO answers in groups of 2 for
+    // the group metrics), 2 local ranks per pod, and one killed PPO process (so a gang restart is
+    // counted).
     let scene_storage = dir.join("storage");
     let job = "observed";
     let stages = json!([
@@ -195,7 +196,7 @@ async fn the_charts_operator_trains_under_rbac_and_every_dashboard_query_has_dat
          "training": {"batchSize": 16, "microBatchSize": 4, "maxSteps": 8, "maxLength": 32, "learningRate": 0.002}},
         {"name": "ppo", "kind": "ppo", "dataset": {"synthetic": {"task": "copy", "samples": 1024, "seed": 41}},
          "training": {"batchSize": 16, "microBatchSize": 4, "maxSteps": 20, "maxLength": 32, "learningRate": 0.0002, "checkpointEvery": 4},
-         "rl": {"rolloutBatchSize": 16, "generation": {"maxNewTokens": 8}}}
+         "rl": {"rolloutBatchSize": 8, "groupSize": 2, "generation": {"maxNewTokens": 8}}}
     ]);
     let mut manifest = tiny_job(job, stages);
     manifest["spec"]["parallelism"] = json!({"nodes": 1, "gpusPerNode": 2});
