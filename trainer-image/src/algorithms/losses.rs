@@ -7,8 +7,10 @@
 use rlhf_spec::KlEstimator;
 use tch::{Kind, Tensor};
 
+use crate::error::Result;
+
 /// Added to the variance before whitening, as TRL and OpenRLHF do.
-pub(crate) const WHITEN_EPS: f64 = 1e-8;
+const WHITEN_EPS: f64 = 1e-8;
 
 /// Ziegler et al.'s bound on the adaptive KL controller's proportional error.
 const KL_ERROR_CLIP: f64 = 0.2;
@@ -43,20 +45,27 @@ pub fn masked_mean(x: &Tensor, mask: &Tensor, dim: Option<i64>) -> Tensor {
 }
 
 /// (x - mean) / sqrt(var + 1e-8), with the mean and the unbiased variance (divisor n - 1) taken
-/// over the real tokens of the whole batch, as TRL and OpenRLHF whiten advantages.
-/// `shift_mean = false` adds the mean back (scale only). Padding comes out 0. Any shape.
-pub fn masked_whiten(x: &Tensor, mask: &Tensor, shift_mean: bool) -> Tensor {
-    let mean = masked_mean(x, mask, None);
-    let centered = x - &mean;
+/// over the real tokens, as TRL and OpenRLHF whiten advantages. `all_sum` turns this batch's
+/// [sum, sum of squares, count] into the totals the moments come from: the identity whitens
+/// one batch, a sum over ranks whitens the whole round (`Dist::sum`). Moments in f64; padding
+/// comes out 0; any shape.
+pub fn masked_whiten(
+    x: &Tensor,
+    mask: &Tensor,
+    all_sum: impl FnOnce(&[f64]) -> Result<Vec<f64>>,
+) -> Result<Tensor> {
+    let x = zero_padding(&x.to_kind(Kind::Double), mask);
+    let local = [
+        x.sum(Kind::Double).double_value(&[]),
+        x.square().sum(Kind::Double).double_value(&[]),
+        count(mask, None).double_value(&[]),
+    ];
+    let [sum, sum_sq, n] = <[f64; 3]>::try_from(all_sum(&local)?).expect("three sums");
+    let mean = sum / n.max(1.0);
     // n - 1 floored at 1: one real token gives variance 0, not 0/0.
-    let var = masked_sum(&centered.square(), mask, None) / (count(mask, None) - 1.0).clamp_min(1.0);
-    let whitened = centered * (var + WHITEN_EPS).rsqrt();
-    let whitened = if shift_mean {
-        whitened
-    } else {
-        whitened + mean
-    };
-    zero_padding(&whitened, mask)
+    let var = ((sum_sq - n * mean * mean) / (n - 1.0).max(1.0)).max(0.0);
+    let whitened = (x - mean) / (var + WHITEN_EPS).sqrt();
+    Ok(zero_padding(&whitened, mask).to_kind(Kind::Float))
 }
 
 /// log softmax(logits)[token] at each position, in fp32 whatever the logits' kind:

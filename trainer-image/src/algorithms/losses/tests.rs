@@ -50,19 +50,24 @@ fn masked_mean_ignores_padding() {
     );
 }
 
+/// One batch's moments: what a single rank's `Dist::sum` returns.
+fn this_batch(sums: &[f64]) -> crate::error::Result<Vec<f64>> {
+    Ok(sums.to_vec())
+}
+
 #[test]
 fn masked_whiten_uses_real_tokens_only() {
+    let whiten = |x: &Tensor, mask: &Tensor| masked_whiten(x, mask, this_batch).unwrap();
     // Real [1, 3]: mean 2, unbiased variance 2; the padded 100 changes nothing.
     let (x, mask) = (vector(&[1.0, 3.0, 100.0]), vector(&[1.0, 1.0, 0.0]));
     let s = 1.0 / (2.0f32 + 1e-8).sqrt();
-    assert_close(&masked_whiten(&x, &mask, true), &[-s, s, 0.0]);
-    assert_close(&masked_whiten(&x, &mask, false), &[2.0 - s, 2.0 + s, 0.0]);
+    assert_close(&whiten(&x, &mask), &[-s, s, 0.0]);
     // One real token: 0, not NaN.
     assert_close(
-        &masked_whiten(&vector(&[5.0, 1.0]), &vector(&[1.0, 0.0]), true),
+        &whiten(&vector(&[5.0, 1.0]), &vector(&[1.0, 0.0])),
         &[0.0, 0.0],
     );
-    // trl.core.masked_whiten(x, m, shift_mean) * m.
+    // trl.core.masked_whiten(x, m, shift_mean=True) * m.
     let x = rows(&[0.5, -1.2, 2.0, 9.0, 1.5, 0.3, 7.0, -8.0], 4);
     let mask = rows(&[1.0, 1.0, 1.0, 0.0, 1.0, 1.0, 0.0, 0.0], 4);
     let shifted = [
@@ -75,18 +80,14 @@ fn masked_whiten_uses_real_tokens_only() {
         0.0,
         0.0,
     ];
-    assert_close(&masked_whiten(&x, &mask, true), &shifted);
-    let kept = [
-        0.522890508,
-        -0.852827549,
-        1.73675931,
-        0.0,
-        1.33213639,
-        0.361041337,
-        0.0,
-        0.0,
-    ];
-    assert_close(&masked_whiten(&x, &mask, false), &kept);
+    assert_close(&whiten(&x, &mask), &shifted);
+    // Moments summed over "ranks" (here: the batch twice) leave mean and variance unchanged
+    // up to the n - 1 divisor: 2n - 1 instead of n - 1.
+    let twice = |s: &[f64]| Ok(s.iter().map(|v| 2.0 * v).collect());
+    let n = 5.0f64;
+    let scale = ((2.0 * n - 1.0) / (2.0 * (n - 1.0))).sqrt() as f32;
+    let expected: Vec<f32> = shifted.iter().map(|v| v * scale).collect();
+    assert_close(&masked_whiten(&x, &mask, twice).unwrap(), &expected);
 }
 
 #[test]

@@ -6,7 +6,7 @@
 use tch::{Device, Kind, Tensor};
 
 use super::super::continuation_logprobs;
-use super::super::losses::{WHITEN_EPS, gae, kl_penalty, masked_mean, token_rewards};
+use super::super::losses::{gae, kl_penalty, masked_mean, masked_whiten, token_rewards};
 use super::advantages::{
     flat_groups, group_mean_baseline, group_normalised, leave_one_out, per_token,
 };
@@ -195,29 +195,6 @@ pub fn sample(
     })
 }
 
-/// (x - mean) / sqrt(var + 1e-8) with mean and unbiased variance over the real tokens of every
-/// rank's batch, so advantages are whitened as if one process held the whole round.
-pub fn global_whiten(x: &Tensor, mask: &Tensor, dist: &Dist) -> Result<Tensor> {
-    let real = mask.to_kind(Kind::Bool);
-    let x = x
-        .to_kind(Kind::Double)
-        .masked_fill(&real.logical_not(), 0.0);
-    let local = [
-        x.sum(Kind::Double).double_value(&[]),
-        x.square().sum(Kind::Double).double_value(&[]),
-        real.to_kind(Kind::Double)
-            .sum(Kind::Double)
-            .double_value(&[]),
-    ];
-    let [sum, sum_sq, n] = <[f64; 3]>::try_from(dist.sum(&local)?).expect("three sums");
-    let mean = sum / n.max(1.0);
-    let var = ((sum_sq - n * mean * mean) / (n - 1.0).max(1.0)).max(0.0);
-    let whitened = (x - mean) / (var + WHITEN_EPS).sqrt();
-    Ok(whitened
-        .masked_fill(&real.logical_not(), 0.0)
-        .to_kind(Kind::Float))
-}
-
 /// Makes this rank's experience for `prompts` (each answered `rl.groupSize` times, adjacent
 /// rows), row r seeded by `row_seeds[r]`.
 #[allow(clippy::too_many_arguments)] // each is a distinct input of the round
@@ -287,7 +264,7 @@ pub fn make_experience(
                 let values = values.as_ref().expect("PPO has a critic");
                 let rewards = token_rewards(&kl, in_reward.unwrap_or(0.0), &scores, mask, 0.0);
                 let (adv, returns) = gae(&rewards, values, mask, *gamma, *lambda);
-                (global_whiten(&adv, mask, dist)?, Some(returns))
+                (masked_whiten(&adv, mask, |s| dist.sum(s))?, Some(returns))
             }
             Estimator::Group { scale_by_std } => (
                 per_token(
@@ -304,7 +281,7 @@ pub fn make_experience(
             ),
             Estimator::Reinforce => {
                 let adv = per_token(&group_mean_baseline(&scores, g), &kl, mask, in_reward);
-                (global_whiten(&adv, mask, dist)?, None)
+                (masked_whiten(&adv, mask, |s| dist.sum(s))?, None)
             }
         })
     })?;
