@@ -44,6 +44,15 @@ pub fn masked_mean(x: &Tensor, mask: &Tensor, dim: Option<i64>) -> Tensor {
     masked_sum(x, mask, dim) / count(mask, dim).clamp_min(1.0)
 }
 
+/// Mean and unbiased variance (divisor n - 1) of n values from their sum and sum of squares.
+/// n - 1 is floored at 1, so one value gives variance 0 rather than 0/0; rounding cannot make
+/// the variance negative.
+pub fn mean_and_variance(sum: f64, sum_sq: f64, n: f64) -> (f64, f64) {
+    let mean = sum / n.max(1.0);
+    let var = ((sum_sq - n * mean * mean) / (n - 1.0).max(1.0)).max(0.0);
+    (mean, var)
+}
+
 /// (x - mean) / sqrt(var + 1e-8), with the mean and the unbiased variance (divisor n - 1) taken
 /// over the real tokens, as TRL and OpenRLHF whiten advantages. `all_sum` turns this batch's
 /// [sum, sum of squares, count] into the totals the moments come from: the identity whitens
@@ -61,9 +70,7 @@ pub fn masked_whiten(
         count(mask, None).double_value(&[]),
     ];
     let [sum, sum_sq, n] = <[f64; 3]>::try_from(all_sum(&local)?).expect("three sums");
-    let mean = sum / n.max(1.0);
-    // n - 1 floored at 1: one real token gives variance 0, not 0/0.
-    let var = ((sum_sq - n * mean * mean) / (n - 1.0).max(1.0)).max(0.0);
+    let (mean, var) = mean_and_variance(sum, sum_sq, n);
     let whitened = (x - mean) / (var + WHITEN_EPS).sqrt();
     Ok(zero_padding(&whitened, mask).to_kind(Kind::Float))
 }

@@ -16,7 +16,7 @@ use std::collections::BTreeMap;
 
 use tch::{Device, Kind, nn};
 
-use super::losses::KlController;
+use super::losses::{KlController, mean_and_variance};
 use super::optim::Optimizer;
 use crate::batch::{SequenceBatch, join, pad};
 use crate::checkpoint::{PpoState, Snapshot, State};
@@ -226,10 +226,8 @@ fn round_record(
         dropped,
     ] = <[f64; 15]>::try_from(&sums[..15]).expect("fifteen sums");
     let ranks = dist.world() as f64;
-    let mean = sum / n;
-    let std = ((sum_sq - n * mean * mean) / (n - 1.0).max(1.0))
-        .max(0.0)
-        .sqrt();
+    let (mean, var) = mean_and_variance(sum, sum_sq, n);
+    let std = var.sqrt();
     let kl = kl / n;
     let grouped = groups > 0.0;
     let record = Record {
