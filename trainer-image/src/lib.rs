@@ -1,5 +1,6 @@
 //! rlhf-trainer: the program that runs in RLHFJob pods.
 pub mod algorithms;
+pub mod allocator;
 pub mod batch;
 pub mod checkpoint;
 pub mod config;

@@ -12,7 +12,7 @@ use rlhf_trainer::distributed::{self, Dist, Topology, launch};
 use rlhf_trainer::error::{Error, Result};
 use rlhf_trainer::local::RunFolder;
 use rlhf_trainer::metrics::{TrainerMetrics, serve};
-use rlhf_trainer::{config, inspect, local, stage_runner};
+use rlhf_trainer::{allocator, config, inspect, local, stage_runner};
 use tch::Device;
 
 #[derive(Parser, Debug)]
@@ -67,6 +67,7 @@ enum Command {
 }
 
 fn main() -> ExitCode {
+    allocator::keep_freed_memory();
     match execute(Cli::parse().command) {
         Ok(code) => ExitCode::from(code),
         Err(e) => {
