@@ -1,8 +1,8 @@
-//! The algorithms measurably learn the synthetic copy task on a tiny random GPT-2 (CPU, seeded):
+//! The algorithms measurably learn the synthetic tasks on a tiny random GPT-2 (CPU, seeded):
 //! the quickstart manifest through `rlhf-trainer local` (SFT -> RM -> PPO, PPO again with four
 //! other prompt/training seeds), RLOO and REINFORCE++
 //! from its SFT model with a verifiable reward, GRPO (examples/grpo.yaml), and DPO.
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
 use rlhf_spec::{
@@ -21,6 +21,13 @@ mod common;
 /// Held by the tests that train in child processes: two of them at once on 2 cores took 364 s
 /// each where one after the other take about 105 s each (both libtorch thread pools fight).
 static ONE_TRAINING_RUN_AT_A_TIME: Mutex<()> = Mutex::new(());
+
+/// A manifest of the repository's examples/ folder.
+fn example(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../examples")
+        .join(name)
+}
 
 /// libtorch's seed is global: initialise reseeded, so every run starts from the same weights.
 fn tiny_gpt2(vs: &nn::VarStore) -> Gpt2 {
@@ -111,7 +118,7 @@ impl PpoOutcome {
 /// The quickstart's PPO stage alone, with prompt seed `prompts` and training seed `training`,
 /// from the SFT and reward models of the quickstart run in `run`.
 fn quickstart_ppo_with_seeds(run: &Path, prompts: u64, training: u64, folder: &Path) -> PpoOutcome {
-    let manifest = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/quickstart.yaml");
+    let manifest = example("quickstart.yaml");
     let mut job: serde_yaml::Value =
         serde_yaml::from_str(&std::fs::read_to_string(manifest).unwrap()).unwrap();
     let stages = job["spec"]["stages"].as_sequence_mut().unwrap();
@@ -162,7 +169,7 @@ spec:
 #[test]
 fn the_quickstart_learns_for_five_ppo_seeds_and_rloo_and_reinforce_learn_from_its_sft() {
     let _turn = ONE_TRAINING_RUN_AT_A_TIME.lock();
-    let manifest = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/quickstart.yaml");
+    let manifest = example("quickstart.yaml");
     let out_dir = common::scratch("quickstart");
     let summary = run_local(&manifest, &out_dir.join("run"));
     let (sft_first, sft_last) = first_last(&summary, "sft", "loss");
@@ -205,7 +212,7 @@ fn the_quickstart_learns_for_five_ppo_seeds_and_rloo_and_reinforce_learn_from_it
 #[test]
 fn the_grpo_example_raises_the_exact_answer_accuracy_by_a_fifth() {
     let _turn = ONE_TRAINING_RUN_AT_A_TIME.lock();
-    let manifest = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/grpo.yaml");
+    let manifest = example("grpo.yaml");
     let out_dir = common::scratch("grpo");
     let (before, after) = first_last(
         &run_local(&manifest, &out_dir.join("run")),
