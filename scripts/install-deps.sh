@@ -1,8 +1,14 @@
 #!/usr/bin/env bash
 # Installs what the tests and the demo need, idempotently: kubectl must exist; etcd and the
 # Kubernetes 1.20 control plane binaries come from tests/controlplane/install-k8s.sh.
+# The Python environments (torch wheel, Helm's engine) download while Kubernetes compiles: on a
+# new machine that overlaps ~3 minutes of network with the CPU-bound build.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+bash scripts/install-torch.sh >/dev/null &
+torch_install=$!
+bash scripts/install-helm-sdk.sh >/dev/null &
+helm_install=$!
 command -v cargo >/dev/null || { echo "install-deps: cargo (Rust) is required" >&2; exit 1; }
 command -v python3 >/dev/null || { echo "install-deps: python3 is required (free-port picking)" >&2; exit 1; }
 SUDO=""; [ "$(id -u)" = 0 ] || SUDO="sudo"
@@ -20,3 +26,5 @@ if ! command -v prometheus >/dev/null || ! command -v promtool >/dev/null; then
   $SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends prometheus
 fi
 bash tests/controlplane/install-k8s.sh
+wait $torch_install || { echo "install-deps: installing the torch environment failed" >&2; exit 1; }
+wait $helm_install || { echo "install-deps: installing Helm's engine failed" >&2; exit 1; }
