@@ -2,15 +2,62 @@
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-/// Model family: decides the architecture code and the Hugging Face weight names.
+/// Model family: decides the architecture code and the Hugging Face weight names. A model
+/// folder's family is its config.json `model_type`; naming it here only checks that they agree.
 /// More families are added over time; clients must not assume this list is closed.
 #[derive(Deserialize, Serialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
-#[serde(rename_all = "lowercase")]
 pub enum ModelFamily {
     /// `GPT2LMHeadModel`.
+    #[serde(rename = "gpt2")]
     Gpt2,
-    /// `LlamaForCausalLM` (Llama 2/3 style: RMSNorm, rotary embeddings, SwiGLU, GQA).
+    /// `LlamaForCausalLM` (Llama 2/3.x: RMSNorm, rotary embeddings, SwiGLU, GQA, rope scaling).
+    #[serde(rename = "llama")]
     Llama,
+    /// `MistralForCausalLM` (Llama's block with a sliding attention window).
+    #[serde(rename = "mistral")]
+    Mistral,
+    /// `Qwen2ForCausalLM` (Qwen2 and Qwen2.5: biases on q, k, v).
+    #[serde(rename = "qwen2")]
+    Qwen2,
+    /// `Qwen3ForCausalLM` (per-head q/k norms).
+    #[serde(rename = "qwen3")]
+    Qwen3,
+    /// `Gemma2ForCausalLM`.
+    #[serde(rename = "gemma2")]
+    Gemma2,
+    /// `Gemma3ForCausalLM` (Gemma 3's text model).
+    #[serde(rename = "gemma3_text")]
+    Gemma3Text,
+}
+
+impl ModelFamily {
+    pub const ALL: [ModelFamily; 7] = [
+        Self::Gpt2,
+        Self::Llama,
+        Self::Mistral,
+        Self::Qwen2,
+        Self::Qwen3,
+        Self::Gemma2,
+        Self::Gemma3Text,
+    ];
+
+    /// The `model_type` of the family's config.json.
+    pub fn model_type(self) -> &'static str {
+        match self {
+            Self::Gpt2 => "gpt2",
+            Self::Llama => "llama",
+            Self::Mistral => "mistral",
+            Self::Qwen2 => "qwen2",
+            Self::Qwen3 => "qwen3",
+            Self::Gemma2 => "gemma2",
+            Self::Gemma3Text => "gemma3_text",
+        }
+    }
+
+    /// Whether the family has rotary embeddings and grouped-query attention (all but GPT-2).
+    pub fn is_rotary(self) -> bool {
+        self != Self::Gpt2
+    }
 }
 
 /// How weights are initialised when no checkpoint is given.
@@ -21,11 +68,10 @@ pub enum ModelInit {
     Random,
 }
 
-/// Floating-point type the weights are stored in.
-#[derive(Deserialize, Serialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema, Default)]
+/// Floating-point type the saved weights are stored in.
+#[derive(Deserialize, Serialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum Dtype {
-    #[default]
     Fp32,
     Bf16,
     Fp16,
@@ -47,11 +93,13 @@ pub struct Architecture {
     /// Attention heads; must divide `hiddenSize`.
     #[schemars(range(min = 1))]
     pub num_heads: u32,
-    /// Key/value heads (Llama grouped-query attention; must divide `numHeads`). Default: `numHeads`.
+    /// Key/value heads (grouped-query attention, all families but gpt2; must divide `numHeads`).
+    /// Default: `numHeads`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1))]
     pub num_kv_heads: Option<u32>,
-    /// MLP inner width. Default: 4 x hiddenSize (GPT-2), 8/3 x hiddenSize rounded up to 64 (Llama).
+    /// MLP inner width. Default: 4 x hiddenSize (GPT-2), 8/3 x hiddenSize rounded up to 64 (the
+    /// others).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1))]
     pub intermediate_size: Option<u32>,
@@ -85,8 +133,10 @@ pub enum BuiltinTokenizer {
 #[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct ModelSpec {
-    /// Model family.
-    pub family: ModelFamily,
+    /// Model family. Required with `init: random`; for a `path` it defaults to the folder's
+    /// config.json `model_type`, and when set the trainer checks that they agree.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub family: Option<ModelFamily>,
     /// Hugging Face model folder (config.json + safetensors) inside the pod. Exclusive with `init`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 1))]
@@ -97,7 +147,9 @@ pub struct ModelSpec {
     /// Architecture for `init: random`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub architecture: Option<Architecture>,
-    /// Weight dtype of the checkpoints written. Default: fp32.
+    /// Weight dtype of the Hugging Face folders the stages save. Default: the base folder's
+    /// (config.json `torch_dtype`), fp32 for `init: random`. Training computes in
+    /// `parallelism.precision` whatever this says.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub dtype: Option<Dtype>,
     /// Tokenizer. Default: the model folder's tokenizer files, or builtin gpt2 for `init: random`.

@@ -36,9 +36,14 @@ pub enum BaseWeights {
 #[derive(Deserialize, Serialize, Clone, Debug, PartialEq)]
 #[serde(rename_all = "camelCase")]
 pub struct ResolvedModel {
-    pub family: ModelFamily,
+    /// Set for random weights; for a folder only when the job named it (the trainer checks it
+    /// against config.json's model_type).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub family: Option<ModelFamily>,
     pub weights: BaseWeights,
-    pub dtype: Dtype,
+    /// The saved folders' dtype; None: the base folder's (fp32 for random weights).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dtype: Option<Dtype>,
     pub tokenizer: ResolvedTokenizer,
 }
 

@@ -7,9 +7,9 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use rlhf_spec::{
-    BaseWeights, Offload, ResolvedRl, RewardSource, StageKind, TrainerConfig, WeightsSource,
+    BaseWeights, Dtype, Offload, ResolvedRl, RewardSource, StageKind, TrainerConfig, WeightsSource,
 };
-use tch::{Device, nn};
+use tch::{Device, Kind, nn};
 
 use crate::algorithms::rl::scoring::{RewardSources, Scorer, Source};
 use crate::algorithms::{dpo, rl, rm, sft};
@@ -20,7 +20,9 @@ use crate::error::{Error, Result};
 use crate::metrics::TrainerMetrics;
 use crate::models::heads::{SCORE, ScalarHead};
 use crate::models::lora::{self, WithoutAdapters};
-use crate::models::{CausalLm, load_causal_lm, parameter_count, random_causal_lm};
+use crate::models::{
+    CausalLm, check_family, hf, load_causal_lm, parameter_count, random_causal_lm,
+};
 use crate::precision;
 use crate::progress::Progress;
 use crate::record::{Evaluation, Record};
@@ -34,7 +36,11 @@ pub const CRITIC_DIR: &str = "critic";
 fn weights_dir(cfg: &TrainerConfig, source: &WeightsSource) -> Result<Option<PathBuf>> {
     Ok(match source {
         WeightsSource::Base => match &cfg.model.weights {
-            BaseWeights::Path(p) => Some(PathBuf::from(p)),
+            BaseWeights::Path(p) => {
+                // The job's model.family, when named, must be the folder's model_type.
+                check_family(Path::new(p), cfg.model.family)?;
+                Some(PathBuf::from(p))
+            }
             BaseWeights::Random(_) => None,
         },
         WeightsSource::Path(p) => Some(PathBuf::from(p)),
@@ -71,7 +77,11 @@ fn load_lm(
         (None, BaseWeights::Random(arch)) => {
             tch::manual_seed(cfg.stage.training.seed as i64);
             let vs = nn::VarStore::new(device);
-            let lm = random_causal_lm(cfg.model.family, arch, &vs)?;
+            let family = cfg
+                .model
+                .family
+                .ok_or_else(|| Error::invalid("<model.family>", "init: random needs a family"))?;
+            let lm = random_causal_lm(family, arch, &vs)?;
             (vs, lm)
         }
         (None, BaseWeights::Path(_)) => unreachable!("a base path always has a folder"),
@@ -171,6 +181,16 @@ fn reference_view<'a>(
     }
 }
 
+/// The dtype of the folders a stage saves: `model.dtype`, else the base folder's, else fp32.
+fn saved_kind(cfg: &TrainerConfig) -> Result<Kind> {
+    Ok(match (cfg.model.dtype, &cfg.model.weights) {
+        (Some(Dtype::Fp32), _) | (None, BaseWeights::Random(_)) => Kind::Float,
+        (Some(Dtype::Bf16), _) => Kind::BFloat16,
+        (Some(Dtype::Fp16), _) => Kind::Half,
+        (None, BaseWeights::Path(dir)) => hf::saved_kind(Path::new(dir))?,
+    })
+}
+
 fn check_tokenizer(tok: &Tokenizer, lm: &dyn CausalLm, origin: &Path) -> Result<()> {
     tok.check_fits(
         lm.hf_config()["vocab_size"].as_i64().unwrap_or(i64::MAX),
@@ -230,7 +250,7 @@ impl StageRun<'_> {
         &mut self,
         eval: impl Fn(&Self) -> Result<Evaluation>,
         train: impl FnOnce(&mut Self) -> Result<()>,
-        save: impl FnOnce(&Path) -> Result<()>,
+        save: impl FnOnce(&Path, Kind) -> Result<()>,
     ) -> Result<()> {
         if self.evaluate_at_start() {
             let values = eval(self)?;
@@ -242,7 +262,7 @@ impl StageRun<'_> {
         }
         let values = eval(self)?;
         self.evaluate(self.last_step(), values);
-        save(self.out())?;
+        save(self.out(), saved_kind(self.cfg)?)?;
         self.draw_curves();
         Ok(())
     }
@@ -325,7 +345,7 @@ fn run_sft(r: &mut StageRun<'_>) -> Result<()> {
             )
             .map(drop)
         },
-        |out| lm.save(&vs, &out.join(MODEL_DIR)),
+        |out, dtype| lm.save(&vs, &out.join(MODEL_DIR), dtype),
     )
 }
 
@@ -345,7 +365,7 @@ fn run_rm(r: &mut StageRun<'_>) -> Result<()> {
             })
         },
         |r| rm::train(&head, &vs, &r.tok, &r.train, t, r.device, &mut r.progress).map(drop),
-        |out| head.save(&vs, &out.join(MODEL_DIR), pad),
+        |out, dtype| head.save(&vs, &out.join(MODEL_DIR), pad, dtype),
     )
 }
 
@@ -392,7 +412,7 @@ fn run_dpo(r: &mut StageRun<'_>) -> Result<()> {
             )
             .map(drop)
         },
-        |out| policy.save(&vs, &out.join(MODEL_DIR)),
+        |out, dtype| policy.save(&vs, &out.join(MODEL_DIR), dtype),
     )
 }
 
@@ -508,10 +528,10 @@ fn run_rl(r: &mut StageRun<'_>) -> Result<()> {
             )
             .map(drop)
         },
-        |out| {
-            actor.save(&actor_vs, &out.join(MODEL_DIR))?;
+        |out, dtype| {
+            actor.save(&actor_vs, &out.join(MODEL_DIR), dtype)?;
             match &critic {
-                Some((vs, head)) => head.save(vs, &out.join(CRITIC_DIR), pad),
+                Some((vs, head)) => head.save(vs, &out.join(CRITIC_DIR), pad, dtype),
                 None => Ok(()),
             }
         },

@@ -12,7 +12,7 @@ fn reward_model_round_trip(family: &str, config: &str) {
     run_reference(&["make", family, dir.to_str().unwrap(), config]);
     let (vs, rm) = ScalarHead::load(&dir.join("model"), Device::Cpu).unwrap();
     let saved = dir.join("rm");
-    rm.save(&vs, &saved, 0).unwrap();
+    rm.save(&vs, &saved, 0, Kind::Float).unwrap();
     let (vs2, reloaded) = ScalarHead::load(&saved, Device::Cpu).unwrap();
     assert_eq!(vs2.variables().len(), vs.variables().len());
 

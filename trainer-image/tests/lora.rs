@@ -91,7 +91,7 @@ fn adapters_train_alone_switch_off_and_merge_on_save() {
         );
         // Saved: a plain folder (no adapter tensors) whose logits are the adapted model's.
         let saved = out.join("merged");
-        lm.save(&vs, &saved).unwrap();
+        lm.save(&vs, &saved, Kind::Float).unwrap();
         let names: Vec<String> = Tensor::read_safetensors(saved.join("model.safetensors"))
             .unwrap()
             .into_iter()

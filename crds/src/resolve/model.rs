@@ -30,10 +30,19 @@ pub(super) fn resolve_model(
             None
         }
         (Some(path), None, None) => Some(BaseWeights::Path(path.clone())),
-        (None, Some(ModelInit::Random), Some(arch)) => {
-            check_architecture(spec.family, arch, &format!("{at}.architecture"), errors);
-            Some(BaseWeights::Random(arch.clone()))
-        }
+        (None, Some(ModelInit::Random), Some(arch)) => match spec.family {
+            Some(family) => {
+                check_architecture(family, arch, &format!("{at}.architecture"), errors);
+                Some(BaseWeights::Random(arch.clone()))
+            }
+            None => {
+                errors.push(FieldError::new(
+                    format!("{at}.family"),
+                    "init: random needs a family (a model folder names its own in config.json)",
+                ));
+                None
+            }
+        },
         (None, Some(ModelInit::Random), None) => {
             errors.push(FieldError::new(
                 format!("{at}.architecture"),
@@ -70,7 +79,7 @@ pub(super) fn resolve_model(
     Some(ResolvedModel {
         family: spec.family,
         weights: weights?,
-        dtype: spec.dtype.unwrap_or_default(),
+        dtype: spec.dtype,
         tokenizer: tokenizer?,
     })
 }
@@ -111,14 +120,14 @@ fn check_architecture(
             ),
         ));
     }
-    match (family, arch.num_kv_heads) {
-        (ModelFamily::Gpt2, Some(_)) => {
+    match (family.is_rotary(), arch.num_kv_heads) {
+        (false, Some(_)) => {
             errors.push(FieldError::new(
                 format!("{at}.numKvHeads"),
-                "gpt2 has no grouped-query attention",
+                format!("{} has no grouped-query attention", family.model_type()),
             ));
         }
-        (ModelFamily::Llama, Some(kv)) if kv == 0 || !arch.num_heads.is_multiple_of(kv) => {
+        (true, Some(kv)) if kv == 0 || !arch.num_heads.is_multiple_of(kv) => {
             errors.push(FieldError::new(
                 format!("{at}.numKvHeads"),
                 format!("{kv} does not divide numHeads {}", arch.num_heads),
@@ -126,29 +135,39 @@ fn check_architecture(
         }
         _ => {}
     }
-    if family == ModelFamily::Llama
+    if family.is_rotary()
         && arch.num_heads > 0
         && !(arch.hidden_size / arch.num_heads).is_multiple_of(2)
     {
         errors.push(FieldError::new(
             format!("{at}.hiddenSize"),
-            "llama's rotary embeddings need an even head size (hiddenSize / numHeads)",
+            format!(
+                "{}'s rotary embeddings need an even head size (hiddenSize / numHeads)",
+                family.model_type()
+            ),
         ));
     }
 }
 
-/// The adapter targets that exist in each family (Hugging Face module names).
-pub(super) fn lora_modules(family: ModelFamily) -> &'static [&'static str] {
+/// GPT-2's adapter targets (Hugging Face module names).
+const GPT2_MODULES: &[&str] = &["c_attn", "c_proj", "c_fc"];
+/// The rotary families' adapter targets.
+const ROTARY_MODULES: &[&str] = &[
+    "q_proj",
+    "k_proj",
+    "v_proj",
+    "o_proj",
+    "gate_proj",
+    "up_proj",
+    "down_proj",
+];
+
+/// The adapter targets that exist in `family`, or in any family when it is not known before
+/// the trainer reads the model folder (the trainer then refuses targets the model lacks).
+pub(super) fn lora_modules(family: Option<ModelFamily>) -> Vec<&'static str> {
     match family {
-        ModelFamily::Gpt2 => &["c_attn", "c_proj", "c_fc"],
-        ModelFamily::Llama => &[
-            "q_proj",
-            "k_proj",
-            "v_proj",
-            "o_proj",
-            "gate_proj",
-            "up_proj",
-            "down_proj",
-        ],
+        Some(ModelFamily::Gpt2) => GPT2_MODULES.to_vec(),
+        Some(_) => ROTARY_MODULES.to_vec(),
+        None => [GPT2_MODULES, ROTARY_MODULES].concat(),
     }
 }

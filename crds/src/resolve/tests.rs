@@ -278,6 +278,46 @@ fn lora_targets_must_exist_in_the_family() {
 }
 
 #[test]
+fn a_random_model_needs_a_family_and_a_folder_brings_its_own() {
+    let mut v = pipeline();
+    v["model"].as_object_mut().unwrap().remove("family");
+    assert!(
+        errors_of(v).contains(&"spec.model.family: init: random needs a family (a model folder names its own in config.json)".to_string())
+    );
+
+    let mut v = pipeline();
+    v["model"] = json!({"path": "/models/qwen"});
+    v["parallelism"]["lora"] = json!({"rank": 4});
+    let p = resolve(v).unwrap();
+    assert_eq!(p.model.family, None);
+    // Any family's modules: the trainer keeps those the folder's model has.
+    let lora = p.stage("sft").unwrap().parallelism.lora.clone().unwrap();
+    assert!(lora.target_modules.contains(&"c_attn".to_string()));
+    assert!(lora.target_modules.contains(&"q_proj".to_string()));
+}
+
+#[test]
+fn rotary_families_share_the_architecture_checks() {
+    let mut v = pipeline();
+    v["model"]["family"] = json!("qwen3");
+    v["model"]["architecture"]["numKvHeads"] = json!(3);
+    v["model"]["architecture"]["hiddenSize"] = json!(36);
+    let errs = errors_of(v);
+    assert!(
+        errs.contains(
+            &"spec.model.architecture.numKvHeads: 3 does not divide numHeads 4".to_string()
+        ),
+        "{errs:?}"
+    );
+    assert!(
+        errs.iter().any(|e| e.starts_with(
+            "spec.model.architecture.hiddenSize: qwen3's rotary embeddings need an even head size"
+        )),
+        "{errs:?}"
+    );
+}
+
+#[test]
 fn dataset_needs_exactly_one_source() {
     let mut v = pipeline();
     v["stages"][0]["dataset"] = json!({});

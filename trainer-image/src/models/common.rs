@@ -61,16 +61,41 @@ pub fn positions_and_mask(t: i64, attention_mask: &Tensor) -> (Tensor, Tensor) {
 }
 
 /// softmax(q k^T / sqrt(d)) v over heads: q is (B, nh, T, hs), k and v (B, nh, S, hs), `mask` (B, 1, T, S).
-/// Masked scores get the most negative finite value (as HF does), so fully masked rows give no NaN.
 pub fn attend(q: &Tensor, k: &Tensor, v: &Tensor, mask: &Tensor) -> Tensor {
     let hs = q.size()[3];
+    attend_scaled(q, k, v, mask, (hs as f64).powf(-0.5), None)
+}
+
+/// softmax(softcap(q k^T * scale)) v, where softcap(s) = cap * tanh(s / cap) when a cap is given
+/// (Gemma 2). Masked scores get the most negative finite value (as HF does), so fully masked rows
+/// give no NaN.
+pub fn attend_scaled(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    mask: &Tensor,
+    scale: f64,
+    softcap: Option<f64>,
+) -> Tensor {
     // Scores and softmax in fp32 (masking with f32::MIN does not fit lower precisions).
-    let scores = (q.matmul(&k.transpose(-2, -1)) / (hs as f64).sqrt()).to_kind(Kind::Float); // (B, nh, T, S)
+    let mut scores = (q.matmul(&k.transpose(-2, -1)) * scale).to_kind(Kind::Float); // (B, nh, T, S)
+    if let Some(cap) = softcap {
+        scores = (scores / cap).tanh() * cap;
+    }
     let probs = scores
         .masked_fill(&mask.logical_not(), f32::MIN as f64)
         .softmax(-1, Kind::Float)
         .to_kind(q.kind());
     probs.matmul(v) // (B, nh, T, hs)
+}
+
+/// `mask` (B, 1, t, S) from [`positions_and_mask`] narrowed to a sliding window: query i (at
+/// index S - t + i) also sees no key `window` or more indices before it (HF's rule).
+pub fn sliding_window(mask: &Tensor, window: i64) -> Tensor {
+    let (_, _, t, s) = mask.size4().expect("mask is (B, 1, T, S)");
+    let past = s - t;
+    let band = Tensor::ones([t, s], (Kind::Bool, mask.device())).triu(past - window + 1);
+    mask.logical_and(&band.view([1, 1, t, s]))
 }
 
 /// Rows of `table` (N, C) for `ids` (B, T) -> (B, T, C).

@@ -105,7 +105,6 @@ impl Gpt2Config {
             "layer_norm_epsilon": self.layer_norm_epsilon,
             "activation_function": self.activation_function,
             "tie_word_embeddings": true,
-            "torch_dtype": "float32",
         })
     }
 }

@@ -67,9 +67,15 @@ impl ScalarHead {
             .squeeze_dim(1)
     }
 
-    /// Writes `vs` as `<Family>ForSequenceClassification` with one label. transformers finds
+    /// Writes `vs` as `<Family>ForSequenceClassification` with one label, weights in `dtype`. transformers finds
     /// each row's last token through `pad_token_id`, so it is recorded.
-    pub fn save(&self, vs: &nn::VarStore, dir: &Path, pad_token_id: i64) -> Result<()> {
+    pub fn save(
+        &self,
+        vs: &nn::VarStore,
+        dir: &Path,
+        pad_token_id: i64,
+        dtype: Kind,
+    ) -> Result<()> {
         let mut config = self.lm.hf_config();
         let lm_class = config["architectures"][0]
             .as_str()
@@ -86,6 +92,7 @@ impl ScalarHead {
             dir,
             &config,
             &super::lora::merged_tensors(vs, &self.lm.projections()),
+            dtype,
         )
     }
 }

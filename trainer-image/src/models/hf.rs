@@ -4,7 +4,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use serde::de::DeserializeOwned;
-use tch::Tensor;
+use tch::{Kind, Tensor};
 
 use crate::error::{Error, Result};
 
@@ -60,33 +60,67 @@ fn weight_files(dir: &Path) -> Result<Vec<PathBuf>> {
     Ok(shards)
 }
 
-/// Writes `config` and `tensors` as a Hugging Face folder. Files are written under temporary
-/// names and renamed, so a crash never leaves a half-written model that looks complete.
+/// The dtype names of config.json's `torch_dtype` (newer transformers write `dtype`).
+const DTYPES: [(&str, Kind); 3] = [
+    ("float32", Kind::Float),
+    ("bfloat16", Kind::BFloat16),
+    ("float16", Kind::Half),
+];
+
+/// The dtype a folder's weights are saved in, from its config.json (fp32 when it does not say).
+pub fn saved_kind(dir: &Path) -> Result<Kind> {
+    let config: serde_json::Value = read_config(dir)?;
+    let Some(name) = config["torch_dtype"].as_str().or(config["dtype"].as_str()) else {
+        return Ok(Kind::Float);
+    };
+    DTYPES
+        .iter()
+        .find(|(n, _)| *n == name)
+        .map(|(_, k)| *k)
+        .ok_or_else(|| {
+            Error::invalid(
+                dir.join(CONFIG_FILE),
+                format!("torch_dtype {name:?} is not supported (float32, bfloat16, float16)"),
+            )
+        })
+}
+
+/// config.json's name of `kind` (one of the saved dtypes).
+fn dtype_name(kind: Kind) -> &'static str {
+    DTYPES
+        .iter()
+        .find(|(_, k)| *k == kind)
+        .map_or("float32", |(n, _)| n)
+}
+
+/// Writes `config` and `tensors` (cast to `kind`, which config.json's `torch_dtype` then names)
+/// as a Hugging Face folder. Files are written under temporary names and renamed, so a crash
+/// never leaves a half-written model that looks complete.
 pub fn write_folder(
     dir: &Path,
     config: &serde_json::Value,
     tensors: &[(String, Tensor)],
+    kind: Kind,
 ) -> Result<()> {
     std::fs::create_dir_all(dir).map_err(|source| Error::Write {
         path: dir.into(),
         source,
     })?;
     let weights_tmp = dir.join(format!("{WEIGHTS_FILE}.tmp"));
-    // fp32 on disk whatever the training precision (config.json says float32).
     let contiguous: Vec<(String, Tensor)> = tensors
         .iter()
         .map(|(n, t)| {
             (
                 n.clone(),
-                t.to_device(tch::Device::Cpu)
-                    .to_kind(tch::Kind::Float)
-                    .contiguous(),
+                t.to_device(tch::Device::Cpu).to_kind(kind).contiguous(),
             )
         })
         .collect();
+    let mut config = config.clone();
+    config["torch_dtype"] = dtype_name(kind).into();
     Tensor::write_safetensors(&contiguous, &weights_tmp)?;
     let config_tmp = dir.join(format!("{CONFIG_FILE}.tmp"));
-    let text = serde_json::to_string_pretty(config).expect("a JSON value serializes");
+    let text = serde_json::to_string_pretty(&config).expect("a JSON value serializes");
     std::fs::write(&config_tmp, text).map_err(|source| Error::Write {
         path: config_tmp.clone(),
         source,

@@ -1,12 +1,17 @@
 //! Model families, one file each, with Hugging Face weight names by construction.
 pub mod common;
+pub mod decoder;
+pub mod gemma;
 pub mod gpt2;
 pub mod heads;
 pub mod hf;
 pub mod llama;
 pub mod lora;
+pub mod mistral;
 pub mod projection;
+pub mod qwen;
 pub mod recompute;
+pub mod rope;
 
 use std::path::Path;
 
@@ -35,13 +40,14 @@ pub trait CausalLm: std::fmt::Debug {
     /// Completes the backward pass of checkpointed forwards; call right after `loss.backward()`.
     fn finish_backward(&self);
 
-    /// Writes `vs` (this model's variables) as a plain Hugging Face folder: LoRA adapters are
-    /// merged into their weights.
-    fn save(&self, vs: &nn::VarStore, dir: &Path) -> Result<()> {
+    /// Writes `vs` (this model's variables) as a plain Hugging Face folder with weights in
+    /// `dtype`: LoRA adapters are merged into their weights.
+    fn save(&self, vs: &nn::VarStore, dir: &Path, dtype: tch::Kind) -> Result<()> {
         hf::write_folder(
             dir,
             &self.hf_config(),
             &lora::merged_tensors(vs, &self.projections()),
+            dtype,
         )
     }
 
@@ -72,24 +78,85 @@ pub trait CausalLm: std::fmt::Debug {
     }
 }
 
+/// The `model_type`s whose folders load (config.json), in the order errors list them.
+pub const MODEL_TYPES: [&str; 7] = [
+    "gpt2",
+    "llama",
+    "mistral",
+    "qwen2",
+    "qwen3",
+    "gemma2",
+    "gemma3_text",
+];
+
+/// The shared decoder's spec for a rotary family's config; None for other model types.
+fn decoder_spec(
+    model_type: &str,
+    config: &serde_json::Value,
+    origin: &Path,
+) -> Option<Result<decoder::DecoderSpec>> {
+    Some(match model_type {
+        "llama" => llama::spec(config, origin),
+        "mistral" => mistral::spec(config, origin),
+        "qwen2" => qwen::spec(config, origin, qwen::Generation::Qwen2),
+        "qwen3" => qwen::spec(config, origin, qwen::Generation::Qwen3),
+        "gemma2" => gemma::spec(config, origin, gemma::Generation::Gemma2),
+        "gemma3_text" => gemma::spec(config, origin, gemma::Generation::Gemma3),
+        _ => return None,
+    })
+}
+
+/// config.json's `model_type` of the folder `dir`.
+pub fn model_type(dir: &Path) -> Result<String> {
+    let config: serde_json::Value = hf::read_config(dir)?;
+    config_model_type(&config, &dir.join(hf::CONFIG_FILE)).map(str::to_string)
+}
+
+fn config_model_type<'a>(config: &'a serde_json::Value, origin: &Path) -> Result<&'a str> {
+    config["model_type"]
+        .as_str()
+        .ok_or_else(|| Error::invalid(origin, "model_type is missing"))
+}
+
+/// Checks that the folder `dir` holds the family the job names (when it names one).
+pub fn check_family(dir: &Path, family: Option<rlhf_spec::ModelFamily>) -> Result<()> {
+    let Some(family) = family else {
+        return Ok(());
+    };
+    let found = model_type(dir)?;
+    if found == family.model_type() {
+        return Ok(());
+    }
+    Err(Error::invalid(
+        dir.join(hf::CONFIG_FILE),
+        format!(
+            "model_type {found:?} disagrees with the job's model.family {:?}",
+            family.model_type()
+        ),
+    ))
+}
+
 /// Loads any supported HF causal-LM folder, choosing the family from config.json's model_type.
 pub fn load_causal_lm(dir: &Path, device: Device) -> Result<(nn::VarStore, Box<dyn CausalLm>)> {
-    #[derive(serde::Deserialize)]
-    struct ModelType {
-        model_type: Option<String>,
+    let config: serde_json::Value = hf::read_config(dir)?;
+    let origin = dir.join(hf::CONFIG_FILE);
+    let kind = config_model_type(&config, &origin)?;
+    if kind == "gpt2" {
+        return gpt2::Gpt2::load(dir, device).map(|(vs, m)| (vs, Box::new(m) as Box<dyn CausalLm>));
     }
-    let kind: ModelType = hf::read_config(dir)?;
-    match kind.model_type.as_deref() {
-        Some("gpt2") => {
-            gpt2::Gpt2::load(dir, device).map(|(vs, m)| (vs, Box::new(m) as Box<dyn CausalLm>))
+    if kind == "gemma3" {
+        return Err(Error::invalid(
+            origin,
+            "model_type \"gemma3\" is Gemma 3's multimodal model; save its language model \
+             (Gemma3ForCausalLM, model_type \"gemma3_text\") to train it here",
+        ));
+    }
+    match decoder_spec(kind, &config, &origin) {
+        Some(spec) => {
+            let (vs, model) = decoder::Decoder::load(dir, device, spec?, config)?;
+            Ok((vs, Box::new(model)))
         }
-        Some("llama") => {
-            llama::Llama::load(dir, device).map(|(vs, m)| (vs, Box::new(m) as Box<dyn CausalLm>))
-        }
-        other => Err(Error::invalid(
-            dir.join(hf::CONFIG_FILE),
-            format!("model_type {other:?} is not supported (gpt2, llama)"),
-        )),
+        None => Err(unsupported(kind, &origin)),
     }
 }
 
@@ -105,29 +172,72 @@ pub fn random_causal_lm(
         i64::from(arch.num_layers),
         i64::from(arch.num_heads),
     );
-    let json = match family {
-        rlhf_spec::ModelFamily::Gpt2 => serde_json::json!({
+    let config = if family == rlhf_spec::ModelFamily::Gpt2 {
+        serde_json::json!({
+            "model_type": "gpt2",
             "vocab_size": vocab, "n_positions": arch.max_positions, "n_embd": hidden, "n_layer": layers, "n_head": heads,
             "n_inner": arch.intermediate_size,
-        }),
-        rlhf_spec::ModelFamily::Llama => serde_json::json!({
+        })
+    } else {
+        let head_dim = hidden / heads.max(1);
+        serde_json::json!({
+            "architectures": [architecture(family)],
+            "model_type": family.model_type(),
             "vocab_size": vocab, "hidden_size": hidden, "num_hidden_layers": layers, "num_attention_heads": heads,
-            "num_key_value_heads": arch.num_kv_heads, "max_position_embeddings": arch.max_positions,
-            // Llama's default MLP width: 8/3 x hidden, rounded up to a multiple of 64.
+            "num_key_value_heads": arch.num_kv_heads.map_or(heads, i64::from), "head_dim": head_dim,
+            "max_position_embeddings": arch.max_positions,
+            // The families' default MLP width: 8/3 x hidden, rounded up to a multiple of 64.
             "intermediate_size": arch.intermediate_size.map(i64::from).unwrap_or((8 * hidden / 3 + 63) / 64 * 64),
-        }),
+            // Gemma's query scale defaults to 256^-1/2; a random model uses the usual head_dim^-1/2.
+            "query_pre_attn_scalar": head_dim,
+            // A window as long as the context: sliding blocks see everything.
+            "sliding_window": arch.max_positions,
+        })
     };
-    let bad = |e: serde_json::Error| Error::invalid("<model.architecture>", e.to_string());
-    Ok(match family {
-        rlhf_spec::ModelFamily::Gpt2 => Box::new(gpt2::Gpt2::new(
-            vs,
-            serde_json::from_value(json).map_err(bad)?,
-        )?),
-        rlhf_spec::ModelFamily::Llama => Box::new(llama::Llama::new(
-            vs,
-            serde_json::from_value(json).map_err(bad)?,
-        )?),
-    })
+    causal_lm_from_config(&config, Path::new("<model.architecture>"), vs)
+}
+
+/// A randomly initialised model (normal 0.02, as HF initialises) of an HF `config` (any
+/// supported model_type; `origin` names it in errors).
+pub fn causal_lm_from_config(
+    config: &serde_json::Value,
+    origin: &Path,
+    vs: &nn::VarStore,
+) -> Result<Box<dyn CausalLm>> {
+    let kind = config_model_type(config, origin)?;
+    if kind == "gpt2" {
+        let parsed = serde_json::from_value(config.clone())
+            .map_err(|e| Error::invalid(origin, e.to_string()))?;
+        return Ok(Box::new(gpt2::Gpt2::new(vs, parsed)?));
+    }
+    match decoder_spec(kind, config, origin) {
+        Some(spec) => Ok(Box::new(decoder::Decoder::new(vs, spec?, config.clone()))),
+        None => Err(unsupported(kind, origin)),
+    }
+}
+
+fn unsupported(kind: &str, origin: &Path) -> Error {
+    Error::invalid(
+        origin,
+        format!(
+            "model_type {kind:?} is not supported ({})",
+            MODEL_TYPES.join(", ")
+        ),
+    )
+}
+
+/// The `*ForCausalLM` class transformers loads a family's folder with.
+fn architecture(family: rlhf_spec::ModelFamily) -> &'static str {
+    use rlhf_spec::ModelFamily as F;
+    match family {
+        F::Gpt2 => "GPT2LMHeadModel",
+        F::Llama => "LlamaForCausalLM",
+        F::Mistral => "MistralForCausalLM",
+        F::Qwen2 => "Qwen2ForCausalLM",
+        F::Qwen3 => "Qwen3ForCausalLM",
+        F::Gemma2 => "Gemma2ForCausalLM",
+        F::Gemma3Text => "Gemma3ForCausalLM",
+    }
 }
 
 /// Number of weights in `vs` (tied weights once): the N of the FLOP estimates (README).

@@ -53,6 +53,19 @@ pub fn reference_batch(dir: &Path) -> (Tensor, Tensor, Tensor) {
     (take("input_ids"), take("attention_mask"), take("logits"))
 }
 
+/// Greedy decoding of `n` tokens, no EOS, padding id 0.
+pub fn greedy(n: i64) -> rlhf_trainer::generation::SamplingParams {
+    rlhf_trainer::generation::SamplingParams {
+        max_new_tokens: n,
+        temperature: 0.0,
+        top_k: 0,
+        top_p: 1.0,
+        eos_token_id: None,
+        pad_token_id: 0,
+        row_seeds: Vec::new(),
+    }
+}
+
 /// Reads one tensor of a safetensors file.
 pub fn read_tensor(file: &Path, name: &str) -> Tensor {
     let mut all: BTreeMap<String, Tensor> = Tensor::read_safetensors(file)
