@@ -27,7 +27,7 @@ use crate::precision;
 use crate::progress::Progress;
 use crate::record::{Evaluation, Record};
 use crate::rewards::{FormatReward, HttpReward};
-use crate::tokenizer::Tokenizer;
+use crate::tokenizer::{Tokenizer, folder_files};
 
 pub const MODEL_DIR: &str = "model";
 pub const CRITIC_DIR: &str = "critic";
@@ -263,7 +263,23 @@ impl StageRun<'_> {
         let values = eval(self)?;
         self.evaluate(self.last_step(), values);
         save(self.out(), saved_kind(self.cfg)?)?;
+        self.complete_saved_folders()?;
         self.draw_curves();
+        Ok(())
+    }
+
+    /// Adds the tokenizer files and a generation config to every folder the stage saved.
+    fn complete_saved_folders(&self) -> Result<()> {
+        let base = match &self.cfg.model.weights {
+            BaseWeights::Path(p) => Some(Path::new(p)),
+            BaseWeights::Random(_) => None,
+        };
+        for name in [MODEL_DIR, CRITIC_DIR] {
+            let dir = self.out().join(name);
+            if dir.is_dir() {
+                folder_files::write_into(&dir, &self.cfg.model.tokenizer, &self.tok, base)?;
+            }
+        }
         Ok(())
     }
 

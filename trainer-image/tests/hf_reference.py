@@ -16,6 +16,10 @@
   hf_reference.py logprobs MODEL_DIR TEXT
       Prints {"tokens": [...], "logprobs": [...]} for TEXT with MODEL_DIR's tokenizer and causal LM:
       logprobs[i] is log p(tokens[i+1] | tokens[:i+1]).
+  hf_reference.py hub_folder OUT_DIR FAMILY CONFIG_JSON DTYPE
+      A folder as the Hub has them: a seeded random FAMILY model saved in DTYPE (bfloat16,
+      float16, float32) with a byte-level BPE tokenizer trained here (EOS "</s>") and a
+      generation_config.json.
   hf_reference.py check MODEL_DIR REFERENCE
       Loads MODEL_DIR with transformers and compares its logits on the reference batch with the
       reference logits; prints the max abs difference, exits 1 above 1e-4.
@@ -113,6 +117,27 @@ def tokenize(out_dir, texts_json, vocab=None, merges=None):
     json.dump(ids, open(f"{out_dir}/ids.json", "w"))
 
 
+def hub_folder(out_dir, family, config_json, dtype):
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    bpe = Tokenizer(models.BPE())
+    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    bpe.decoder = decoders.ByteLevel()
+    texts = ["the cat sat on the mat", "copy: red blue green => red blue green", "2 + 3 = 5"] * 5
+    trainer = trainers.BpeTrainer(vocab_size=300, special_tokens=["</s>"],
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    bpe.train_from_iterator(texts, trainer)
+    fast = PreTrainedTokenizerFast(tokenizer_object=bpe, eos_token="</s>", pad_token="</s>")
+    torch.manual_seed(0)
+    config = CONFIG_MAPPING[family](**json.loads(config_json), vocab_size=len(fast),
+                                    eos_token_id=fast.eos_token_id, pad_token_id=fast.pad_token_id)
+    model = AutoModelForCausalLM.from_config(config).to(getattr(torch, dtype))
+    model.generation_config.eos_token_id = fast.eos_token_id
+    model.save_pretrained(out_dir, safe_serialization=True)
+    fast.save_pretrained(out_dir)
+
+
 def score(model_dir, reference, out):
     from transformers import AutoModelForSequenceClassification
 
@@ -127,7 +152,7 @@ def logprobs(model_dir, text):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     ids = AutoTokenizer.from_pretrained(model_dir)(text, return_tensors="pt")["input_ids"]
-    model = AutoModelForCausalLM.from_pretrained(model_dir).eval()
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
     with torch.no_grad():
         lp = torch.log_softmax(model(input_ids=ids).logits[0, :-1].double(), -1)
     picked = lp.gather(-1, ids[0, 1:, None])[:, 0]
@@ -135,4 +160,5 @@ def logprobs(model_dir, text):
 
 
 if __name__ == "__main__":
-    {"make": make, "check": check, "generate": generate, "tokenize": tokenize, "score": score, "logprobs": logprobs}[sys.argv[1]](*sys.argv[2:])
+    {"make": make, "check": check, "generate": generate, "tokenize": tokenize, "score": score, "logprobs": logprobs,
+     "hub_folder": hub_folder}[sys.argv[1]](*sys.argv[2:])

@@ -156,9 +156,11 @@ fn a_manifest_runs_end_to_end_and_resumes_by_stage() {
             .all(|v| v.as_f64().unwrap() < 0.0),
         "{scored}"
     );
-    let no_tokenizer = logprobs(&[]);
-    assert_eq!(no_tokenizer.status.code(), Some(2));
-    assert!(String::from_utf8_lossy(&no_tokenizer.stderr).contains("no tokenizer.json"));
+    // The saved folder carries the builtin tokenizer's files: the same tokens without --tokenizer.
+    let own_tokenizer = logprobs(&[]);
+    let own: serde_json::Value =
+        serde_json::from_slice(&own_tokenizer.stdout).expect("a JSON object");
+    assert_eq!(own["tokens"], scored["tokens"]);
     let refused = run(&manifest, "--output", &dir.join("out"));
     assert_eq!(
         refused.status.code(),
