@@ -3,8 +3,8 @@
 use serde::{Deserialize, Serialize};
 
 use crate::{
-    Architecture, BuiltinTokenizer, DatasetFormat, Dtype, KlEstimator, LossAggregation,
-    ModelFamily, Offload, Precision, StageKind, Strategy, SyntheticTask,
+    Architecture, BuiltinTokenizer, DatasetFields, DatasetFormat, Dtype, KlEstimator,
+    LossAggregation, ModelFamily, Offload, Precision, StageKind, Strategy, SyntheticTask,
 };
 
 /// Weights a model starts from, as the trainer sees them.
@@ -53,6 +53,8 @@ pub enum ResolvedDataset {
     File {
         path: String,
         format: DatasetFormat,
+        #[serde(default)]
+        fields: DatasetFields,
     },
     Synthetic {
         task: SyntheticTask,

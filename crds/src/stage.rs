@@ -53,6 +53,46 @@ pub enum DatasetFormat {
     /// One JSON object per line (`prompt`/`response`, `prompt`/`chosen`/`rejected`, or `prompt`).
     #[default]
     Jsonl,
+    /// Apache Parquet (as Hugging Face Hub datasets are stored): one row per example, string
+    /// columns named like JSONL's fields.
+    Parquet,
+}
+
+/// Column names of a dataset file for the fields a stage reads, where the file's differ
+/// (e.g. `{prompt: question, response: answer}`). Unnamed fields keep their own name.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, Eq, JsonSchema, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct DatasetFields {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 256))]
+    pub prompt: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 256))]
+    pub response: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 256))]
+    pub chosen: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 256))]
+    pub rejected: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 256))]
+    pub reference: Option<String>,
+}
+
+impl DatasetFields {
+    /// The file's column for `field` (one of prompt, response, chosen, rejected, reference).
+    pub fn column<'a>(&'a self, field: &'a str) -> &'a str {
+        let named = match field {
+            "prompt" => &self.prompt,
+            "response" => &self.response,
+            "chosen" => &self.chosen,
+            "rejected" => &self.rejected,
+            "reference" => &self.reference,
+            _ => &None,
+        };
+        named.as_deref().unwrap_or(field)
+    }
 }
 
 /// Built-in synthetic tasks, so a demo needs no files.
@@ -88,9 +128,12 @@ pub struct DatasetSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 1))]
     pub path: Option<String>,
-    /// Format of `path`. Default: jsonl.
+    /// Format of `path`. Default: parquet for a `.parquet` file, else jsonl.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub format: Option<DatasetFormat>,
+    /// The file's names for the fields the stage reads, where they differ.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fields: Option<DatasetFields>,
     /// A built-in generator instead of a file.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub synthetic: Option<SyntheticDataset>,

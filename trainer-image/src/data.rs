@@ -1,9 +1,12 @@
-//! Datasets: JSON-lines files and built-in synthetic tasks, as examples of the shape a stage
-//! needs (SFT pairs, preference triples, or prompts). Bad lines are errors naming file, line
-//! and field: a dataset is fixed input, so these are permanent (exit code 2).
+//! Datasets: JSON-lines and Parquet files (rows.rs) and built-in synthetic tasks, as examples of
+//! the shape a stage needs (SFT pairs, preference triples, or prompts), with the file's column
+//! names mapped by `dataset.fields`. Bad rows are errors naming file, line or row, and field: a
+//! dataset is fixed input, so these are permanent (exit code 2).
 use std::path::Path;
 
-use rlhf_spec::{ResolvedDataset, StageKind, SyntheticTask};
+mod rows;
+
+use rlhf_spec::{DatasetFields, DatasetFormat, ResolvedDataset, StageKind, SyntheticTask};
 use serde_json::Value;
 
 use crate::error::{Error, Result};
@@ -28,7 +31,7 @@ pub enum Example {
 }
 
 /// Which example shape a stage kind trains on.
-fn fields(kind: StageKind) -> &'static [&'static str] {
+fn needed(kind: StageKind) -> &'static [&'static str] {
     match kind {
         StageKind::Sft => &["prompt", "response"],
         StageKind::Rm | StageKind::Dpo => &["prompt", "chosen", "rejected"],
@@ -38,7 +41,11 @@ fn fields(kind: StageKind) -> &'static [&'static str] {
 
 pub fn load(dataset: &ResolvedDataset, kind: StageKind) -> Result<Vec<Example>> {
     match dataset {
-        ResolvedDataset::File { path, .. } => load_jsonl(Path::new(path), kind),
+        ResolvedDataset::File {
+            path,
+            format,
+            fields,
+        } => load_file(Path::new(path), *format, fields, kind),
         ResolvedDataset::Synthetic {
             task,
             samples,
@@ -47,56 +54,67 @@ pub fn load(dataset: &ResolvedDataset, kind: StageKind) -> Result<Vec<Example>> 
     }
 }
 
-/// One JSON object per line; blank lines are skipped.
+/// JSON lines (blank lines skipped) with the JSONL field names.
 pub fn load_jsonl(path: &Path, kind: StageKind) -> Result<Vec<Example>> {
-    let text = std::fs::read_to_string(path).map_err(|source| Error::Read {
-        path: path.into(),
-        source,
-    })?;
-    let mut out = Vec::new();
-    for (i, line) in text
-        .lines()
-        .enumerate()
-        .filter(|(_, l)| !l.trim().is_empty())
-    {
-        let at = |message: String| Error::invalid(format!("{}:{}", path.display(), i + 1), message);
-        let value: Value = serde_json::from_str(line).map_err(|e| at(format!("not JSON: {e}")))?;
-        let field = |name: &str| -> Result<String> {
-            match value.get(name) {
-                Some(Value::String(s)) => Ok(s.clone()),
-                Some(other) => Err(at(format!(
-                    "field `{name}` must be a string, found {}",
-                    json_type(other)
-                ))),
-                None => Err(at(format!(
-                    "field `{name}` is missing (a {} dataset needs {})",
-                    kind.as_str(),
-                    fields(kind).join(", ")
-                ))),
-            }
-        };
-        out.push(match kind {
-            StageKind::Sft => Example::Sft {
-                prompt: field("prompt")?,
-                response: field("response")?,
-            },
-            StageKind::Rm | StageKind::Dpo => Example::Preference {
-                prompt: field("prompt")?,
-                chosen: field("chosen")?,
-                rejected: field("rejected")?,
-            },
-            StageKind::Ppo | StageKind::Grpo | StageKind::Rloo | StageKind::Reinforce => {
-                Example::Prompt {
-                    prompt: field("prompt")?,
-                    reference: field("reference").ok(),
-                }
-            }
-        });
-    }
+    load_file(path, DatasetFormat::Jsonl, &DatasetFields::default(), kind)
+}
+
+/// The examples of a dataset file, its columns named by `fields` where they differ.
+pub fn load_file(
+    path: &Path,
+    format: DatasetFormat,
+    fields: &DatasetFields,
+    kind: StageKind,
+) -> Result<Vec<Example>> {
+    let out = rows::read(path, format)?
+        .iter()
+        .map(|row| example(row, fields, kind))
+        .collect::<Result<Vec<_>>>()?;
     if out.is_empty() {
         return Err(Error::invalid(path, "the dataset has no examples"));
     }
     Ok(out)
+}
+
+/// The example of one row; errors name the row and the file's column.
+fn example(row: &rows::Row, fields: &DatasetFields, kind: StageKind) -> Result<Example> {
+    let at = |message: String| Error::invalid(&row.at, message);
+    let field = |name: &str| -> Result<String> {
+        let column = fields.column(name);
+        match row.value.get(column) {
+            Some(Value::String(s)) => Ok(s.clone()),
+            Some(other) => Err(at(format!(
+                "field `{column}` must be a string, found {}",
+                json_type(other)
+            ))),
+            None => Err(at(format!(
+                "field `{column}` is missing (a {} dataset needs {})",
+                kind.as_str(),
+                needed(kind)
+                    .iter()
+                    .map(|f| fields.column(f))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ))),
+        }
+    };
+    Ok(match kind {
+        StageKind::Sft => Example::Sft {
+            prompt: field("prompt")?,
+            response: field("response")?,
+        },
+        StageKind::Rm | StageKind::Dpo => Example::Preference {
+            prompt: field("prompt")?,
+            chosen: field("chosen")?,
+            rejected: field("rejected")?,
+        },
+        StageKind::Ppo | StageKind::Grpo | StageKind::Rloo | StageKind::Reinforce => {
+            Example::Prompt {
+                prompt: field("prompt")?,
+                reference: field("reference").ok(),
+            }
+        }
+    })
 }
 
 /// Most held-out examples a stage evaluates on.

@@ -5,9 +5,10 @@ use super::FieldError;
 use super::model::lora_modules;
 use super::resolve_rl::{resolve_grpo, resolve_ppo, resolve_rl};
 use crate::{
-    BaseWeights, DatasetSpec, DpoParams, LoraSpec, ModelSource, ParallelismSpec, PipelineSpec,
-    ResolvedDataset, ResolvedDpo, ResolvedLora, ResolvedModel, ResolvedModels, ResolvedParallelism,
-    ResolvedStage, ResolvedTraining, RewardSource, StageKind, StageSpec, WeightsSource, dag,
+    BaseWeights, DatasetFormat, DatasetSpec, DpoParams, LoraSpec, ModelSource, ParallelismSpec,
+    PipelineSpec, ResolvedDataset, ResolvedDpo, ResolvedLora, ResolvedModel, ResolvedModels,
+    ResolvedParallelism, ResolvedStage, ResolvedTraining, RewardSource, StageKind, StageSpec,
+    WeightsSource, dag,
 };
 
 pub(super) struct StageContext<'a> {
@@ -78,8 +79,20 @@ pub(super) fn resolve_dataset(
     match (&spec.path, &spec.synthetic) {
         (Some(path), None) => Some(ResolvedDataset::File {
             path: path.clone(),
-            format: spec.format.unwrap_or_default(),
+            format: spec.format.unwrap_or(if path.ends_with(".parquet") {
+                DatasetFormat::Parquet
+            } else {
+                DatasetFormat::Jsonl
+            }),
+            fields: spec.fields.clone().unwrap_or_default(),
         }),
+        (None, Some(_)) if spec.fields.is_some() => {
+            errors.push(FieldError::new(
+                format!("{at}.fields"),
+                "fields applies to path, not to synthetic",
+            ));
+            None
+        }
         (None, Some(s)) if spec.format.is_none() => Some(ResolvedDataset::Synthetic {
             task: s.task,
             samples: s.samples.unwrap_or(256),

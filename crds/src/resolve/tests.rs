@@ -1,7 +1,7 @@
 use serde_json::json;
 
 use super::*;
-use crate::{BuiltinTokenizer, ResolvedTokenizer, RewardSource, WeightsSource};
+use crate::{BuiltinTokenizer, ResolvedDataset, ResolvedTokenizer, RewardSource, WeightsSource};
 
 /// The reward-model sources of a resolved stage.
 fn reward_models(s: &ResolvedStage) -> Vec<WeightsSource> {
@@ -315,6 +315,38 @@ fn rotary_families_share_the_architecture_checks() {
         )),
         "{errs:?}"
     );
+}
+
+#[test]
+fn parquet_is_inferred_from_the_extension_and_fields_need_a_file() {
+    let mut v = pipeline();
+    v["stages"][0]["dataset"] =
+        json!({"path": "/data/train.parquet", "fields": {"prompt": "question"}});
+    v["stages"][1]["dataset"] = json!({"path": "/data/pairs.jsonl"});
+    let p = resolve(v).unwrap();
+    match &p.stage("sft").unwrap().dataset {
+        ResolvedDataset::File { format, fields, .. } => {
+            assert_eq!(*format, crate::DatasetFormat::Parquet);
+            assert_eq!(
+                (fields.column("prompt"), fields.column("response")),
+                ("question", "response")
+            );
+        }
+        other => panic!("{other:?}"),
+    }
+    assert!(matches!(
+        &p.stage("rm").unwrap().dataset,
+        ResolvedDataset::File {
+            format: crate::DatasetFormat::Jsonl,
+            ..
+        }
+    ));
+
+    let mut v = pipeline();
+    v["stages"][0]["dataset"] = json!({"synthetic": {"task": "copy"}, "fields": {"prompt": "q"}});
+    assert!(errors_of(v).contains(
+        &"spec.stages[0].dataset.fields: fields applies to path, not to synthetic".to_string()
+    ));
 }
 
 #[test]
