@@ -1,6 +1,7 @@
 //! Tokenizers, tokenizing exactly as Hugging Face does: a folder's `tokenizer.json` (its own
 //! post-processor decides about BOS/EOS), GPT-2-style `vocab.json` + `merges.txt` (byte-level BPE),
 //! or GPT-2's BPE built into the binary (tiktoken's r50k_base: the same 50257 ids).
+pub mod chat;
 pub mod folder_files;
 
 use std::path::{Path, PathBuf};

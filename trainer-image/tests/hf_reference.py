@@ -20,6 +20,10 @@
       A folder as the Hub has them: a seeded random FAMILY model saved in DTYPE (bfloat16,
       float16, float32) with a byte-level BPE tokenizer trained here (EOS "</s>") and a
       generation_config.json.
+  hf_reference.py chat OUT_DIR TEMPLATE_FILE BOS EOS CASES_JSON
+      A byte-level BPE tokenizer trained here with chat special tokens, BOS/EOS as given ("" for
+      none) and TEMPLATE_FILE as its chat template, saved in OUT_DIR; prints, for each case
+      {"messages", "generation"}, apply_chat_template's {"text", "ids"}, or {"error"}.
   hf_reference.py check MODEL_DIR REFERENCE
       Loads MODEL_DIR with transformers and compares its logits on the reference batch with the
       reference logits; prints the max abs difference, exits 1 above 1e-4.
@@ -138,6 +142,36 @@ def hub_folder(out_dir, family, config_json, dtype):
     fast.save_pretrained(out_dir)
 
 
+CHAT_SPECIALS = ["<|begin_of_text|>", "<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>",
+                 "<|im_start|>", "<|im_end|>", "<bos>", "<eos>", "<start_of_turn>", "<end_of_turn>"]
+
+
+def chat(out_dir, template_file, bos, eos, cases_json):
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    cases = json.loads(cases_json)
+    bpe = Tokenizer(models.BPE())
+    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    bpe.decoder = decoders.ByteLevel()
+    texts = [m["content"] for c in cases for m in c["messages"]] * 3
+    trainer = trainers.BpeTrainer(vocab_size=400, special_tokens=CHAT_SPECIALS,
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    bpe.train_from_iterator(texts, trainer)
+    fast = PreTrainedTokenizerFast(tokenizer_object=bpe, bos_token=bos or None, eos_token=eos or None)
+    fast.chat_template = open(template_file).read()
+    fast.save_pretrained(out_dir)
+    out = []
+    for case in cases:
+        args = dict(add_generation_prompt=case["generation"])
+        try:
+            out.append({"text": fast.apply_chat_template(case["messages"], tokenize=False, **args),
+                        "ids": list(fast.apply_chat_template(case["messages"], tokenize=True, **args))})
+        except Exception as e:  # the template's raise_exception
+            out.append({"error": str(e)})
+    print(json.dumps(out))
+
+
 def score(model_dir, reference, out):
     from transformers import AutoModelForSequenceClassification
 
@@ -161,4 +195,4 @@ def logprobs(model_dir, text):
 
 if __name__ == "__main__":
     {"make": make, "check": check, "generate": generate, "tokenize": tokenize, "score": score, "logprobs": logprobs,
-     "hub_folder": hub_folder}[sys.argv[1]](*sys.argv[2:])
+     "hub_folder": hub_folder, "chat": chat}[sys.argv[1]](*sys.argv[2:])
