@@ -78,10 +78,14 @@ pub struct DatasetFields {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 1, max = 256))]
     pub reference: Option<String>,
+    /// A conversation (list of `{role, content}`), rendered with the tokenizer's chat template.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 256))]
+    pub messages: Option<String>,
 }
 
 impl DatasetFields {
-    /// The file's column for `field` (one of prompt, response, chosen, rejected, reference).
+    /// The file's column for `field` (prompt, response, chosen, rejected, reference, messages).
     pub fn column<'a>(&'a self, field: &'a str) -> &'a str {
         let named = match field {
             "prompt" => &self.prompt,
@@ -89,6 +93,7 @@ impl DatasetFields {
             "chosen" => &self.chosen,
             "rejected" => &self.rejected,
             "reference" => &self.reference,
+            "messages" => &self.messages,
             _ => &None,
         };
         named.as_deref().unwrap_or(field)

@@ -16,7 +16,7 @@ pub struct SequenceBatch {
     pub loss_mask: Tensor,
 }
 
-/// Token ids of prompt + response (+ EOS), at most `max_length`: the prompt loses its start
+/// Token ids of prompt + response (+ EOS unless a chat template ended the turn), at most `max_length`: the prompt loses its start
 /// first, then the response its end.
 pub fn join(
     tok: &Tokenizer,
@@ -30,7 +30,7 @@ pub fn join(
         .into_iter()
         .map(i64::from)
         .collect();
-    r.extend(tok.eos_token_id.map(i64::from));
+    r.extend(tok.eos_after_response().map(i64::from));
     r.truncate(max_length.saturating_sub(1).max(1));
     let room = max_length - r.len();
     if p.len() > room {

@@ -4,6 +4,7 @@
 //! dataset is fixed input, so these are permanent (exit code 2).
 use std::path::Path;
 
+mod chat;
 mod rows;
 
 use rlhf_spec::{DatasetFields, DatasetFormat, ResolvedDataset, StageKind, SyntheticTask};
@@ -11,6 +12,7 @@ use serde_json::Value;
 
 use crate::error::{Error, Result};
 use crate::rng::SplitMix64;
+use crate::tokenizer::chat::ChatTemplate;
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Example {
@@ -39,24 +41,41 @@ fn needed(kind: StageKind) -> &'static [&'static str] {
     }
 }
 
-pub fn load(dataset: &ResolvedDataset, kind: StageKind) -> Result<Vec<Example>> {
+/// A stage's examples; `rendered` when chat rows were rendered by the chat template (their text
+/// carries the template's special tokens: tokenize it without adding any).
+#[derive(Debug)]
+pub struct Dataset {
+    pub examples: Vec<Example>,
+    pub rendered: bool,
+}
+
+/// The examples of `dataset` for a stage of `kind`; chat rows need `template`.
+pub fn load(
+    dataset: &ResolvedDataset,
+    kind: StageKind,
+    template: Option<&ChatTemplate>,
+) -> Result<Dataset> {
     match dataset {
         ResolvedDataset::File {
             path,
             format,
             fields,
-        } => load_file(Path::new(path), *format, fields, kind),
+        } => load_file(Path::new(path), *format, fields, kind, template),
         ResolvedDataset::Synthetic {
             task,
             samples,
             seed,
-        } => Ok(synthetic(*task, *samples as usize, *seed, kind)),
+        } => Ok(Dataset {
+            examples: synthetic(*task, *samples as usize, *seed, kind),
+            rendered: false,
+        }),
     }
 }
 
-/// JSON lines (blank lines skipped) with the JSONL field names.
+/// JSON lines (blank lines skipped) with the JSONL field names, no chat rows.
 pub fn load_jsonl(path: &Path, kind: StageKind) -> Result<Vec<Example>> {
-    load_file(path, DatasetFormat::Jsonl, &DatasetFields::default(), kind)
+    let fields = DatasetFields::default();
+    Ok(load_file(path, DatasetFormat::Jsonl, &fields, kind, None)?.examples)
 }
 
 /// The examples of a dataset file, its columns named by `fields` where they differ.
@@ -65,29 +84,44 @@ pub fn load_file(
     format: DatasetFormat,
     fields: &DatasetFields,
     kind: StageKind,
-) -> Result<Vec<Example>> {
-    let out = rows::read(path, format)?
-        .iter()
-        .map(|row| example(row, fields, kind))
-        .collect::<Result<Vec<_>>>()?;
-    if out.is_empty() {
+    template: Option<&ChatTemplate>,
+) -> Result<Dataset> {
+    let mut out = Dataset {
+        examples: Vec::new(),
+        rendered: false,
+    };
+    for row in rows::read(path, format)? {
+        let (examples, rendered) = examples(&row, fields, kind, template)?;
+        out.examples.extend(examples);
+        out.rendered |= rendered;
+    }
+    if out.examples.is_empty() {
         return Err(Error::invalid(path, "the dataset has no examples"));
     }
     Ok(out)
 }
 
-/// The example of one row; errors name the row and the file's column.
-fn example(row: &rows::Row, fields: &DatasetFields, kind: StageKind) -> Result<Example> {
+/// The examples of one row (several for a conversation with several assistant turns), and
+/// whether a chat template rendered them; errors name the row and the file's column.
+fn examples(
+    row: &rows::Row,
+    fields: &DatasetFields,
+    kind: StageKind,
+    template: Option<&ChatTemplate>,
+) -> Result<(Vec<Example>, bool)> {
     let at = |message: String| Error::invalid(&row.at, message);
-    let field = |name: &str| -> Result<String> {
+    let cell = |name: &'static str| {
         let column = fields.column(name);
-        match row.value.get(column) {
-            Some(Value::String(s)) => Ok(s.clone()),
-            Some(other) => Err(at(format!(
+        (column, row.value.get(column))
+    };
+    let field = |name: &'static str| -> Result<String> {
+        match cell(name) {
+            (_, Some(Value::String(s))) => Ok(s.clone()),
+            (column, Some(other)) => Err(at(format!(
                 "field `{column}` must be a string, found {}",
                 json_type(other)
             ))),
-            None => Err(at(format!(
+            (column, None) => Err(at(format!(
                 "field `{column}` is missing (a {} dataset needs {})",
                 kind.as_str(),
                 needed(kind)
@@ -98,7 +132,48 @@ fn example(row: &rows::Row, fields: &DatasetFields, kind: StageKind) -> Result<E
             ))),
         }
     };
-    Ok(match kind {
+    // A conversation cell (a list) makes the row a chat row, rendered by the template.
+    let conversation = |name: &'static str| match cell(name) {
+        (column, Some(v @ Value::Array(_))) => Some((column, v)),
+        _ => None,
+    };
+    let chat_cell = match kind {
+        StageKind::Sft => conversation("messages"),
+        StageKind::Rm | StageKind::Dpo => conversation("chosen"),
+        _ => conversation("prompt").or_else(|| conversation("messages")),
+    };
+    if let Some((column, value)) = chat_cell {
+        let template = template.ok_or_else(|| {
+            at(format!(
+                "field `{column}` is a conversation, but the tokenizer folder has no chat template \
+                 (chat_template.jinja or tokenizer_config.json's chat_template)"
+            ))
+        })?;
+        let examples = match kind {
+            StageKind::Sft => chat::sft(row, column, value, template)?,
+            StageKind::Rm | StageKind::Dpo => {
+                let rejected = conversation("rejected").ok_or_else(|| {
+                    at(format!(
+                        "field `{}` must be a conversation like `{column}`",
+                        fields.column("rejected")
+                    ))
+                })?;
+                vec![chat::preference(
+                    row,
+                    conversation("prompt"),
+                    (column, value),
+                    rejected,
+                    template,
+                )?]
+            }
+            _ => vec![Example::Prompt {
+                prompt: chat::prompt(row, column, value, template)?,
+                reference: field("reference").ok(),
+            }],
+        };
+        return Ok((examples, true));
+    }
+    let example = match kind {
         StageKind::Sft => Example::Sft {
             prompt: field("prompt")?,
             response: field("response")?,
@@ -114,7 +189,8 @@ fn example(row: &rows::Row, fields: &DatasetFields, kind: StageKind) -> Result<E
                 reference: field("reference").ok(),
             }
         }
-    })
+    };
+    Ok((vec![example], false))
 }
 
 /// Most held-out examples a stage evaluates on.

@@ -7,7 +7,8 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use rlhf_spec::{
-    BaseWeights, Dtype, Offload, ResolvedRl, RewardSource, StageKind, TrainerConfig, WeightsSource,
+    BaseWeights, Dtype, Offload, ResolvedRl, ResolvedTokenizer, RewardSource, StageKind,
+    TrainerConfig, WeightsSource,
 };
 use tch::{Device, Kind, nn};
 
@@ -27,6 +28,7 @@ use crate::precision;
 use crate::progress::Progress;
 use crate::record::{Evaluation, Record};
 use crate::rewards::{FormatReward, HttpReward};
+use crate::tokenizer::chat::ChatTemplate;
 use crate::tokenizer::{Tokenizer, folder_files};
 
 pub const MODEL_DIR: &str = "model";
@@ -202,6 +204,8 @@ fn check_tokenizer(tok: &Tokenizer, lm: &dyn CausalLm, origin: &Path) -> Result<
 struct StageRun<'a> {
     cfg: &'a TrainerConfig,
     tok: Tokenizer,
+    /// The tokenizer folder's chat template, for chat rows.
+    chat: Option<ChatTemplate>,
     train: Vec<Example>,
     held_out: Vec<Example>,
     progress: Progress,
@@ -308,11 +312,22 @@ pub fn run(
         source,
     })?;
     let tok = Tokenizer::load(&cfg.model.tokenizer)?;
-    let (train, held_out) = data::split_held_out(data::load(&s.dataset, s.kind)?);
+    let chat = match &cfg.model.tokenizer {
+        ResolvedTokenizer::Path(folder) => ChatTemplate::from_folder(Path::new(folder))?,
+        ResolvedTokenizer::Builtin(_) => None,
+    };
+    let dataset = data::load(&s.dataset, s.kind, chat.as_ref())?;
+    let tok = if dataset.rendered {
+        tok.rendered()
+    } else {
+        tok
+    };
+    let (train, held_out) = data::split_held_out(dataset.examples);
     let progress = Progress::new(&s.name, out, s.training.checkpoint_every, metrics, dist);
     let mut run = StageRun {
         cfg,
         tok,
+        chat,
         train,
         held_out,
         progress,
@@ -510,7 +525,7 @@ fn run_rl(r: &mut StageRun<'_>) -> Result<()> {
         dynamic_sampling: s.grpo.as_ref().is_some_and(|g| g.dynamic_sampling),
     };
     let ptx = match &rl.ptx_dataset {
-        Some(d) if rl.ptx_coef > 0.0 => data::load(d, StageKind::Sft)?,
+        Some(d) if rl.ptx_coef > 0.0 => data::load(d, StageKind::Sft, r.chat.as_ref())?.examples,
         _ => Vec::new(),
     };
     let offload_inference = matches!(

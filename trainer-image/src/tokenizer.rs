@@ -28,6 +28,9 @@ pub struct Tokenizer {
     /// Padding id: the tokenizer's pad token, else EOS, else 0 (padding is always masked).
     pub pad_token_id: u32,
     pub vocab_size: usize,
+    /// Texts come rendered by a chat template, which wrote their special tokens: encode adds
+    /// none, and no EOS is appended to responses (the template ended the turn).
+    rendered: bool,
 }
 
 impl std::fmt::Debug for Tokenizer {
@@ -50,6 +53,7 @@ impl Tokenizer {
                 eos_token_id: Some(50256),
                 pad_token_id: 50256,
                 vocab_size: 50257,
+                rendered: false,
             }),
             ResolvedTokenizer::Path(dir) => Self::from_folder(Path::new(dir)),
         }
@@ -82,14 +86,29 @@ impl Tokenizer {
             eos_token_id,
             pad_token_id,
             vocab_size,
+            rendered: false,
         })
     }
 
-    /// Token ids of `text`, special tokens included as the tokenizer defines them.
+    /// The same tokenizer for texts a chat template rendered.
+    pub fn rendered(self) -> Self {
+        Self {
+            rendered: true,
+            ..self
+        }
+    }
+
+    /// The id appended after a response: EOS, unless a chat template ended the turn itself.
+    pub fn eos_after_response(&self) -> Option<u32> {
+        self.eos_token_id.filter(|_| !self.rendered)
+    }
+
+    /// Token ids of `text`, special tokens included as the tokenizer defines them (none added to
+    /// rendered chat text).
     pub fn encode(&self, text: &str) -> Result<Vec<u32>> {
         match &self.inner {
             Inner::Hf(t) => Ok(t
-                .encode(text, true)
+                .encode(text, !self.rendered)
                 .map_err(|e| Error::invalid(&self.origin, e.to_string()))?
                 .get_ids()
                 .to_vec()),

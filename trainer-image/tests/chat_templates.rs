@@ -5,7 +5,7 @@
 //! as a tokenizer folder's chat template; a template's `raise_exception` is an error naming it.
 mod common;
 
-use common::{run_reference, scratch};
+use common::{CHATML_STYLE, chat_reference, scratch};
 use rlhf_trainer::tokenizer::Tokenizer;
 use rlhf_trainer::tokenizer::chat::ChatTemplate;
 use serde_json::{Value, json};
@@ -26,17 +26,6 @@ const LLAMA3_STYLE: &str = r#"{{- bos_token }}
 {%- endfor %}
 {%- if add_generation_prompt %}
     {{- '<|start_header_id|>assistant<|end_header_id|>\n\n' }}
-{%- endif %}
-"#;
-
-const CHATML_STYLE: &str = r#"{%- for message in messages %}
-    {%- if loop.first and message.role != 'system' %}
-        {{- '<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n' }}
-    {%- endif %}
-    {{- '<|im_start|>' + message.role + '\n' + message.content.strip() + '<|im_end|>' + '\n' }}
-{%- endfor %}
-{%- if add_generation_prompt %}
-    {{- '<|im_start|>assistant\n' }}
 {%- endif %}
 "#;
 
@@ -80,19 +69,8 @@ fn cases() -> Value {
 /// transformers renders and tokenizes every case with `template`; so do we, and must agree.
 fn agrees_with_transformers(name: &str, template: &str, bos: &str, eos: &str) {
     let dir = scratch(&format!("chat-{name}"));
-    let file = dir.join("template.jinja");
-    std::fs::write(&file, template).unwrap();
-    let folder = dir.join("tokenizer");
     let cases = cases();
-    let said = run_reference(&[
-        "chat",
-        folder.to_str().unwrap(),
-        file.to_str().unwrap(),
-        bos,
-        eos,
-        &cases.to_string(),
-    ]);
-    let expected: Vec<Value> = serde_json::from_str(said.lines().last().unwrap()).unwrap();
+    let (folder, expected) = chat_reference(&dir, template, bos, eos, &cases);
     let chat = ChatTemplate::from_folder(&folder)
         .unwrap()
         .expect("transformers saved the template");

@@ -16,10 +16,10 @@
   hf_reference.py logprobs MODEL_DIR TEXT
       Prints {"tokens": [...], "logprobs": [...]} for TEXT with MODEL_DIR's tokenizer and causal LM:
       logprobs[i] is log p(tokens[i+1] | tokens[:i+1]).
-  hf_reference.py hub_folder OUT_DIR FAMILY CONFIG_JSON DTYPE
+  hf_reference.py hub_folder OUT_DIR FAMILY CONFIG_JSON DTYPE [TEMPLATE_FILE]
       A folder as the Hub has them: a seeded random FAMILY model saved in DTYPE (bfloat16,
-      float16, float32) with a byte-level BPE tokenizer trained here (EOS "</s>") and a
-      generation_config.json.
+      float16, float32) with a byte-level BPE tokenizer trained here (EOS "</s>", the chat
+      special tokens, TEMPLATE_FILE as its chat template) and a generation_config.json.
   hf_reference.py chat OUT_DIR TEMPLATE_FILE BOS EOS CASES_JSON
       A byte-level BPE tokenizer trained here with chat special tokens, BOS/EOS as given ("" for
       none) and TEMPLATE_FILE as its chat template, saved in OUT_DIR; prints, for each case
@@ -121,7 +121,7 @@ def tokenize(out_dir, texts_json, vocab=None, merges=None):
     json.dump(ids, open(f"{out_dir}/ids.json", "w"))
 
 
-def hub_folder(out_dir, family, config_json, dtype):
+def hub_folder(out_dir, family, config_json, dtype, template_file=None):
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
@@ -129,10 +129,12 @@ def hub_folder(out_dir, family, config_json, dtype):
     bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     bpe.decoder = decoders.ByteLevel()
     texts = ["the cat sat on the mat", "copy: red blue green => red blue green", "2 + 3 = 5"] * 5
-    trainer = trainers.BpeTrainer(vocab_size=300, special_tokens=["</s>"],
+    trainer = trainers.BpeTrainer(vocab_size=300, special_tokens=["</s>"] + CHAT_SPECIALS,
                                   initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
     bpe.train_from_iterator(texts, trainer)
     fast = PreTrainedTokenizerFast(tokenizer_object=bpe, eos_token="</s>", pad_token="</s>")
+    if template_file:
+        fast.chat_template = open(template_file).read()
     torch.manual_seed(0)
     config = CONFIG_MAPPING[family](**json.loads(config_json), vocab_size=len(fast),
                                     eos_token_id=fast.eos_token_id, pad_token_id=fast.pad_token_id)

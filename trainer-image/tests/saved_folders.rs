@@ -1,7 +1,8 @@
-//! The folders stages save are complete Hugging Face folders: a chat-style SFT run on a Qwen2
-//! folder in bf16 (no `model.family`: config.json says it) saves weights in bf16 with the
-//! tokenizer files and generation_config.json, and transformers' AutoTokenizer +
-//! AutoModelForCausalLM load it alone and give our log-probabilities; the builtin GPT-2 BPE is
+//! The folders stages save are complete Hugging Face folders: a chat SFT run (message lists
+//! rendered by the folder's ChatML-style template) on a Qwen2 folder in bf16 (no
+//! `model.family`: config.json says it) saves weights in bf16 with the tokenizer files, the chat
+//! template and generation_config.json, and transformers' AutoTokenizer + AutoModelForCausalLM
+//! load it alone and give our log-probabilities; the builtin GPT-2 BPE is
 //! written out as GPT-2's own vocab.json and merges.txt; a family that disagrees with the folder
 //! is a permanent error.
 mod common;
@@ -9,7 +10,7 @@ mod common;
 use std::path::Path;
 use std::process::Command;
 
-use common::{gpt2_files, run_local, run_reference, scratch};
+use common::{CHATML_STYLE, gpt2_files, run_local, run_reference, scratch};
 use rlhf_spec::{BuiltinTokenizer, ResolvedTokenizer};
 use rlhf_trainer::tokenizer::Tokenizer;
 use rlhf_trainer::tokenizer::folder_files::{gpt2_vocab_and_merges, write_into};
@@ -50,6 +51,8 @@ fn logprobs_here(model: &Path) -> Value {
 fn an_sft_run_on_a_qwen_folder_saves_what_transformers_loads_alone() {
     let dir = scratch("saved-folders");
     let base = dir.join("qwen");
+    let template = dir.join("chatml.jinja");
+    std::fs::write(&template, CHATML_STYLE).unwrap();
     run_reference(&[
         "hub_folder",
         base.to_str().unwrap(),
@@ -57,10 +60,15 @@ fn an_sft_run_on_a_qwen_folder_saves_what_transformers_loads_alone() {
         r#"{"hidden_size": 32, "intermediate_size": 48, "num_hidden_layers": 2, "num_attention_heads": 4,
             "num_key_value_heads": 2, "max_position_embeddings": 64, "tie_word_embeddings": true}"#,
         "bfloat16",
+        template.to_str().unwrap(),
     ]);
     let rows: String = (0..16)
         .map(|i| {
-            format!("{{\"prompt\": \"copy: red blue {i} =>\", \"response\": \" red blue {i}\"}}\n")
+            let conversation = serde_json::json!([
+                {"role": "user", "content": format!("copy: red blue {i}")},
+                {"role": "assistant", "content": format!("red blue {i}")},
+            ]);
+            format!("{}\n", serde_json::json!({"messages": conversation}))
         })
         .collect();
     std::fs::write(dir.join("data.jsonl"), rows).unwrap();
@@ -72,6 +80,7 @@ fn an_sft_run_on_a_qwen_folder_saves_what_transformers_loads_alone() {
         "tokenizer.json",
         "tokenizer_config.json",
         "generation_config.json",
+        "chat_template.jinja",
     ] {
         assert!(saved.join(file).is_file(), "the saved folder has no {file}");
     }

@@ -134,3 +134,42 @@ pub fn run_local(dir: &Path, name: &str, manifest: &str) -> (PathBuf, String) {
     );
     (out, stdout)
 }
+
+/// transformers saves a tokenizer folder `<dir>/tokenizer` with `template` (written to
+/// `<dir>/template.jinja`) as its chat template and BOS/EOS as given ("" for none), and renders
+/// each case `{"messages", "generation"}`: returns the folder and, per case, `{"text", "ids"}`
+/// or `{"error"}` (hf_reference.py chat).
+pub fn chat_reference(
+    dir: &Path,
+    template: &str,
+    bos: &str,
+    eos: &str,
+    cases: &serde_json::Value,
+) -> (PathBuf, Vec<serde_json::Value>) {
+    let file = dir.join("template.jinja");
+    std::fs::write(&file, template).unwrap();
+    let folder = dir.join("tokenizer");
+    let said = run_reference(&[
+        "chat",
+        folder.to_str().unwrap(),
+        file.to_str().unwrap(),
+        bos,
+        eos,
+        &cases.to_string(),
+    ]);
+    let expected = serde_json::from_str(said.lines().last().unwrap()).unwrap();
+    (folder, expected)
+}
+
+/// A chat template in the style of ChatML (Qwen): loops, `loop.first`, attribute access,
+/// Python's `.strip()`, a default system turn and the generation prompt.
+pub const CHATML_STYLE: &str = r#"{%- for message in messages %}
+    {%- if loop.first and message.role != 'system' %}
+        {{- '<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n' }}
+    {%- endif %}
+    {{- '<|im_start|>' + message.role + '\n' + message.content.strip() + '<|im_end|>' + '\n' }}
+{%- endfor %}
+{%- if add_generation_prompt %}
+    {{- '<|im_start|>assistant\n' }}
+{%- endif %}
+"#;

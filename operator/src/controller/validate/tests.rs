@@ -316,3 +316,27 @@ fn storage_mount_path_must_not_hide_the_config() {
         ]
     );
 }
+
+/// Every manifest in examples/ is a valid job (they are what users copy first).
+#[test]
+fn every_example_manifest_validates() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples");
+    let mut seen = 0;
+    for entry in std::fs::read_dir(&dir).unwrap().flatten() {
+        let path = entry.path();
+        if path.extension().is_none_or(|e| e != "yaml") {
+            continue;
+        }
+        let job: RLHFJob = serde_yaml::from_str(&std::fs::read_to_string(&path).unwrap())
+            .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        let job = job_named(
+            job.metadata.name.as_deref().unwrap(),
+            serde_json::to_value(&job.spec).unwrap(),
+        );
+        if let Err(errors) = validate(&job) {
+            panic!("{}: {errors:?}", path.display());
+        }
+        seen += 1;
+    }
+    assert!(seen >= 4, "examples/ has its manifests");
+}
