@@ -28,10 +28,16 @@ pub enum ModelFamily {
     /// `Gemma3ForCausalLM` (Gemma 3's text model).
     #[serde(rename = "gemma3_text")]
     Gemma3Text,
+    /// `OPTForCausalLM` (learned positions, ReLU MLP, pre- or post-LN blocks).
+    #[serde(rename = "opt")]
+    Opt,
+    /// `BloomForCausalLM` (ALiBi instead of position embeddings, fused query_key_value).
+    #[serde(rename = "bloom")]
+    Bloom,
 }
 
 impl ModelFamily {
-    pub const ALL: [ModelFamily; 7] = [
+    pub const ALL: [ModelFamily; 9] = [
         Self::Gpt2,
         Self::Llama,
         Self::Mistral,
@@ -39,6 +45,8 @@ impl ModelFamily {
         Self::Qwen3,
         Self::Gemma2,
         Self::Gemma3Text,
+        Self::Opt,
+        Self::Bloom,
     ];
 
     /// The `model_type` of the family's config.json.
@@ -51,12 +59,15 @@ impl ModelFamily {
             Self::Qwen3 => "qwen3",
             Self::Gemma2 => "gemma2",
             Self::Gemma3Text => "gemma3_text",
+            Self::Opt => "opt",
+            Self::Bloom => "bloom",
         }
     }
 
-    /// Whether the family has rotary embeddings and grouped-query attention (all but GPT-2).
+    /// Whether the family has rotary embeddings and grouped-query attention (all but GPT-2,
+    /// OPT and BLOOM).
     pub fn is_rotary(self) -> bool {
-        self != Self::Gpt2
+        !matches!(self, Self::Gpt2 | Self::Opt | Self::Bloom)
     }
 }
 
@@ -93,13 +104,14 @@ pub struct Architecture {
     /// Attention heads; must divide `hiddenSize`.
     #[schemars(range(min = 1))]
     pub num_heads: u32,
-    /// Key/value heads (grouped-query attention, all families but gpt2; must divide `numHeads`).
+    /// Key/value heads (grouped-query attention, the rotary families only: not gpt2, opt or
+    /// bloom; must divide `numHeads`).
     /// Default: `numHeads`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1))]
     pub num_kv_heads: Option<u32>,
-    /// MLP inner width. Default: 4 x hiddenSize (GPT-2), 8/3 x hiddenSize rounded up to 64 (the
-    /// others).
+    /// MLP inner width. Default: 4 x hiddenSize (gpt2, opt; bloom's is always that), 8/3 x
+    /// hiddenSize rounded up to 64 (the others).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1))]
     pub intermediate_size: Option<u32>,

@@ -5,9 +5,10 @@ use rlhf_trainer::algorithms::backward;
 use rlhf_trainer::models::{CausalLm, causal_lm_from_config, lora};
 use tch::{Device, Kind, Tensor, nn};
 
-/// GPT-2, Llama with grouped-query attention, and Gemma 3 (sandwich norms, q/k norms, sliding
-/// and global blocks with their own rotary tables, a window shorter than the batch).
-const FAMILIES: [(&str, &str); 3] = [
+/// GPT-2, Llama with grouped-query attention, Gemma 3 (sandwich norms, q/k norms, sliding
+/// and global blocks with their own rotary tables, a window shorter than the batch), OPT with its
+/// embedding projected in and out, and BLOOM (ALiBi, residuals from the normed inputs).
+const FAMILIES: [(&str, &str); 5] = [
     (
         "gpt2",
         r#"{"model_type": "gpt2", "vocab_size": 96, "n_positions": 32, "n_embd": 32, "n_layer": 3, "n_head": 4}"#,
@@ -19,6 +20,14 @@ const FAMILIES: [(&str, &str); 3] = [
     (
         "gemma3_text",
         r#"{"model_type": "gemma3_text", "vocab_size": 96, "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 3, "num_attention_heads": 4, "num_key_value_heads": 2, "head_dim": 8, "sliding_window": 3, "layer_types": ["sliding_attention", "full_attention", "sliding_attention"]}"#,
+    ),
+    (
+        "opt",
+        r#"{"model_type": "opt", "vocab_size": 96, "hidden_size": 32, "word_embed_proj_dim": 16, "ffn_dim": 64, "num_hidden_layers": 3, "num_attention_heads": 4, "max_position_embeddings": 16}"#,
+    ),
+    (
+        "bloom",
+        r#"{"model_type": "bloom", "vocab_size": 96, "hidden_size": 36, "n_layer": 3, "n_head": 6, "apply_residual_connection_post_layernorm": true}"#,
     ),
 ];
 
@@ -65,7 +74,13 @@ fn gradients_of(
             rank: 2,
             alpha: 4.0,
             dropout: 0.0,
-            target_modules: vec!["c_attn".into(), "q_proj".into(), "down_proj".into()],
+            target_modules: vec![
+                "c_attn".into(),
+                "q_proj".into(),
+                "down_proj".into(),
+                "fc2".into(),
+                "query_key_value".into(),
+            ],
         };
         let targets: Vec<String> = cfg
             .target_modules

@@ -256,6 +256,44 @@ fn gemma3_text_matches_transformers() {
     );
 }
 
+#[test]
+fn opt_matches_transformers() {
+    // Pre-LN blocks and a final norm (OPT-125m and most sizes), biases, and a token embedding
+    // narrower than the blocks: projected in, and out after the final norm, into the tied head.
+    parity(
+        "opt",
+        "opt-pre-ln-projected",
+        r#"{"vocab_size": 110, "hidden_size": 64, "word_embed_proj_dim": 16, "ffn_dim": 96,
+            "num_hidden_layers": 2, "num_attention_heads": 4, "max_position_embeddings": 24}"#,
+    );
+    // Post-LN blocks and no final norm (OPT-350m), no biases, an untied head.
+    parity(
+        "opt",
+        "opt-post-ln",
+        r#"{"vocab_size": 130, "hidden_size": 48, "ffn_dim": 80, "num_hidden_layers": 3,
+            "num_attention_heads": 3, "max_position_embeddings": 32, "do_layer_norm_before": false,
+            "enable_bias": false, "tie_word_embeddings": false}"#,
+    );
+}
+
+#[test]
+fn bloom_matches_transformers() {
+    // 6 heads: the slopes of 4 heads, then two of the 8-head series (ALiBi's other branch).
+    parity(
+        "bloom",
+        "bloom-6-heads",
+        r#"{"vocab_size": 140, "hidden_size": 48, "n_layer": 2, "n_head": 6}"#,
+    );
+    // Residuals from the normed inputs, 5 heads, an untied head, another epsilon.
+    parity(
+        "bloom",
+        "bloom-residual-post-ln",
+        r#"{"vocab_size": 120, "hidden_size": 40, "n_layer": 3, "n_head": 5,
+            "apply_residual_connection_post_layernorm": true, "layer_norm_epsilon": 1e-6,
+            "tie_word_embeddings": false}"#,
+    );
+}
+
 /// A folder saved in bf16 or fp16 holds weights of that dtype, says so in config.json, reloads
 /// here with the rounded weights, and transformers computes the same logits from it.
 #[test]
@@ -331,7 +369,7 @@ fn an_unknown_model_type_is_a_clear_error() {
     assert_eq!(err.exit_code(), 2);
     assert!(
         err.to_string()
-            .ends_with("config.json: model_type \"bert\" is not supported (gpt2, llama, mistral, qwen2, qwen3, gemma2, gemma3_text)"),
+            .ends_with("config.json: model_type \"bert\" is not supported (gpt2, llama, mistral, qwen2, qwen3, gemma2, gemma3_text, opt, bloom)"),
         "{err}"
     );
 }
@@ -348,6 +386,10 @@ fn unsupported_options_are_errors_naming_file_and_field() {
             r#"{"model_type": "qwen3", "vocab_size": 8, "hidden_size": 8, "intermediate_size": 8, "num_hidden_layers": 1,
                 "num_attention_heads": 2, "hidden_act": "relu"}"#,
             "hidden_act \"relu\" is not supported",
+        ),
+        (
+            r#"{"model_type": "opt", "activation_function": "gelu"}"#,
+            "activation_function \"gelu\" is not supported",
         ),
         (
             r#"{"model_type": "gemma3", "text_config": {}}"#,

@@ -135,6 +135,18 @@ fn check_architecture(
         }
         _ => {}
     }
+    if family == ModelFamily::Bloom
+        && let Some(width) = arch.intermediate_size
+        && width != 4 * arch.hidden_size
+    {
+        errors.push(FieldError::new(
+            format!("{at}.intermediateSize"),
+            format!(
+                "bloom's MLP is always 4 x hiddenSize ({})",
+                4 * arch.hidden_size
+            ),
+        ));
+    }
     if family.is_rotary()
         && arch.num_heads > 0
         && !(arch.hidden_size / arch.num_heads).is_multiple_of(2)
@@ -151,6 +163,10 @@ fn check_architecture(
 
 /// GPT-2's adapter targets (Hugging Face module names).
 const GPT2_MODULES: &[&str] = &["c_attn", "c_proj", "c_fc"];
+/// OPT's adapter targets.
+const OPT_MODULES: &[&str] = &["q_proj", "k_proj", "v_proj", "out_proj", "fc1", "fc2"];
+/// BLOOM's adapter targets.
+const BLOOM_MODULES: &[&str] = &["query_key_value", "dense", "dense_h_to_4h", "dense_4h_to_h"];
 /// The rotary families' adapter targets.
 const ROTARY_MODULES: &[&str] = &[
     "q_proj",
@@ -167,7 +183,14 @@ const ROTARY_MODULES: &[&str] = &[
 pub(super) fn lora_modules(family: Option<ModelFamily>) -> Vec<&'static str> {
     match family {
         Some(ModelFamily::Gpt2) => GPT2_MODULES.to_vec(),
+        Some(ModelFamily::Opt) => OPT_MODULES.to_vec(),
+        Some(ModelFamily::Bloom) => BLOOM_MODULES.to_vec(),
         Some(_) => ROTARY_MODULES.to_vec(),
-        None => [GPT2_MODULES, ROTARY_MODULES].concat(),
+        None => {
+            let mut all = [GPT2_MODULES, ROTARY_MODULES, OPT_MODULES, BLOOM_MODULES].concat();
+            let mut seen = std::collections::HashSet::new();
+            all.retain(|m| seen.insert(*m)); // OPT shares q_proj, k_proj, v_proj
+            all
+        }
     }
 }

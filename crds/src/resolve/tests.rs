@@ -318,6 +318,49 @@ fn rotary_families_share_the_architecture_checks() {
 }
 
 #[test]
+fn opt_and_bloom_have_neither_grouped_query_attention_nor_rotary_checks() {
+    for family in ["opt", "bloom"] {
+        let mut v = pipeline();
+        v["model"]["family"] = json!(family);
+        v["model"]["architecture"]["numKvHeads"] = json!(1);
+        // An odd head size (60 / 4): only rotary embeddings need an even one.
+        v["model"]["architecture"]["hiddenSize"] = json!(60);
+        assert_eq!(
+            errors_of(v),
+            [format!(
+                "spec.model.architecture.numKvHeads: {family} has no grouped-query attention"
+            )]
+        );
+    }
+
+    let mut v = pipeline();
+    v["model"]["family"] = json!("bloom");
+    v["model"]["architecture"]["intermediateSize"] = json!(100);
+    assert_eq!(
+        errors_of(v),
+        ["spec.model.architecture.intermediateSize: bloom's MLP is always 4 x hiddenSize (256)"]
+    );
+
+    for (family, modules) in [
+        (
+            "opt",
+            vec!["q_proj", "k_proj", "v_proj", "out_proj", "fc1", "fc2"],
+        ),
+        (
+            "bloom",
+            vec!["query_key_value", "dense", "dense_h_to_4h", "dense_4h_to_h"],
+        ),
+    ] {
+        let mut v = pipeline();
+        v["model"]["family"] = json!(family);
+        v["parallelism"]["lora"] = json!({"rank": 4});
+        let p = resolve(v).unwrap();
+        let lora = p.stage("sft").unwrap().parallelism.lora.clone().unwrap();
+        assert_eq!(lora.target_modules, modules);
+    }
+}
+
+#[test]
 fn parquet_is_inferred_from_the_extension_and_fields_need_a_file() {
     let mut v = pipeline();
     v["stages"][0]["dataset"] =

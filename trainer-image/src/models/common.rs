@@ -1,11 +1,13 @@
 //! Pieces every decoder-only family shares: positions and masks from the padding mask, masked
-//! softmax attention, and loading an HF folder into a VarStore.
+//! softmax attention, LayerNorm and nn.Linear layers, and loading an HF folder into a VarStore.
 use std::collections::BTreeMap;
 use std::path::Path;
 
-use tch::{Kind, Tensor, nn};
+use tch::nn::{self, Init};
+use tch::{Kind, Tensor};
 
 use super::hf;
+use super::projection::{Layout, Projection};
 use crate::error::Result;
 
 /// Keys and values of earlier positions, per layer, each (B, n_kv, S, hs). Passed into
@@ -77,15 +79,34 @@ pub fn attend_scaled(
     scale: f64,
     softcap: Option<f64>,
 ) -> Tensor {
-    // Scores and softmax in fp32 (masking with f32::MIN does not fit lower precisions).
     let mut scores = (q.matmul(&k.transpose(-2, -1)) * scale).to_kind(Kind::Float); // (B, nh, T, S)
     if let Some(cap) = softcap {
         scores = (scores / cap).tanh() * cap;
     }
+    masked_softmax_times(scores, mask, v)
+}
+
+/// softmax(q k^T * scale + bias) v, `bias` broadcasting to the scores (B, nh, T, S) and added in
+/// q's dtype (BLOOM's ALiBi, as HF adds it).
+pub fn attend_biased(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    mask: &Tensor,
+    scale: f64,
+    bias: &Tensor,
+) -> Tensor {
+    let scores = q.matmul(&k.transpose(-2, -1)) * scale + bias.to_kind(q.kind()); // (B, nh, T, S)
+    masked_softmax_times(scores.to_kind(Kind::Float), mask, v)
+}
+
+/// softmax(`scores`) v with masked scores at the most negative finite value.
+fn masked_softmax_times(scores: Tensor, mask: &Tensor, v: &Tensor) -> Tensor {
+    // In fp32 (masking with f32::MIN does not fit lower precisions).
     let probs = scores
         .masked_fill(&mask.logical_not(), f32::MIN as f64)
         .softmax(-1, Kind::Float)
-        .to_kind(q.kind());
+        .to_kind(v.kind());
     probs.matmul(v) // (B, nh, T, hs)
 }
 
@@ -96,6 +117,29 @@ pub fn sliding_window(mask: &Tensor, window: i64) -> Tensor {
     let past = s - t;
     let band = Tensor::ones([t, s], (Kind::Bool, mask.device())).triu(past - window + 1);
     mask.logical_and(&band.view([1, 1, t, s]))
+}
+
+/// torch.nn.LayerNorm over the last dimension; `weight` (ones) and `bias` (zeros) only when
+/// `affine`.
+pub fn layer_norm(p: nn::Path, dim: i64, eps: f64, affine: bool) -> nn::LayerNorm {
+    nn::layer_norm(
+        p,
+        vec![dim],
+        nn::LayerNormConfig {
+            eps,
+            elementwise_affine: affine,
+            ..Default::default()
+        },
+    )
+}
+
+/// torch.nn.Linear (weight [out, in]) initialised normal(0, `std`), biases zero, as HF does.
+pub fn linear(p: nn::Path, d_in: i64, d_out: i64, bias: bool, std: f64) -> Projection {
+    let init = Init::Randn {
+        mean: 0.0,
+        stdev: std,
+    };
+    Projection::new(p, d_in, d_out, Layout::OutIn, bias, init)
 }
 
 /// Rows of `table` (N, C) for `ids` (B, T) -> (B, T, C).

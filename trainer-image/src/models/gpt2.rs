@@ -166,16 +166,8 @@ struct Block {
 
 impl Block {
     fn new(p: nn::Path, cfg: &Gpt2Config) -> Self {
-        let ln = |name: &str| {
-            nn::layer_norm(
-                &p / name,
-                vec![cfg.n_embd],
-                nn::LayerNormConfig {
-                    eps: cfg.layer_norm_epsilon,
-                    ..Default::default()
-                },
-            )
-        };
+        let ln =
+            |name: &str| common::layer_norm(&p / name, cfg.n_embd, cfg.layer_norm_epsilon, true);
         // GPT-2 scales the residual projections' init by 1/sqrt(2 x layers).
         let (std, proj_std) = (0.02, 0.02 / (2.0 * cfg.n_layer as f64).sqrt());
         let (a, m) = (&p / "attn", &p / "mlp");
@@ -225,14 +217,7 @@ impl Gpt2 {
         let blocks = (0..config.n_layer)
             .map(|i| Block::new(&t / "h" / i, &config))
             .collect();
-        let ln_f = nn::layer_norm(
-            &t / "ln_f",
-            vec![config.n_embd],
-            nn::LayerNormConfig {
-                eps: config.layer_norm_epsilon,
-                ..Default::default()
-            },
-        );
+        let ln_f = common::layer_norm(&t / "ln_f", config.n_embd, config.layer_norm_epsilon, true);
         Ok(Self {
             config,
             wte,

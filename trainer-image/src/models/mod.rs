@@ -1,4 +1,5 @@
 //! Model families, one file each, with Hugging Face weight names by construction.
+pub mod bloom;
 pub mod common;
 pub mod decoder;
 pub mod gemma;
@@ -8,6 +9,7 @@ pub mod hf;
 pub mod llama;
 pub mod lora;
 pub mod mistral;
+pub mod opt;
 pub mod projection;
 pub mod qwen;
 pub mod recompute;
@@ -79,7 +81,7 @@ pub trait CausalLm: std::fmt::Debug {
 }
 
 /// The `model_type`s whose folders load (config.json), in the order errors list them.
-pub const MODEL_TYPES: [&str; 7] = [
+pub const MODEL_TYPES: [&str; 9] = [
     "gpt2",
     "llama",
     "mistral",
@@ -87,6 +89,8 @@ pub const MODEL_TYPES: [&str; 7] = [
     "qwen3",
     "gemma2",
     "gemma3_text",
+    "opt",
+    "bloom",
 ];
 
 /// The shared decoder's spec for a rotary family's config; None for other model types.
@@ -141,8 +145,11 @@ pub fn load_causal_lm(dir: &Path, device: Device) -> Result<(nn::VarStore, Box<d
     let config: serde_json::Value = hf::read_config(dir)?;
     let origin = dir.join(hf::CONFIG_FILE);
     let kind = config_model_type(&config, &origin)?;
-    if kind == "gpt2" {
-        return gpt2::Gpt2::load(dir, device).map(|(vs, m)| (vs, Box::new(m) as Box<dyn CausalLm>));
+    match kind {
+        "gpt2" => return gpt2::Gpt2::load(dir, device).map(|(vs, m)| (vs, boxed(m))),
+        "opt" => return opt::Opt::load(dir, device).map(|(vs, m)| (vs, boxed(m))),
+        "bloom" => return bloom::Bloom::load(dir, device).map(|(vs, m)| (vs, boxed(m))),
+        _ => {}
     }
     if kind == "gemma3" {
         return Err(Error::invalid(
@@ -160,6 +167,10 @@ pub fn load_causal_lm(dir: &Path, device: Device) -> Result<(nn::VarStore, Box<d
     }
 }
 
+fn boxed(model: impl CausalLm + 'static) -> Box<dyn CausalLm> {
+    Box::new(model)
+}
+
 /// A randomly initialised model of `family` with the inline architecture of an RLHFJob.
 pub fn random_causal_lm(
     family: rlhf_spec::ModelFamily,
@@ -172,29 +183,57 @@ pub fn random_causal_lm(
         i64::from(arch.num_layers),
         i64::from(arch.num_heads),
     );
-    let config = if family == rlhf_spec::ModelFamily::Gpt2 {
-        serde_json::json!({
+    let origin = Path::new("<model.architecture>");
+    let config = match family {
+        rlhf_spec::ModelFamily::Gpt2 => serde_json::json!({
             "model_type": "gpt2",
             "vocab_size": vocab, "n_positions": arch.max_positions, "n_embd": hidden, "n_layer": layers, "n_head": heads,
             "n_inner": arch.intermediate_size,
-        })
-    } else {
-        let head_dim = hidden / heads.max(1);
-        serde_json::json!({
+        }),
+        rlhf_spec::ModelFamily::Opt => serde_json::json!({
             "architectures": [architecture(family)],
-            "model_type": family.model_type(),
+            "model_type": "opt",
             "vocab_size": vocab, "hidden_size": hidden, "num_hidden_layers": layers, "num_attention_heads": heads,
-            "num_key_value_heads": arch.num_kv_heads.map_or(heads, i64::from), "head_dim": head_dim,
-            "max_position_embeddings": arch.max_positions,
-            // The families' default MLP width: 8/3 x hidden, rounded up to a multiple of 64.
-            "intermediate_size": arch.intermediate_size.map(i64::from).unwrap_or((8 * hidden / 3 + 63) / 64 * 64),
-            // Gemma's query scale defaults to 256^-1/2; a random model uses the usual head_dim^-1/2.
-            "query_pre_attn_scalar": head_dim,
-            // A window as long as the context: sliding blocks see everything.
-            "sliding_window": arch.max_positions,
-        })
+            "ffn_dim": arch.intermediate_size.map(i64::from).unwrap_or(4 * hidden),
+            "max_position_embeddings": arch.max_positions, "word_embed_proj_dim": hidden,
+            "do_layer_norm_before": true, "activation_function": "relu", "tie_word_embeddings": true,
+        }),
+        rlhf_spec::ModelFamily::Bloom => {
+            // BLOOM's MLP is 4 x hidden by construction; its positions are ALiBi's (unbounded).
+            if let Some(width) = arch
+                .intermediate_size
+                .filter(|w| i64::from(*w) != 4 * hidden)
+            {
+                return Err(Error::invalid(
+                    origin,
+                    format!("intermediateSize {width}: bloom's MLP is 4 x hiddenSize"),
+                ));
+            }
+            serde_json::json!({
+                "architectures": [architecture(family)],
+                "model_type": "bloom",
+                "vocab_size": vocab, "hidden_size": hidden, "n_layer": layers, "n_head": heads,
+                "apply_residual_connection_post_layernorm": false, "tie_word_embeddings": true,
+            })
+        }
+        _ => {
+            let head_dim = hidden / heads.max(1);
+            serde_json::json!({
+                "architectures": [architecture(family)],
+                "model_type": family.model_type(),
+                "vocab_size": vocab, "hidden_size": hidden, "num_hidden_layers": layers, "num_attention_heads": heads,
+                "num_key_value_heads": arch.num_kv_heads.map_or(heads, i64::from), "head_dim": head_dim,
+                "max_position_embeddings": arch.max_positions,
+                // The families' default MLP width: 8/3 x hidden, rounded up to a multiple of 64.
+                "intermediate_size": arch.intermediate_size.map(i64::from).unwrap_or((8 * hidden / 3 + 63) / 64 * 64),
+                // Gemma's query scale defaults to 256^-1/2; a random model uses the usual head_dim^-1/2.
+                "query_pre_attn_scalar": head_dim,
+                // A window as long as the context: sliding blocks see everything.
+                "sliding_window": arch.max_positions,
+            })
+        }
     };
-    causal_lm_from_config(&config, Path::new("<model.architecture>"), vs)
+    causal_lm_from_config(&config, origin, vs)
 }
 
 /// A randomly initialised model (normal 0.02, as HF initialises) of an HF `config` (any
@@ -205,10 +244,15 @@ pub fn causal_lm_from_config(
     vs: &nn::VarStore,
 ) -> Result<Box<dyn CausalLm>> {
     let kind = config_model_type(config, origin)?;
-    if kind == "gpt2" {
-        let parsed = serde_json::from_value(config.clone())
-            .map_err(|e| Error::invalid(origin, e.to_string()))?;
-        return Ok(Box::new(gpt2::Gpt2::new(vs, parsed)?));
+    match kind {
+        "gpt2" => {
+            let parsed = serde_json::from_value(config.clone())
+                .map_err(|e| Error::invalid(origin, e.to_string()))?;
+            return Ok(Box::new(gpt2::Gpt2::new(vs, parsed)?));
+        }
+        "opt" => return Ok(Box::new(opt::Opt::new(vs, config.clone(), origin)?)),
+        "bloom" => return Ok(Box::new(bloom::Bloom::new(vs, config.clone(), origin)?)),
+        _ => {}
     }
     match decoder_spec(kind, config, origin) {
         Some(spec) => Ok(Box::new(decoder::Decoder::new(vs, spec?, config.clone()))),
@@ -231,6 +275,8 @@ fn architecture(family: rlhf_spec::ModelFamily) -> &'static str {
     use rlhf_spec::ModelFamily as F;
     match family {
         F::Gpt2 => "GPT2LMHeadModel",
+        F::Opt => "OPTForCausalLM",
+        F::Bloom => "BloomForCausalLM",
         F::Llama => "LlamaForCausalLM",
         F::Mistral => "MistralForCausalLM",
         F::Qwen2 => "Qwen2ForCausalLM",

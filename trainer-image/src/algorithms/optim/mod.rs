@@ -21,8 +21,15 @@ use rlhf_spec::{ResolvedTraining, Strategy};
 use strategy::{DistributedStep, Replicated, Sharded, StepSettings};
 
 /// Variable names (Hugging Face's) of embedding tables: GPT-2's token and position embeddings
-/// (its LM head is the token table), Llama's token embedding (also its head when tied).
-const EMBEDDINGS: [&str; 3] = ["wte.weight", "wpe.weight", "embed_tokens.weight"];
+/// (its LM head is the token table), Llama's and OPT's token embedding (also the head when
+/// tied), OPT's position embedding and BLOOM's token embedding.
+const EMBEDDINGS: [&str; 5] = [
+    "wte.weight",
+    "wpe.weight",
+    "embed_tokens.weight",
+    "embed_positions.weight",
+    "word_embeddings.weight",
+];
 
 fn is_embedding(name: &str) -> bool {
     EMBEDDINGS

@@ -5,7 +5,7 @@ use tch::nn::{self, Init, Module};
 use tch::{Kind, Tensor};
 
 use super::spec::{Activation, DecoderSpec};
-use crate::models::projection::{Layout, Projection};
+use crate::models::projection::Projection;
 use crate::models::{KvCache, common, rope};
 
 /// x / rms(x) scaled by w (Llama: after casting back to x's dtype) or by 1 + w (Gemma: in fp32,
@@ -42,18 +42,9 @@ impl Module for RmsNorm {
     }
 }
 
+/// An nn.Linear with HF's initialisation (normal 0.02).
 fn linear(p: nn::Path, d_in: i64, d_out: i64, bias: bool) -> Projection {
-    Projection::new(
-        p,
-        d_in,
-        d_out,
-        Layout::OutIn,
-        bias,
-        Init::Randn {
-            mean: 0.0,
-            stdev: 0.02,
-        },
-    )
+    common::linear(p, d_in, d_out, bias, 0.02)
 }
 
 /// What a block's forward needs besides its input: the rotary table and the mask of its kind.
