@@ -81,8 +81,17 @@ pub fn spec(
         origin,
     )?;
     spec.final_softcap = nullable(config, "final_logit_softcapping", d.final_softcap, origin)?;
+    // Configs written before `layer_types` existed give Gemma 3's period as
+    // `sliding_window_pattern` (transformers reads it the same way).
+    let global_every = match generation {
+        Generation::Gemma3 => config["sliding_window_pattern"]
+            .as_i64()
+            .filter(|n| *n > 0)
+            .unwrap_or(d.global_every),
+        Generation::Gemma2 => d.global_every,
+    };
     let kinds = fields.layer_kinds(origin, |i| {
-        if (i + 1) % d.global_every == 0 {
+        if (i + 1) % global_every == 0 {
             LayerKind::Full
         } else {
             LayerKind::Sliding
@@ -102,4 +111,26 @@ pub fn spec(
         }
     }
     Ok(spec)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn gemma3_without_layer_types_takes_its_period_from_sliding_window_pattern() {
+        let config = serde_json::json!({
+            "vocab_size": 16, "hidden_size": 8, "intermediate_size": 16, "num_hidden_layers": 4,
+            "num_attention_heads": 2, "head_dim": 4, "sliding_window": 3, "sliding_window_pattern": 2,
+        });
+        let spec = spec(&config, Path::new("config.json"), Generation::Gemma3).unwrap();
+        let windows: Vec<Option<i64>> = spec.layers.iter().map(|l| l.window).collect();
+        assert_eq!(windows, [Some(3), None, Some(3), None]);
+        let ropes: Vec<usize> = spec.layers.iter().map(|l| l.rope).collect();
+        assert_eq!(
+            ropes,
+            [1, 0, 1, 0],
+            "sliding blocks use the local rotary base"
+        );
+    }
 }
