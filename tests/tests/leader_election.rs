@@ -174,14 +174,16 @@ async fn one_leader_reconciles_and_a_standby_takes_over() {
     wait_for_pods(&client, &ns, "first", "sft", 1).await;
     let (leader_addr, standby_addr) = (admin_addr(&leader).await, admin_addr(&standby).await);
     assert_eq!(sample(&leader_addr, "rlhf_operator_is_leader").await, 1.0);
-    assert!(
-        sample(
-            &leader_addr,
-            "rlhf_operator_reconciles_total{result=\"ok\"}"
-        )
-        .await
-            >= 1.0
-    );
+    // The counter moves when the reconcile that created the pods returns, which under load can
+    // be a moment after the pods are visible.
+    wait_until("the leader to count an ok reconcile", WAIT, || {
+        let addr = leader_addr.clone();
+        async move {
+            let ok = sample(&addr, "rlhf_operator_reconciles_total{result=\"ok\"}").await;
+            Ok((ok >= 1.0).then_some(ok))
+        }
+    })
+    .await;
     assert_eq!(sample(&standby_addr, "rlhf_operator_is_leader").await, 0.0);
     assert_eq!(
         sample(
