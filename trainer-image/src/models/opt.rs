@@ -301,11 +301,8 @@ impl Opt {
         let json: serde_json::Value = hf::read_config(dir)?;
         let vs = nn::VarStore::new(device);
         let model = Self::new(&vs, json, &dir.join(hf::CONFIG_FILE))?;
-        let tied = model.lm_head.is_none();
-        common::load_into(&vs, dir, |name| {
-            let name = canonical_name(name);
-            (!(tied && name == "lm_head.weight")).then_some(name)
-        })?;
+        // A tied head's lm_head.weight is no variable here: load_into leaves it unread.
+        common::load_into(&vs, dir, |name| Some(canonical_name(name)))?;
         Ok((vs, model))
     }
 

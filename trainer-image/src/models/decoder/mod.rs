@@ -97,12 +97,9 @@ impl Decoder {
     ) -> Result<(nn::VarStore, Self)> {
         let vs = nn::VarStore::new(device);
         let model = Self::new(&vs, spec, config);
-        let tied = model.lm_head.is_none();
-        // Rotary inverse frequencies are recomputed, never read; a tied head has no own tensor.
-        common::load_into(&vs, dir, |name| {
-            (!(name.ends_with("rotary_emb.inv_freq") || tied && name == "lm_head.weight"))
-                .then(|| name.to_string())
-        })?;
+        // Tensors that are no variable here (rotary inv_freq buffers, a tied head's copy) are
+        // left unread by load_into, which fills the model's variables only.
+        common::load_into(&vs, dir, |name| Some(name.to_string()))?;
         Ok((vs, model))
     }
 
